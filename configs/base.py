@@ -1,0 +1,35 @@
+"""Defaults shared by every experiment; each experiment file overrides what it changes.
+
+Every section an experiment may set is declared here, so a locked ConfigDict turns a misspelled
+override into an error instead of a silently ignored field.
+"""
+from ml_collections import ConfigDict
+
+
+def get_config() -> ConfigDict:
+  c = ConfigDict()
+  c.seed = 0
+  c.train_steps = 1000
+  c.model = ConfigDict(dict(
+      vocab_size=256, d_model=128, n_layers=4, n_heads=4, n_kv_heads=4, d_ff=344,
+      max_seq_len=256, rope_theta=10000.0, tie_embeddings=True, dtype="float32",
+      param_dtype="float32", norm_eps=1e-5))
+  c.data = ConfigDict(dict(
+      corpus="data/tinyshakespeare.txt",  # relative paths resolve against the repo root
+      tokenizer="char",  # char | byte
+      val_fraction=0.1,
+      data_dir="",  # prepared shards; "" = WORKDIR/data
+      val_dir="",  # a separately prepared validation shard; "" = the val split of data_dir
+  ))
+  c.batch = ConfigDict(dict(global_batch=32, seq_len=128, grad_accum=1))
+  c.optimizer = ConfigDict(dict(
+      lr=1e-3, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0))
+  c.schedule = ConfigDict(dict(warmup_steps=100, decay_steps=0, min_lr_ratio=0.1))
+  c.eval = ConfigDict(dict(
+      eval_every=250, eval_batches=20, batch_size=0,  # 0 = the train global batch
+      early_stop_patience=0,  # evaluations without improvement; 0 = off
+      early_stop_min_delta=0.0))
+  c.checkpoint = ConfigDict(dict(save_every=500, keep=2, keep_best=1, async_save=True))
+  c.logging = ConfigDict(dict(log_every=50))
+  c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  return c

@@ -1,0 +1,90 @@
+"""INV-INIT-ARCH-MATCH-001: a checkpoint loads only if its architecture provably matches.
+
+Pure comparisons of plain data: the checkpoint's recorded model config and tokenizer against the
+configured ones, and the stored array signature (path -> shape, dtype, from orbax's metadata)
+against the configured model's abstract state. Every difference is listed, not just the first.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from gates.errors import PregateError
+
+# Fields of ModelConfig that define the architecture (dtype for compute does not change tensors).
+ARCH_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff",
+               "max_seq_len", "rope_theta", "tie_embeddings", "param_dtype", "norm_eps")
+Signature = Mapping[str, tuple[tuple[int, ...], str]]
+
+
+class ArchitectureMismatchError(PregateError):
+  """The checkpoint's architecture (metadata or tensors) differs from the configured one."""
+
+  def __init__(self, source: str, differences: list[str]):
+    self.differences = differences
+    super().__init__(f"{source} does not match the configured model ({len(differences)} "
+                     f"difference(s)): " + "; ".join(differences) +
+                     ". Fix the config to match the checkpoint, or use a matching checkpoint")
+
+
+class MissingMetadataError(PregateError):
+  """A checkpoint without pregate metadata: its architecture cannot be proven."""
+
+  def __init__(self, source: str):
+    super().__init__(f"{source} has no pregate metadata, so its architecture cannot be "
+                     f"verified; stamp it with `python -m train.stamp {source} "
+                     f"--config=<the config it was trained with>`")
+
+
+def config_differences(expected: Mapping[str, Any], found: Mapping[str, Any]) -> list[str]:
+  out = []
+  for name in ARCH_FIELDS:
+    if name not in found:
+      out.append(f"model.{name}: expected {expected.get(name)!r} found <missing>")
+    elif expected.get(name) != found[name]:
+      out.append(f"model.{name}: expected {expected.get(name)!r} found {found[name]!r}")
+  return out
+
+
+def tokenizer_differences(expected: Mapping[str, Any] | None,
+                          found: Mapping[str, Any] | None) -> list[str]:
+  if expected is None or expected == found:
+    return []
+  def show(t):
+    if not t:
+      return "<missing>"
+    vocab = t.get("vocab")
+    return f"{t.get('type')}" + (f" ({len(vocab)} symbols)" if vocab is not None else "")
+  detail = show(expected) if show(expected) != show(found) else "vocabulary differs"
+  return [f"tokenizer: expected {detail if detail != show(expected) else show(expected)} "
+          f"found {show(found) if detail == show(expected) else 'same size, other symbols'}"]
+
+
+def signature_differences(expected: Signature, found: Signature) -> list[str]:
+  """Tensor-by-tensor comparison; a dtype difference counts (orbax would cast silently)."""
+  out = []
+  for path in sorted(set(expected) | set(found)):
+    if path not in found:
+      out.append(f"tensor {path}: expected {_fmt(expected[path])} found <missing>")
+    elif path not in expected:
+      out.append(f"tensor {path}: expected <absent> found {_fmt(found[path])}")
+    elif tuple(expected[path][0]) != tuple(found[path][0]) or \
+        str(expected[path][1]) != str(found[path][1]):
+      out.append(f"tensor {path}: expected {_fmt(expected[path])} found {_fmt(found[path])}")
+  return out
+
+
+def _fmt(sig: tuple[tuple[int, ...], str]) -> str:
+  return f"{sig[1]}{list(sig[0])}"
+
+
+def check(source: str, *, expected_config: Mapping[str, Any], expected_signature: Signature,
+          found_signature: Signature, meta: Mapping[str, Any] | None,
+          expected_tokenizer: Mapping[str, Any] | None = None) -> None:
+  """Raise MissingMetadataError or ArchitectureMismatchError; return None on a proven match."""
+  if not meta or "model" not in meta:
+    raise MissingMetadataError(source)
+  diffs = config_differences(expected_config, meta["model"])
+  diffs += tokenizer_differences(expected_tokenizer, meta.get("tokenizer"))
+  diffs += signature_differences(expected_signature, found_signature)
+  if diffs:
+    raise ArchitectureMismatchError(source, diffs)

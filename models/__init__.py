@@ -1,0 +1,1 @@
+"""Model definitions for pregate: the Llama-family decoder and its config."""

@@ -1,0 +1,87 @@
+"""ModelConfig: the complete, serializable description of an architecture.
+
+Everything that changes a tensor's shape or dtype lives here, so a checkpoint that stores this
+dict describes its own architecture and can be rebuilt without the experiment's config file.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import jax.numpy as jnp
+
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ModelConfigError(ValueError):
+  """A model config that cannot describe a valid transformer."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  vocab_size: int
+  d_model: int
+  n_layers: int
+  n_heads: int
+  n_kv_heads: int
+  d_ff: int
+  max_seq_len: int
+  rope_theta: float = 10000.0
+  tie_embeddings: bool = True
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  norm_eps: float = 1e-5
+
+  def __post_init__(self) -> None:
+    problems = self.problems()
+    if problems:
+      raise ModelConfigError("invalid model config: " + "; ".join(problems))
+
+  def problems(self) -> list[str]:
+    """Every reason this config cannot build a model, each with the fix."""
+    out = []
+    for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff",
+                 "max_seq_len"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        out.append(f"model.{name} must be a positive integer, got {value!r}")
+    if out:
+      return out
+    if self.d_model % self.n_heads:
+      out.append(f"model.d_model={self.d_model} is not divisible by model.n_heads="
+                 f"{self.n_heads}; pick n_heads dividing d_model")
+    elif (self.d_model // self.n_heads) % 2:
+      out.append(f"head_dim={self.d_model // self.n_heads} must be even for rotary embeddings")
+    if self.n_heads % self.n_kv_heads:
+      out.append(f"model.n_heads={self.n_heads} is not divisible by model.n_kv_heads="
+                 f"{self.n_kv_heads}; n_kv_heads must divide n_heads (grouped-query attention)")
+    if not self.rope_theta > 0:
+      out.append(f"model.rope_theta must be > 0, got {self.rope_theta!r}")
+    for name in ("dtype", "param_dtype"):
+      if getattr(self, name) not in _DTYPES:
+        out.append(f"model.{name}={getattr(self, name)!r} is not one of {_DTYPES}")
+    return out
+
+  @property
+  def head_dim(self) -> int:
+    return self.d_model // self.n_heads
+
+  @property
+  def compute_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.dtype)
+
+  @property
+  def params_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.param_dtype)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any]) -> "ModelConfig":
+    """Build from a plain mapping (a ConfigDict section or checkpoint JSON); unknown keys fail."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+      raise ModelConfigError(f"unknown model config field(s) {unknown}; known: {sorted(names)}")
+    return cls(**{k: d[k] for k in d})

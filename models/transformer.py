@@ -1,0 +1,183 @@
+"""A Llama-family decoder-only transformer in Flax NNX.
+
+Pre-norm RMSNorm, rotary position embeddings, grouped-query causal attention, SwiGLU MLP, final
+norm, tied or untied LM head, no biases. Every parameter carries logical axis names (`vocab`,
+`embed`, `heads`, `kv_heads`, `mlp`, `norm`) that mesh rules map to devices; matmuls accumulate
+in float32 and softmax/logits are float32 whatever the compute dtype.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from models.config import ModelConfig
+
+_INIT_STD = 0.02
+KV = tuple[jax.Array, jax.Array]
+
+
+def _normal(std: float, names: tuple[str | None, ...]) -> nnx.Initializer:
+  return nnx.with_partitioning(nnx.initializers.normal(stddev=std), names)
+
+
+class Dense(nnx.Module):
+  """Bias-free projection whose matmul accumulates in float32 (bf16 inputs, f32 sums)."""
+
+  def __init__(self, d_in: int, d_out: int, names: tuple[str, str], cfg: ModelConfig, *,
+               std: float = _INIT_STD, rngs: nnx.Rngs):
+    init = _normal(std, names)
+    self.kernel = nnx.Param(init(rngs.params(), (d_in, d_out), cfg.params_dtype))
+    self.dtype = cfg.compute_dtype
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype),
+                preferred_element_type=jnp.float32)
+    return y.astype(self.dtype)
+
+
+class RMSNorm(nnx.Module):
+  """Root-mean-square norm with statistics in float32."""
+
+  def __init__(self, dim: int, cfg: ModelConfig):
+    init = nnx.with_partitioning(nnx.initializers.ones, ("norm",))
+    self.scale = nnx.Param(init(jax.random.key(0), (dim,), cfg.params_dtype))
+    self.eps = cfg.norm_eps
+    self.dtype = cfg.compute_dtype
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (x32 * self.scale[...].astype(jnp.float32)).astype(self.dtype)
+
+
+def rope_tables(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+  """cos/sin tables [..., T, head_dim/2] for integer positions [..., T]."""
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq
+  return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  """Rotate [B, T, heads, head_dim] by position (half-split convention, as in HF Llama)."""
+  x32 = x.astype(jnp.float32)
+  x1, x2 = jnp.split(x32, 2, axis=-1)
+  cos, sin = cos[:, :, None, :], sin[:, :, None, :]
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x.dtype)
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+  """Grouped-query attention. q [B,T,H,D], k/v [B,S,KV,D], mask [B|1,T,S] bool -> [B,T,H,D].
+
+  Each group of H/KV query heads shares one key/value head; scores and softmax run in float32.
+  """
+  b, t, h, d = q.shape
+  kv = k.shape[2]
+  q = q.reshape(b, t, kv, h // kv, d)
+  scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+  scores = scores * (d ** -0.5)
+  scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=jnp.float32)
+  return out.reshape(b, t, h, d).astype(v.dtype)
+
+
+class Attention(nnx.Module):
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    hd, resid_std = cfg.head_dim, _INIT_STD / (2 * cfg.n_layers) ** 0.5
+    self.cfg = cfg
+    self.wq = Dense(cfg.d_model, cfg.n_heads * hd, ("embed", "heads"), cfg, rngs=rngs)
+    self.wk = Dense(cfg.d_model, cfg.n_kv_heads * hd, ("embed", "kv_heads"), cfg, rngs=rngs)
+    self.wv = Dense(cfg.d_model, cfg.n_kv_heads * hd, ("embed", "kv_heads"), cfg, rngs=rngs)
+    self.wo = Dense(cfg.n_heads * hd, cfg.d_model, ("heads", "embed"), cfg, std=resid_std,
+                    rngs=rngs)
+
+  def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array,
+               cache: KV | None = None, cache_index: jax.Array | None = None
+               ) -> tuple[jax.Array, KV | None]:
+    b, t, _ = x.shape
+    hd = self.cfg.head_dim
+    q = apply_rope(self.wq(x).reshape(b, t, self.cfg.n_heads, hd), cos, sin)
+    k = apply_rope(self.wk(x).reshape(b, t, self.cfg.n_kv_heads, hd), cos, sin)
+    v = self.wv(x).reshape(b, t, self.cfg.n_kv_heads, hd)
+    if cache is not None:
+      k = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), cache_index, 1)
+      v = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), cache_index, 1)
+      cache = (k, v)
+    out = attend(q, k, v, mask)
+    return self.wo(out.reshape(b, t, self.cfg.n_heads * hd)), cache
+
+
+class SwiGLU(nnx.Module):
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    resid_std = _INIT_STD / (2 * cfg.n_layers) ** 0.5
+    self.w_gate = Dense(cfg.d_model, cfg.d_ff, ("embed", "mlp"), cfg, rngs=rngs)
+    self.w_up = Dense(cfg.d_model, cfg.d_ff, ("embed", "mlp"), cfg, rngs=rngs)
+    self.w_down = Dense(cfg.d_ff, cfg.d_model, ("mlp", "embed"), cfg, std=resid_std, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.w_down(jax.nn.silu(self.w_gate(x)) * self.w_up(x))
+
+
+class Block(nnx.Module):
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.attn_norm = RMSNorm(cfg.d_model, cfg)
+    self.attn = Attention(cfg, rngs=rngs)
+    self.mlp_norm = RMSNorm(cfg.d_model, cfg)
+    self.mlp = SwiGLU(cfg, rngs=rngs)
+
+  def __call__(self, x, cos, sin, mask, cache=None, cache_index=None):
+    h, cache = self.attn(self.attn_norm(x), cos, sin, mask, cache, cache_index)
+    x = x + h
+    return x + self.mlp(self.mlp_norm(x)), cache
+
+
+class Transformer(nnx.Module):
+  """Decoder-only LM: tokens [B, T] int -> logits [B, T, vocab] float32."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    embed_init = _normal(_INIT_STD, ("vocab", "embed"))
+    self.embed = nnx.Param(embed_init(rngs.params(), (cfg.vocab_size, cfg.d_model),
+                                      cfg.params_dtype))
+    self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
+    self.final_norm = RMSNorm(cfg.d_model, cfg)
+    if not cfg.tie_embeddings:
+      self.lm_head = Dense(cfg.d_model, cfg.vocab_size, ("embed", "vocab"), cfg, rngs=rngs)
+
+  def __call__(self, tokens: jax.Array, positions: jax.Array | None = None) -> jax.Array:
+    """Full causal forward pass."""
+    return self.decode(tokens, positions)[0]
+
+  def init_cache(self, batch: int, length: int) -> list[KV]:
+    """Zeroed key/value buffers for `length` positions, one pair per layer."""
+    shape = (batch, length, self.cfg.n_kv_heads, self.cfg.head_dim)
+    zeros = jnp.zeros(shape, self.cfg.compute_dtype)
+    return [(zeros, zeros) for _ in range(self.cfg.n_layers)]
+
+  def decode(self, tokens: jax.Array, positions: jax.Array | None = None,
+             caches: list[KV] | None = None, cache_index: jax.Array | None = None
+             ) -> tuple[jax.Array, list[KV] | None]:
+    """Forward pass; with `caches`, writes keys/values at `cache_index` and attends to all
+    cached positions <= each query's position. Returns (float32 logits, updated caches)."""
+    b, t = tokens.shape
+    if positions is None:
+      start = 0 if cache_index is None else cache_index
+      positions = jnp.broadcast_to(start + jnp.arange(t), (b, t))
+    x = jnp.take(self.embed[...], tokens, axis=0).astype(self.cfg.compute_dtype)
+    cos, sin = rope_tables(positions, self.cfg.head_dim, self.cfg.rope_theta)
+    if caches is None:
+      mask = jnp.tril(jnp.ones((t, t), dtype=bool))[None]
+    else:
+      s = caches[0][0].shape[1]
+      mask = jnp.arange(s)[None, None, :] <= positions[:, :, None]
+    new_caches = None if caches is None else []
+    for i, block in enumerate(self.blocks):
+      x, cache = block(x, cos, sin, mask, None if caches is None else caches[i], cache_index)
+      if new_caches is not None:
+        new_caches.append(cache)
+    x = self.final_norm(x)
+    head = self.embed[...].T if self.cfg.tie_embeddings else self.lm_head.kernel[...]
+    logits = jnp.dot(x, head.astype(x.dtype), preferred_element_type=jnp.float32)
+    return logits, new_caches

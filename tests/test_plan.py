@@ -1,0 +1,155 @@
+"""`python -m gates.plan` as a user runs it (subprocess), and its helpers in-process."""
+import dataclasses
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+from configs import base
+from gates import plan as plan_mod
+from gates import repetition
+from gates.errors import ConfigError
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+NANOGPT = "--config=configs/nanogpt_shakespeare_char_cpu.py"
+DEFAULT = "--config=configs/shakespeare_char.py"
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+  env = dict(os.environ)
+  env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+  return subprocess.run([sys.executable, "-m", "gates.plan", *args], cwd=REPO_ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+def _epochs(out: str) -> float:
+  return float(re.search(r"= ([\d.]+) epochs", out)[1])
+
+
+def test_default_config_passes():
+  r = _run(DEFAULT)
+  assert r.returncode == 0, r.stdout + r.stderr
+  assert "chinchilla gate passed: COMPUTE_OPTIMAL" in r.stdout.splitlines()[-1]
+  assert "Traceback" not in r.stderr
+
+
+def test_nanogpt_config_is_refused_as_degeneration():
+  r = _run(NANOGPT)
+  assert r.returncode == 3, r.stdout + r.stderr
+  last = r.stdout.splitlines()[-1]
+  assert last.startswith("chinchilla gate refused the run: DEGENERATION")
+  assert "--force_under_provisioned" in last and "train_steps >=" in last
+  assert "Traceback" not in r.stdout + r.stderr
+  assert abs(_epochs(r.stdout) - 1.5) < 0.1
+  assert "tokenizer 'char'" in r.stdout and "WARNING" not in r.stdout
+
+
+def test_bypass_exits_zero_with_a_warning():
+  r = _run(NANOGPT, "--force_under_provisioned")
+  assert r.returncode == 0, r.stdout + r.stderr
+  last = r.stdout.splitlines()[-1]
+  assert last.startswith("WARNING: chinchilla gate bypassed") and "DEGENERATION" in last
+
+
+def test_tokens_per_sec_adds_wall_times():
+  r = _run(NANOGPT, "--tokens_per_sec=50000")
+  assert r.returncode == 3
+  assert re.search(r"planned run 2,000 steps ~ [\d.]+ (s|min|h)", r.stdout), r.stdout
+  assert re.search(r"compute-optimal needs [\d,]+ steps ~ [\d.,]+ (s|min|h).* at 50,000 tokens/s",
+                   r.stdout), r.stdout
+  assert "6*N*D" in r.stdout
+
+
+def test_config_override_can_make_the_run_pass():
+  r = _run(NANOGPT, "--config.train_steps=100000")
+  assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_manifest_gives_unique_tokens_and_warns_past_four_epochs(tmp_path):
+  (tmp_path / "manifest.json").write_text(json.dumps({"train_tokens": 100_000}))
+  r = _run(NANOGPT, f"--data_dir={tmp_path}", "--force_under_provisioned")
+  assert r.returncode == 0, r.stdout + r.stderr
+  assert "train_tokens from" in r.stdout and abs(_epochs(r.stdout) - 15.36) < 0.01
+  assert "Muennighoff et al. 2023" in r.stdout
+
+
+def test_bad_model_config_is_a_one_line_error():
+  r = _run(NANOGPT, "--config.model.n_heads=3")
+  assert r.returncode == 2
+  assert r.stderr.strip().splitlines()[-1].startswith("error: invalid model config")
+  assert "Traceback" not in r.stderr
+
+
+@dataclasses.dataclass(frozen=True)
+class _Counts:
+  total: int
+  non_embedding: int
+
+
+def _config(tmp_path, text="hello world\n" * 100, tokenizer="char"):
+  corpus = tmp_path / "corpus.txt"
+  corpus.write_text(text, encoding="utf-8")
+  c = base.get_config()
+  c.train_steps, c.batch.global_batch, c.batch.seq_len = 10, 10, 10
+  c.data.update(corpus=str(corpus), tokenizer=tokenizer, val_fraction=0.1)
+  return c
+
+
+def test_plan_lines_with_a_stand_in_count(tmp_path, monkeypatch):
+  monkeypatch.setattr(plan_mod.params, "count_params", lambda cfg: _Counts(1_000, 900))
+  lines, verdict = plan_mod.plan(_config(tmp_path), tokens_per_sec=100.0)
+  text = "\n".join(lines)
+  assert verdict.tokens == 1_000 and verdict.steps_needed == 200 and not verdict.proceeds
+  assert "N = 1,000 trainable parameters (900 non-embedding, 100 embedding)" in text
+  assert "C = 6*N*D = 6.000e+06 FLOPs" in text
+  assert "planned run 10 steps ~ 10.0 s" in text
+  assert "compute-optimal needs 200 steps ~ 3.3 min at 100 tokens/s" in text
+  assert "U = 1,080 unique train tokens" in text
+  assert lines[-1] == verdict.message()
+
+
+@pytest.mark.parametrize("tokenizer, expected, unit", [("char", 90, "characters"),
+                                                       ("byte", 180, "utf-8 bytes")])
+def test_corpus_estimate_counts_the_train_split(tmp_path, tokenizer, expected, unit):
+  c = _config(tmp_path, text="é" * 100, tokenizer=tokenizer)
+  unique, source = plan_mod.unique_train_tokens(c.data)
+  assert unique == expected and unit in source and tokenizer in source
+
+
+def test_unreadable_manifest_skips_the_report(tmp_path):
+  (tmp_path / "manifest.json").write_text("{not json")
+  c = _config(tmp_path)
+  unique, reason = plan_mod.unique_train_tokens(c.data, data_dir=str(tmp_path))
+  assert unique is None and "manifest.json" in reason
+
+
+def test_tokens_per_sec_must_be_positive(tmp_path):
+  with pytest.raises(ConfigError):
+    plan_mod.plan(_config(tmp_path), tokens_per_sec=0.0)
+
+
+@pytest.mark.parametrize("seconds, text", [(42, "42.0 s"), (750, "12.5 min"),
+                                           (768_240, "213.4 h (8.9 d)"), (7200, "2.0 h")])
+def test_human_duration(seconds, text):
+  assert plan_mod.human_duration(seconds) == text
+
+
+def test_repetition_without_repeats_is_worth_every_token():
+  r = repetition.report(900, 1_000, n_params=100)
+  assert r.effective_tokens == 900 and r.effective_ratio == 9 and not r.warning
+  assert r.epochs == 0.9
+
+
+def test_repetition_follows_data_constrained_scaling():
+  # 4 epochs = 3 repetitions: D' = U * (1 + 15.4 * (1 - exp(-3 / 15.4))) ~ 3.726 U.
+  assert repetition.effective_tokens(4_000, 1_000) == pytest.approx(3_725.88, abs=0.01)
+  assert repetition.effective_tokens(10**9, 1_000) <= 1_000 * (1 + repetition.R_STAR)
+  at_four = repetition.report(4_000, 1_000)
+  assert not at_four.warning and not any("WARNING" in line for line in at_four.lines())
+  past = repetition.report(4_001, 1_000, n_params=10)
+  assert past.warning and "Muennighoff et al. 2023" in past.lines()[-1]
+  assert json.loads(json.dumps(past.to_dict()))["epochs"] == pytest.approx(4.001)

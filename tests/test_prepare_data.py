@@ -1,0 +1,214 @@
+"""prepare_data: the nanoGPT split, manifest hashes, reuse/redo, atomicity and clear refusals."""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorstore as ts
+
+from gates.errors import DataError
+from train import prepare_data as pd
+from train import tokenizer as tk
+
+REPO = Path(__file__).resolve().parents[1]
+SHAKESPEARE = REPO / "data" / "tinyshakespeare.txt"
+SHAKESPEARE_SHA = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+
+
+def _read_split(data_dir, split) -> np.ndarray:
+  """Read a stored array with plain tensorstore (independent of train.data)."""
+  store = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(data_dir / split)}},
+                  open=True).result()
+  return store.read().result()
+
+
+@pytest.fixture(scope="module")
+def shakespeare(tmp_path_factory):
+  out = tmp_path_factory.mktemp("prep") / "shakespeare"
+  return out, pd.prepare(str(SHAKESPEARE), str(out), "char", 0.1)
+
+
+def _corpus(tmp_path, text="the quick brown fox jumps over the lazy dog\n" * 50, name="c.txt"):
+  p = tmp_path / name
+  p.write_text(text, encoding="utf-8")
+  return p
+
+
+def test_nanogpt_split_counts(shakespeare):
+  _, m = shakespeare
+  assert (m["train_tokens"], m["val_tokens"]) == (1_003_854, 111_540)
+  assert m["vocab_size"] == 65 and m["dtype"] == "uint16"
+  assert m["source_sha256"] == SHAKESPEARE_SHA and m["source_bytes"] == 1_115_394
+  assert m["val_fraction"] == 0.1 and m["format_version"] == pd.FORMAT_VERSION
+
+
+def test_manifest_hashes_match_stored_tokens(shakespeare):
+  out, m = shakespeare
+  on_disk = json.loads((out / "manifest.json").read_text())
+  assert on_disk == m
+  text = SHAKESPEARE.read_text("utf-8")
+  tok = tk.tokenizer_from_json(m["tokenizer"])
+  for split, expected in (("train", text[:1_003_854]), ("val", text[1_003_854:])):
+    stored = _read_split(out, split)
+    assert stored.dtype == np.uint16 and stored.shape == (m[f"{split}_tokens"],)
+    assert hashlib.sha256(stored.astype("<u2").tobytes()).hexdigest() == m[f"{split}_sha256"]
+    assert tok.decode(stored) == expected
+  assert m["train_sha256"] != m["val_sha256"]
+
+
+def test_no_temp_dirs_left_behind(shakespeare):
+  out, _ = shakespeare
+  assert os.listdir(out.parent) == [out.name]
+  assert sorted(os.listdir(out)) == ["manifest.json", "train", "val"]
+
+
+def test_byte_tokenizer_counts_utf8_bytes(tmp_path):
+  text = "naïve café — ünïcödé\n" * 20
+  m = pd.prepare(str(_corpus(tmp_path, text)), str(tmp_path / "out"), "byte", 0.25)
+  n = len(text.encode("utf-8"))
+  assert m["train_tokens"] + m["val_tokens"] == n and m["val_tokens"] == n - int(n * 0.75)
+  assert m["tokenizer"] == {"type": "byte"} and m["vocab_size"] == 256
+  both = np.concatenate([_read_split(tmp_path / "out", s) for s in ("train", "val")])
+  assert both.tobytes() == np.frombuffer(text.encode(), np.uint8).astype("<u2").tobytes()
+
+
+def test_token_dtype_widens_past_uint16():
+  assert pd.token_dtype(65) == "uint16" and pd.token_dtype(65_536) == "uint16"
+  assert pd.token_dtype(65_537) == "uint32"
+
+
+def test_reuse_when_unchanged_redo_when_source_changes(tmp_path):
+  corpus, out = _corpus(tmp_path), tmp_path / "data"
+  m1 = pd.ensure_prepared(str(corpus), str(out), "char", 0.1)
+  stamp = (out / "manifest.json").stat().st_mtime_ns, out.stat().st_ino
+  m2 = pd.ensure_prepared(str(corpus), str(out), "char", 0.1)
+  assert m2 == m1
+  assert ((out / "manifest.json").stat().st_mtime_ns, out.stat().st_ino) == stamp
+  corpus.write_text("a different corpus, with new letters: XYZ\n" * 40, encoding="utf-8")
+  m3 = pd.ensure_prepared(str(corpus), str(out), "char", 0.1)
+  assert m3["source_sha256"] != m1["source_sha256"]
+  assert m3["train_sha256"] != m1["train_sha256"]
+  assert json.loads((out / "manifest.json").read_text()) == m3
+  assert "X" in tk.tokenizer_from_json(m3["tokenizer"]).vocab
+
+
+@pytest.mark.parametrize("kind,val_fraction", [("byte", 0.1), ("char", 0.2)])
+def test_redo_when_settings_change(tmp_path, kind, val_fraction):
+  corpus, out = _corpus(tmp_path), tmp_path / "data"
+  m1 = pd.ensure_prepared(str(corpus), str(out), "char", 0.1)
+  m2 = pd.ensure_prepared(str(corpus), str(out), kind, val_fraction)
+  assert m2 != m1 and m2["tokenizer"]["type"] == kind and m2["val_fraction"] == val_fraction
+
+
+def test_redo_when_manifest_missing_or_array_gone(tmp_path):
+  corpus, out = _corpus(tmp_path), tmp_path / "data"
+  m1 = pd.ensure_prepared(str(corpus), str(out))
+  (out / "manifest.json").unlink()
+  assert pd.ensure_prepared(str(corpus), str(out)) == m1
+  assert (out / "manifest.json").exists()
+  for f in (out / "val").rglob("*"):
+    if f.is_file():
+      f.unlink()
+  assert pd.ensure_prepared(str(corpus), str(out)) == m1
+  assert _read_split(out, "val").shape == (m1["val_tokens"],)
+
+
+def test_crash_mid_write_keeps_old_data(tmp_path, monkeypatch):
+  corpus, out = _corpus(tmp_path), tmp_path / "data"
+  m1 = pd.prepare(str(corpus), str(out))
+  corpus.write_text("changed text\n" * 30, encoding="utf-8")
+  real = pd._write_array
+
+  def crash_on_val(path, tokens, dtype):
+    if path.endswith("val"):
+      raise RuntimeError("simulated crash")
+    real(path, tokens, dtype)
+
+  monkeypatch.setattr(pd, "_write_array", crash_on_val)
+  with pytest.raises(RuntimeError):
+    pd.ensure_prepared(str(corpus), str(out))
+  assert pd.load_manifest(str(out)) == m1  # old dir intact, still self-consistent
+  assert sorted(os.listdir(tmp_path)) == ["c.txt", "data"]  # temp dir removed
+
+
+def test_refuses_to_replace_unrelated_directory(tmp_path):
+  out = tmp_path / "not_data"
+  out.mkdir()
+  (out / "notes.txt").write_text("keep me")
+  with pytest.raises(DataError, match="other files"):
+    pd.prepare(str(_corpus(tmp_path)), str(out))
+  assert (out / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("content,needle", [
+    (None, "does not exist"), (b"", "empty"), (b"  \n\t \n", "only whitespace"),
+    (b"text\x00more", "NUL"), (b"caf\xe9 latin-1", "not valid UTF-8")])
+def test_bad_corpus_is_one_line_data_error(tmp_path, content, needle):
+  path = tmp_path / "corpus.txt"
+  if content is not None:
+    path.write_bytes(content)
+  with pytest.raises(DataError) as e:
+    pd.prepare(str(path), str(tmp_path / "out"))
+  msg = str(e.value)
+  assert needle in msg and str(path) in msg and "\n" not in msg
+  assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("vf,needle", [(0.0, "outside (0, 1)"), (1.0, "outside (0, 1)"),
+                                       (-0.5, "outside (0, 1)"), (float("nan"), "outside"),
+                                       ("0.1", "must be a number"), (1e-17, "no validation"),
+                                       (0.999, "no training")])
+def test_bad_val_fraction(tmp_path, vf, needle):
+  with pytest.raises(DataError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+    pd.prepare(str(_corpus(tmp_path, "abcdefghij" * 10)), str(tmp_path / "out"), "char", vf)
+
+
+def test_load_manifest_refuses_unprepared_and_corrupt(tmp_path):
+  with pytest.raises(DataError, match="not a prepared data dir"):
+    pd.load_manifest(str(tmp_path))
+  (tmp_path / "manifest.json").write_text("{not json")
+  with pytest.raises(DataError, match="not valid JSON"):
+    pd.load_manifest(str(tmp_path))
+
+
+def test_remote_kvstore_specs_are_valid():
+  gcs = pd.kvstore_spec("gs://my-bucket/runs/data/")
+  assert gcs == {"driver": "gcs", "bucket": "my-bucket", "path": "runs/data/"}
+  s3 = pd.kvstore_spec(pd.join("s3://my-bucket/d", "train"))
+  assert s3 == {"driver": "s3", "bucket": "my-bucket", "path": "d/train/"}
+  for spec in (gcs, s3):
+    assert ts.KvStore.Spec(spec).to_json() == spec  # tensorstore accepts them as written
+  ts.Spec(pd.zarr3_spec("gs://my-bucket/d/train", shape=10, dtype="uint16"))
+  assert pd.kvstore_spec("rel/dir")["path"] == os.path.abspath("rel/dir") + "/"
+  with pytest.raises(DataError, match="names no bucket"):
+    pd.kvstore_spec("gs:///x")
+
+
+def _cli(*args):
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  return subprocess.run([sys.executable, "-m", "train.prepare_data", *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=120)
+
+
+def test_cli_empty_file_exits_2_with_one_line(tmp_path):
+  empty = tmp_path / "empty.txt"
+  empty.write_bytes(b"")
+  r = _cli(f"--input={empty}", f"--output_dir={tmp_path / 'out'}")
+  assert r.returncode == 2, r.stderr
+  lines = [l for l in r.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1 and lines[0].startswith("ERROR: ") and str(empty) in lines[0]
+  assert "Traceback" not in r.stderr and r.stdout == ""
+
+
+def test_cli_success_prints_summary(tmp_path):
+  out = tmp_path / "out"
+  r = _cli(f"--input={_corpus(tmp_path)}", f"--output_dir={out}", "--tokenizer=byte",
+           "--val_fraction=0.2")
+  assert r.returncode == 0, r.stderr
+  m = pd.load_manifest(str(out))
+  assert m["tokenizer"] == {"type": "byte"} and m["val_fraction"] == 0.2
+  assert f"{m['train_tokens']:,}" in r.stdout and "byte" in r.stdout

@@ -1,0 +1,237 @@
+"""The training loop: set up (data, mesh, state), then step, evaluate, log and checkpoint.
+
+The hot path is one AOT-compiled step; everything with side effects (metrics, eval, saves)
+happens at the loop's edges, and the host reads step k's metrics only after dispatching step
+k+1, so the device never waits for Python.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+
+from gates import chinchilla
+from train import checkpoint as ckpt_lib
+from train import data as data_lib
+from train import flops, prepare_data, provenance, restore, sharding, step as step_lib
+from train.metrics_log import MetricsLog, format_line
+from train.tokenizer import tokenizer_from_json
+
+COMPLETED, EARLY_STOP, PREEMPTED = "COMPLETED", "EARLY_STOP", "PREEMPTED"
+
+
+@dataclasses.dataclass
+class RunResult:
+  termination: str
+  step: int
+  val_loss: float | None
+  best_val_loss: float | None
+
+
+class _Signals:
+  """SIGTERM/SIGINT ask the loop to finish the current step, checkpoint and stop."""
+
+  def __init__(self):
+    self.requested = False
+    self._old = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._old[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    if not self.requested:
+      logging.warning("signal %d: finishing this step, then checkpointing", signum)
+    self.requested = True
+
+  def __exit__(self, *exc):
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+
+
+def _data(config, workdir: str, model_cfg) -> tuple[dict, Any, Any, Any]:
+  """Prepare (once, cached) and open the train/val token arrays; check the tokenizer fits."""
+  dcfg = config.data
+  data_dir = provenance.resolve_path(dcfg.data_dir) or os.path.join(workdir, "data")
+  manifest = prepare_data.ensure_prepared(provenance.resolve_path(dcfg.corpus), data_dir,
+                                          dcfg.tokenizer, dcfg.val_fraction)
+  tokenizer = tokenizer_from_json(manifest["tokenizer"])
+  if tokenizer.vocab_size != model_cfg.vocab_size:
+    raise data_lib.DataError(
+        f"tokenizer vocabulary has {tokenizer.vocab_size} symbols but model.vocab_size="
+        f"{model_cfg.vocab_size}; set --config.model.vocab_size={tokenizer.vocab_size}")
+  train_arr = data_lib.open_split(data_dir, "train")
+  val_dir = provenance.resolve_path(dcfg.val_dir) or data_dir
+  val_arr = data_lib.open_split(val_dir, "val")
+  need = config.batch.seq_len + 1
+  train_arr.require(need, "training windows of batch.seq_len + 1 tokens")
+  val_arr.require(need, "validation windows of batch.seq_len + 1 tokens")
+  return manifest, tokenizer, train_arr, val_arr
+
+
+def run(config, workdir: str, model_cfg, counts, verdict: chinchilla.Verdict, *,
+        stop_after: int = 0) -> RunResult:
+  os.makedirs(workdir, exist_ok=True)
+  is_main = jax.process_index() == 0
+  log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), enabled=is_main)
+  log.write_gate(verdict)
+  manifest, tokenizer, train_arr, val_arr = _data(config, workdir, model_cfg)
+
+  shape = sharding.mesh_shape(config.mesh, jax.device_count())
+  sharding.check_divisibility(shape, config.batch.global_batch, config.batch.grad_accum,
+                              model_cfg.n_heads, model_cfg.n_kv_heads)
+  mesh = sharding.make_mesh(shape)
+  tx, schedule = step_lib.make_optimizer(config), step_lib.lr_schedule(config)
+  setup = restore.TrainSetup.build(model_cfg, tx, config.seed, mesh)
+
+  bcfg = config.batch
+  it = data_lib.make_train_iter(
+      train_arr, global_batch=bcfg.global_batch, seq_len=bcfg.seq_len, seed=config.seed,
+      num_batches=config.train_steps, process_index=jax.process_index(),
+      process_count=jax.process_count())
+  checkpointer = ckpt_lib.Checkpointer(
+      os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
+      keep_best=config.checkpoint.keep_best, async_save=config.checkpoint.async_save)
+  state, resumed_meta = setup.restore_or_init(checkpointer, it, tokenizer.to_json())
+  start = int(state.step)
+
+  eval_bs = config.eval.batch_size or bcfg.global_batch
+  eval_set, eval_desc = data_lib.eval_batches(
+      val_arr, batch_size=eval_bs, seq_len=bcfg.seq_len, n_batches=config.eval.eval_batches,
+      seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count())
+  batch_sharding = sharding.batch_sharding(mesh)
+  to_global = lambda b: jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(batch_sharding, x), b)
+
+  t0 = time.perf_counter()
+  train_step = jax.jit(
+      step_lib.make_train_step(setup.graphdef, tx, schedule, bcfg.grad_accum),
+      in_shardings=(setup.shardings, batch_sharding), donate_argnums=0)
+  abstract_batch = {k: jax.ShapeDtypeStruct((bcfg.global_batch, bcfg.seq_len), np.int32,
+                                            sharding=batch_sharding)
+                    for k in ("inputs", "targets")}
+  compiled = train_step.lower(state, abstract_batch).compile()
+  compile_s = time.perf_counter() - t0
+  eval_fn = jax.jit(step_lib.make_eval_step(setup.graphdef),
+                    in_shardings=(setup.shardings.params, batch_sharding))
+  eval_global = [to_global(b) for b in eval_set]
+
+  def evaluate() -> float:
+    losses = [eval_fn(state.params, b) for b in eval_global]
+    return float(np.mean(jax.device_get(losses)))
+
+  tokens_per_step = bcfg.global_batch * bcfg.seq_len
+  fpt = flops.flops_per_token(model_cfg, counts.total, bcfg.seq_len)
+  peak, peak_src = flops.device_peak(model_cfg.dtype)
+  peak_total = peak * jax.device_count()
+  logging.info("N = %s parameters (%s non-embedding); D = %s planned tokens (D/N = %.2f, %s)",
+               f"{counts.total:,}", f"{counts.non_embedding:,}", f"{verdict.tokens:,}",
+               verdict.ratio, verdict.zone)
+  logging.info("mesh: %s; compile %.2fs; peak %.1f TFLOP/s/device (%s); start step %d/%d",
+               sharding.describe(mesh), compile_s, peak / 1e12, peak_src, start,
+               config.train_steps)
+
+  meta_common = dict(
+      schema=ckpt_lib.META_SCHEMA, model=model_cfg.to_dict(), param_counts=counts.to_dict(),
+      tokenizer=tokenizer.to_json(), data=_data_fingerprint(manifest), gate=verdict.to_dict(),
+      config=config.to_dict(), planned_tokens=verdict.tokens, eval_batches=eval_desc,
+      mesh={a: int(mesh.shape[a]) for a in sharding.AXES}, libraries=provenance.library_versions(),
+      git_commit=provenance.git_commit(), architecture=restore.ARCHITECTURE)
+  prev = resumed_meta or {}
+  best = prev.get("best_val_loss")
+  bad_evals = int(prev.get("evals_without_improvement", 0))
+  val_loss = prev.get("val_loss")
+  termination = COMPLETED
+
+  def save(step: int, loss: float | None, reason: str | None = None) -> None:
+    meta = dict(meta_common, step=step, tokens_seen=step * tokens_per_step, val_loss=loss,
+                best_val_loss=best, evals_without_improvement=bad_evals,
+                termination=reason)
+    t = time.perf_counter()
+    checkpointer.save(step, state.params, state.opt_state, it, meta, loss)
+    log.write({"event": "save", "step": step, "blocking_s": time.perf_counter() - t})
+
+  step = start
+  window_t, window_steps, window_losses, idle = time.perf_counter(), 0, [], 0.0
+  run_t0 = time.perf_counter()
+  pending = None
+  with _Signals() as signals:
+    while step < config.train_steps:
+      batch = to_global(next(it))
+      state, metrics = compiled(state, batch)
+      if pending is not None:
+        window_losses.append(float(pending["loss"]))
+      pending = metrics
+      step += 1
+      window_steps += 1
+      edge_t = time.perf_counter()
+      is_eval = step % config.eval.eval_every == 0 or step == config.train_steps
+      is_log = step % config.logging.log_every == 0 or step == config.train_steps
+      if is_log or is_eval:
+        m = jax.device_get(pending)
+        window_losses.append(float(m["loss"]))
+        pending = None
+      if is_eval:
+        val_loss = evaluate()
+        min_delta = config.eval.early_stop_min_delta
+        if best is None or val_loss < best - min_delta:
+          best, bad_evals = min(val_loss, best if best is not None else val_loss), 0
+        else:
+          bad_evals += 1
+          best = min(best, val_loss)
+        log.write({"event": "eval", "step": step, "val_loss": val_loss, "best_val_loss": best})
+      if is_log:
+        now = time.perf_counter()
+        dt = max(now - window_t - idle, 1e-9)
+        tps = window_steps * tokens_per_step / dt
+        elapsed = now - run_t0
+        rec = {"event": "train", "step": step, "train_steps": config.train_steps,
+               "loss": float(np.mean(window_losses)), "val_loss": val_loss,
+               "grad_norm": float(m["grad_norm"]), "lr": float(m["lr"]), "tokens_per_s": tps,
+               "model_tflops": tps * fpt / 1e12, "mfu": tps * fpt / peak_total,
+               "elapsed_s": elapsed,
+               "eta_s": (config.train_steps - step) * dt / window_steps}
+        log.write(rec)
+        if is_main:
+          logging.info(format_line(rec))
+        window_t, window_steps, window_losses, idle = now, 0, [], 0.0
+      patience = config.eval.early_stop_patience
+      stop_early = is_eval and patience > 0 and bad_evals >= patience
+      preempt = signals.requested or (stop_after and step - start >= stop_after)
+      if stop_early:
+        termination = EARLY_STOP
+      elif preempt and step < config.train_steps:
+        termination = PREEMPTED
+      if step % config.checkpoint.save_every == 0 and termination == COMPLETED \
+          and step < config.train_steps:
+        save(step, val_loss if is_eval else None)
+      if termination != COMPLETED:
+        break
+      idle += time.perf_counter() - edge_t
+    if step > start:  # A resume of a finished run trains nothing and saves nothing.
+      save(step, None if termination == PREEMPTED else val_loss, termination)
+    checkpointer.close()
+  log.write({"event": "end", "step": step, "termination": termination, "val_loss": val_loss,
+             "best_val_loss": best, "elapsed_s": time.perf_counter() - run_t0})
+  if is_main:
+    logging.info("%s at step %d: final val loss %s (best %s)", termination, step,
+                 "n/a" if val_loss is None else f"{val_loss:.4f}",
+                 "n/a" if best is None else f"{best:.4f}")
+    print(f"final val loss: {'n/a' if val_loss is None else f'{val_loss:.4f}'} "
+          f"(step {step}, {termination})", flush=True)
+  log.close()
+  return RunResult(termination, step, val_loss, best)
+
+
+def _data_fingerprint(manifest: dict) -> dict:
+  keys = ("source_sha256", "train_sha256", "val_sha256", "train_tokens", "val_tokens",
+          "tokenizer_fingerprint", "val_fraction", "format_version")
+  return {k: manifest.get(k) for k in keys}

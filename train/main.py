@@ -1,0 +1,138 @@
+"""`python -m train.main --config=configs/x.py --workdir=DIR`: the pretraining command.
+
+Order matters: flags and config are parsed, the config is sanity-checked and the Chinchilla gate
+decides from the abstract model, all before any XLA compile and before anything in the workdir
+is written. Re-running the same command on the same workdir resumes from the latest checkpoint.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from gates import chinchilla, config_sanity
+from gates.errors import ConfigError, DataError, PregateError
+from models.config import ModelConfig, ModelConfigError
+from models.params import count_params
+from train import provenance
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file, e.g. configs/shakespeare_char.py.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, data.")
+_FORCE = flags.DEFINE_bool(
+    "force_under_provisioned", False,
+    "Run even if D < 20 N (Chinchilla gate); the bypass is logged and stamped into every "
+    "checkpoint.")
+_STOP_AFTER = flags.DEFINE_integer(
+    "stop_after_steps", 0, "Stop after this many steps in this process, checkpoint and exit as "
+    "PREEMPTED (a planned interruption; re-run the same command to resume). 0 = off.")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Print tracebacks for pregate errors too.")
+
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped early on purpose, re-run to resume.
+
+
+def _fail(err: BaseException) -> None:
+  """One line on stderr and the error's exit code; tracebacks only with --verbose."""
+  if _VERBOSE.present and _VERBOSE.value:
+    traceback.print_exception(err)
+  name = type(err).__name__
+  print(f"ERROR: {name}: {err}", file=sys.stderr, flush=True)
+  sys.exit(getattr(err, "exit_code", 2))
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl parsing, with config-override mistakes (a misspelled field raises AttributeError from
+  deep in ml_collections) turned into one-line errors instead of tracebacks."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f"ERROR: flags: {e}", file=sys.stderr)
+    sys.exit(2)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    msg = str(e).strip("'\"")
+    print(f"ERROR: ConfigError: bad --config override: {msg}. Check the field name and type "
+          f"against the config file (configs/base.py declares every field)", file=sys.stderr)
+    sys.exit(2)
+
+
+def preflight(config, workdir: str, force: bool) -> tuple[ModelConfig, object, object]:
+  """Everything that can refuse a run, with nothing compiled and nothing written.
+
+  Returns (model config, parameter counts, gate verdict).
+  """
+  if config is None:
+    raise ConfigError("no experiment config: pass --config=configs/<name>.py")
+  if not workdir:
+    raise ConfigError("no run directory: pass --workdir=DIR")
+  cfg = config.to_dict()
+  config_sanity.check(cfg)
+  try:
+    model_cfg = ModelConfig.from_dict(cfg["model"])
+  except ModelConfigError as e:
+    raise ConfigError(str(e)) from None
+  counts = count_params(model_cfg)
+  batch = cfg["batch"]
+  tokens = chinchilla.planned_tokens(cfg["train_steps"], batch["global_batch"], batch["seq_len"])
+  verdict = chinchilla.evaluate(counts.total, counts.non_embedding, tokens,
+                                batch["global_batch"] * batch["seq_len"], bypass=force)
+  chinchilla.enforce(verdict)
+  _check_workdir(workdir)
+  _check_corpus(cfg["data"])
+  return model_cfg, counts, verdict
+
+
+def _check_workdir(workdir: str) -> None:
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ConfigError(f"--workdir={workdir} is a file, not a directory; pick another path")
+  probe = workdir
+  while not os.path.exists(probe):
+    probe = os.path.dirname(os.path.abspath(probe))
+  if not os.access(probe, os.W_OK | os.X_OK):
+    raise ConfigError(f"--workdir={workdir} is not writable ({probe}); pick a writable path")
+
+
+def _check_corpus(data_cfg: dict) -> None:
+  """A missing/empty corpus fails here, before the workdir is created (cheap: stat only)."""
+  if data_cfg["data_dir"] and os.path.exists(os.path.join(
+      provenance.resolve_path(data_cfg["data_dir"]), "manifest.json")):
+    return
+  corpus = provenance.resolve_path(data_cfg["corpus"])
+  if "://" in corpus:
+    return
+  if not os.path.isfile(corpus):
+    raise DataError(f"corpus file {data_cfg['corpus']} does not exist; set "
+                    f"--config.data.corpus to a text file")
+  if os.path.getsize(corpus) == 0:
+    raise DataError(f"corpus file {data_cfg['corpus']} is empty; point "
+                    f"--config.data.corpus at a non-empty text file")
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  config, workdir = _CONFIG.value, _WORKDIR.value
+  try:
+    model_cfg, counts, verdict = preflight(config, workdir, _FORCE.value)
+    if verdict.bypassed:
+      logging.warning(chinchilla.warning_line(verdict))
+    from train import loop  # Heavy imports only once the run is allowed to start.
+    from train.metrics_log import quiet_libraries
+    quiet_libraries()
+    result = loop.run(config, workdir, model_cfg, counts, verdict,
+                      stop_after=_STOP_AFTER.value)
+  except PregateError as e:
+    _fail(e)
+  if result.termination == "PREEMPTED":
+    sys.exit(EXIT_PREEMPTED)
+
+
+def run() -> None:
+  """Console-script entry point."""
+  app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,89 @@
+"""Validated restores: every path that reads a checkpoint proves the architecture first.
+
+The metadata's model config and tokenizer, and orbax's stored array signature (paths, shapes,
+dtypes; no array data read), are compared with the configured model's abstract state by
+`gates.arch_match` before a single array is restored. Restores target the current mesh's
+shardings, so a checkpoint saved on one topology loads on another.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import optax
+from flax import nnx
+
+from gates import arch_match
+from models.config import ModelConfig
+from models.params import abstract_model, param_shapes
+from train import sharding, step as step_lib
+from train.checkpoint import Checkpointer
+
+ARCHITECTURE = {"family": "llama", "hf_class": "LlamaForCausalLM", "model_type": "llama"}
+
+
+def _sds(x: Any, s: Any) -> jax.ShapeDtypeStruct:
+  return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
+
+
+@dataclasses.dataclass
+class TrainSetup:
+  """The configured model's static graph, abstract state and shardings on a mesh."""
+
+  model_cfg: ModelConfig
+  graphdef: nnx.GraphDef
+  init: Any
+  abstract: step_lib.TrainState
+  shardings: step_lib.TrainState
+  mesh: jax.sharding.Mesh
+
+  @classmethod
+  def build(cls, model_cfg: ModelConfig, tx: optax.GradientTransformation, seed: int,
+            mesh: jax.sharding.Mesh) -> "TrainSetup":
+    graphdef, init = step_lib.init_fn(model_cfg, tx, seed)
+    abstract = jax.eval_shape(init)
+    specs = sharding.param_specs(abstract_model(model_cfg), mesh)
+    shardings = sharding.state_shardings(abstract, specs, tx, mesh)
+    return cls(model_cfg, graphdef, init, abstract, shardings, mesh)
+
+  def expected_signature(self) -> dict[str, tuple[tuple[int, ...], str]]:
+    return param_shapes(abstract_model(self.model_cfg))
+
+  def targets(self) -> tuple[Any, Any]:
+    """Abstract restore targets carrying the current mesh's shardings."""
+    params = jax.tree.map(_sds, self.abstract.params, self.shardings.params)
+    opt = jax.tree.map(_sds, self.abstract.opt_state, self.shardings.opt_state)
+    return params, opt
+
+  def fresh_state(self) -> step_lib.TrainState:
+    """Initialize directly sharded: each device materializes only its shards."""
+    return jax.jit(self.init, out_shardings=self.shardings)()
+
+  def validate(self, checkpointer: Checkpointer, step: int,
+               tokenizer: dict | None) -> dict[str, Any]:
+    """Raise before any array is read unless metadata and tensors match; return the metadata."""
+    meta = checkpointer.read_meta(step)
+    source = f"checkpoint {checkpointer.directory}/{step}"
+    if not meta or "model" not in meta:
+      raise arch_match.MissingMetadataError(f"{checkpointer.directory} (step {step})")
+    arch_match.check(source, expected_config=self.model_cfg.to_dict(),
+                     expected_signature=self.expected_signature(),
+                     found_signature=checkpointer.array_signature(step), meta=meta,
+                     expected_tokenizer=tokenizer)
+    return meta
+
+  def restore_or_init(self, checkpointer: Checkpointer, data_iter: Any,
+                      tokenizer: dict | None) -> tuple[step_lib.TrainState, dict | None]:
+    """Resume from the latest checkpoint (validated, strict) or start fresh."""
+    step = checkpointer.latest_step()
+    if step is None:
+      return self.fresh_state(), None
+    meta = self.validate(checkpointer, step, tokenizer)
+    params_t, opt_t = self.targets()
+    got = checkpointer.restore(step, params_target=params_t, opt_target=opt_t,
+                               data_iter=data_iter)
+    state = step_lib.TrainState(
+        jax.device_put(jax.numpy.asarray(step, jax.numpy.int32), self.shardings.step),
+        got["params"], got["opt_state"])
+    return state, meta
