@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from gates import contracts
+from gates import contract_store as contracts
 from gates.errors import ConfigError, GateRefusal
 
 CONTRACT = "chinchilla-gate-v1"

@@ -6,7 +6,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gates import chinchilla, contracts
+from gates import chinchilla
+from gates import contract_store as contracts
 from gates.chinchilla import (COMPUTE_OPTIMAL, DEGENERATION, PLATEAU, ChinchillaGateError,
                               enforce, evaluate, planned_tokens, warning_line)
 from gates.errors import ConfigError, GateRefusal

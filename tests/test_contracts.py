@@ -10,7 +10,7 @@ import re
 import pytest
 import yaml
 
-from gates import contracts
+from gates import contract_store as contracts
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 PATHS = contracts.contract_paths()

@@ -19,7 +19,7 @@ from absl import logging
 from gates import chinchilla
 from train import checkpoint as ckpt_lib
 from train import data as data_lib
-from train import flops, prepare_data, provenance, restore, sharding, step as step_lib
+from train import flops, prepare_data, provenance, run_state, sharding, step as step_lib
 from train.metrics_log import MetricsLog, format_line
 from train.tokenizer import tokenizer_from_json
 
@@ -90,7 +90,7 @@ def run(config, workdir: str, model_cfg, counts, verdict: chinchilla.Verdict, *,
                               model_cfg.n_heads, model_cfg.n_kv_heads)
   mesh = sharding.make_mesh(shape)
   tx, schedule = step_lib.make_optimizer(config), step_lib.lr_schedule(config)
-  setup = restore.TrainSetup.build(model_cfg, tx, config.seed, mesh)
+  setup = run_state.TrainSetup.build(model_cfg, tx, config.seed, mesh)
 
   bcfg = config.batch
   it = data_lib.make_train_iter(
@@ -144,7 +144,7 @@ def run(config, workdir: str, model_cfg, counts, verdict: chinchilla.Verdict, *,
       tokenizer=tokenizer.to_json(), data=_data_fingerprint(manifest), gate=verdict.to_dict(),
       config=config.to_dict(), planned_tokens=verdict.tokens, eval_batches=eval_desc,
       mesh={a: int(mesh.shape[a]) for a in sharding.AXES}, libraries=provenance.library_versions(),
-      git_commit=provenance.git_commit(), architecture=restore.ARCHITECTURE)
+      git_commit=provenance.git_commit(), architecture=run_state.ARCHITECTURE)
   prev = resumed_meta or {}
   best = prev.get("best_val_loss")
   bad_evals = int(prev.get("evals_without_improvement", 0))

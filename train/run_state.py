@@ -1,4 +1,4 @@
-"""Validated restores: every path that reads a checkpoint proves the architecture first.
+"""Training state on a mesh, and validated resume: every restore proves the architecture first.
 
 The metadata's model config and tokenizer, and orbax's stored array signature (paths, shapes,
 dtypes; no array data read), are compared with the configured model's abstract state by
