@@ -160,6 +160,11 @@ def main(argv: list[str]) -> int:
   return 0 if verdict.proceeds else chinchilla.ChinchillaGateError.exit_code
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """Console-script entry point."""
   _define_flags()
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -70,17 +70,18 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
   """Grouped-query attention. q [B,T,H,D], k/v [B,S,KV,D], mask [B|1,T,S] bool -> [B,T,H,D].
 
-  Each group of H/KV query heads shares one key/value head; scores and softmax run in float32.
+  Each group of H/KV query heads shares one key/value head (repeated here: plain 4-D
+  contractions ran 2x faster on XLA:CPU than a grouped 5-D einsum); scores and softmax run in
+  float32, and masked positions get a large negative bias.
   """
-  b, t, h, d = q.shape
-  kv = k.shape[2]
-  q = q.reshape(b, t, kv, h // kv, d)
-  scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
-  scores = scores * (d ** -0.5)
-  scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-  out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=jnp.float32)
-  return out.reshape(b, t, h, d).astype(v.dtype)
+  groups = q.shape[2] // k.shape[2]
+  if groups > 1:
+    k, v = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)
+  bias = jnp.where(mask, 0.0, -1e30).astype(jnp.float32)[:, None]
+  scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32)
+  probs = jax.nn.softmax(scores * (q.shape[-1] ** -0.5) + bias, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bhts,bshd->bthd", probs, v, preferred_element_type=jnp.float32)
+  return out.astype(v.dtype)
 
 
 class Attention(nnx.Module):

@@ -45,6 +45,9 @@ class Checkpointer:
                                keep_checkpoints_without_metrics=False))
     options = ocp.CheckpointManagerOptions(
         preservation_policy=cm.AnyPreservationPolicy(policies),
+        # Deletion is decided by preservation_policy alone; best_fn is what makes orbax write
+        # each save's metrics to disk, so best_step() and BestN still see them after a reopen.
+        best_fn=lambda m: m[METRIC], best_mode="min",
         enable_async_checkpointing=async_save, create=not read_only, read_only=read_only)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_handlers=_handlers())

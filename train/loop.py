@@ -7,6 +7,7 @@ k+1, so the device never waits for Python.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import time
@@ -79,11 +80,14 @@ def _data(config, workdir: str, model_cfg) -> tuple[dict, Any, Any, Any]:
 
 def run(config, workdir: str, model_cfg, counts, verdict: chinchilla.Verdict, *,
         stop_after: int = 0) -> RunResult:
+  # Data first: a corpus or tokenizer refusal must leave no run directory behind.
+  manifest, tokenizer, train_arr, val_arr = _data(config, workdir, model_cfg)
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
+  if is_main:
+    _write_json_atomic(os.path.join(workdir, "gate.json"), verdict.to_dict())
   log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), enabled=is_main)
   log.write_gate(verdict)
-  manifest, tokenizer, train_arr, val_arr = _data(config, workdir, model_cfg)
 
   shape = sharding.mesh_shape(config.mesh, jax.device_count())
   sharding.check_divisibility(shape, config.batch.global_batch, config.batch.grad_accum,
@@ -203,6 +207,7 @@ def run(config, workdir: str, model_cfg, counts, verdict: chinchilla.Verdict, *,
         if is_main:
           logging.info(format_line(rec))
         window_t, window_steps, window_losses, idle = now, 0, [], 0.0
+        edge_t = now  # this edge's time so far (eval, log) belongs to the window just closed
       patience = config.eval.early_stop_patience
       stop_early = is_eval and patience > 0 and bad_evals >= patience
       preempt = signals.requested or (stop_after and step - start >= stop_after)
@@ -229,6 +234,15 @@ def run(config, workdir: str, model_cfg, counts, verdict: chinchilla.Verdict, *,
           f"(step {step}, {termination})", flush=True)
   log.close()
   return RunResult(termination, step, val_loss, best)
+
+
+def _write_json_atomic(path: str, obj: dict) -> None:
+  """Readers see the old file or the new one, never a partial write."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2)
+    f.write("\n")
+  os.replace(tmp, path)
 
 
 def _data_fingerprint(manifest: dict) -> dict:

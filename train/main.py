@@ -52,7 +52,10 @@ def parse_flags(argv: list[str]) -> list[str]:
     print(f"ERROR: flags: {e}", file=sys.stderr)
     sys.exit(2)
   except (AttributeError, KeyError, TypeError, ValueError) as e:
-    msg = str(e).strip("'\"")
+    # ml_collections wraps a KeyError (whose str() is a repr) in an AttributeError: unwrap it.
+    while e.args and isinstance(e.args[0], BaseException):
+      e = e.args[0]
+    msg = " ".join(str(e.args[0] if e.args else e).split())
     print(f"ERROR: ConfigError: bad --config override: {msg}. Check the field name and type "
           f"against the config file (configs/base.py declares every field)", file=sys.stderr)
     sys.exit(2)

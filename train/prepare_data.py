@@ -326,6 +326,11 @@ def _define_flags() -> None:
   flags.mark_flags_as_required(["input", "output_dir"])
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """Console-script entry point."""
   _define_flags()
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,15 @@
+"""Session fixtures and markers for the end-to-end tests of the training command."""
+import pytest
+
+import helpers
+
+
+def pytest_configure(config):
+  config.addinivalue_line(
+      "markers", "slow: end-to-end runs of the real command (seconds to minutes)")
+
+
+@pytest.fixture(scope="session")
+def prepared_data(tmp_path_factory) -> str:
+  """Tiny Shakespeare tokenized once per session, so no run re-tokenizes the corpus."""
+  return helpers.prepare_once(tmp_path_factory.mktemp("prepared") / "shakespeare_char")

@@ -1,0 +1,193 @@
+"""Shared helpers for the end-to-end tests of `python -m train.main`.
+
+Runs are real subprocesses (what a user runs), kept tiny so the whole suite stays fast on a
+2-core CPU. XLA compiles are counted INSIDE the child, with the jax.monitoring event that fires
+only on a real backend compile (STACK_NOTES §2: the jax_log_compiles line also fires on lower).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = REPO / "data" / "tinyshakespeare.txt"
+CONFIG = "configs/shakespeare_char.py"
+FORCE = "--force_under_provisioned"
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+COUNT_ENV = "PREGATE_TEST_COMPILE_COUNT_FILE"
+
+# A 1-layer model small enough that a 30-step run takes seconds; N = 11,392 (vocab 65), so any
+# train_steps below 1,780 is under the Chinchilla floor.
+TINY: dict[str, Any] = {
+    "train_steps": 30, "schedule.warmup_steps": 5, "eval.eval_every": 10,
+    "eval.eval_batches": 2, "logging.log_every": 10, "checkpoint.save_every": 10,
+    "model.n_layers": 1, "model.d_model": 32, "model.n_heads": 2, "model.n_kv_heads": 1,
+    "model.d_ff": 64, "batch.global_batch": 4, "batch.seq_len": 32,
+}
+
+# Runs train.main.run() as `python -m train.main` would, and writes the number of backend
+# compiles to $COUNT_ENV at exit: atexit also runs when absl's app.run raises SystemExit.
+_COUNTING_MAIN = f"""
+import atexit, os, sys
+from jax import monitoring
+_n = [0]
+def _on_event(event, duration_secs, **kwargs):
+  if event == {COMPILE_EVENT!r}:
+    _n[0] += 1
+monitoring.register_event_duration_secs_listener(_on_event)
+def _dump():
+  with open(os.environ[{COUNT_ENV!r}], "w") as f:
+    f.write(str(_n[0]))
+atexit.register(_dump)
+sys.argv = ["train.main"] + sys.argv[1:]
+from train import main
+main.run()
+"""
+
+
+@dataclasses.dataclass
+class Result:
+  rc: int
+  stdout: str
+  stderr: str
+  seconds: float
+  compiles: int | None = None
+
+  @property
+  def error_lines(self) -> list[str]:
+    return [line for line in self.stderr.splitlines() if line.strip()]
+
+
+def child_env() -> dict[str, str]:
+  env = dict(os.environ)
+  env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+  return env
+
+
+def tiny_flags(data_dir: str | None, overrides: dict[str, Any] | None = None) -> list[str]:
+  """`--config.x=v` flags for the TINY run, with `overrides` replacing or adding fields."""
+  fields = {**TINY, **(overrides or {})}
+  if data_dir is not None:
+    fields.setdefault("data.data_dir", data_dir)
+  return [f"--config.{k}={v}" for k, v in fields.items()]
+
+
+def run_main(*args: str, workdir: str | os.PathLike | None = None, config: str | None = CONFIG,
+             count_compiles: bool = False, timeout: float = 300) -> Result:
+  """`python -m train.main [--config] [--workdir] ARGS` from the repo root."""
+  argv = ([f"--config={config}"] if config else []) + \
+         ([f"--workdir={workdir}"] if workdir is not None else []) + list(args)
+  env = child_env()
+  count_file = None
+  if count_compiles:
+    fd, name = tempfile.mkstemp(prefix="pregate-compiles-")
+    os.close(fd)
+    count_file = Path(name)
+    env[COUNT_ENV] = str(count_file)
+    cmd = [sys.executable, "-c", _COUNTING_MAIN, *argv]
+  else:
+    cmd = [sys.executable, "-m", "train.main", *argv]
+  t0 = time.perf_counter()
+  proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+  result = Result(proc.returncode, proc.stdout, proc.stderr, time.perf_counter() - t0)
+  if count_file is not None:
+    text = count_file.read_text()
+    assert text, f"child wrote no compile count:\n{proc.stderr[-3000:]}"
+    result.compiles = int(text)
+    count_file.unlink()
+  return result
+
+
+def median_wall(cmd: list[str], n: int = 3) -> float:
+  """Median wall seconds of `cmd` from process start to exit (repo root, PYTHONPATH set)."""
+  times = []
+  for _ in range(n):
+    t0 = time.perf_counter()
+    subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, timeout=120)
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
+def prepare_once(out_dir: Path) -> str:
+  """Tokenize Tiny Shakespeare once into out_dir (the session's shared prepared data)."""
+  from train import prepare_data
+  prepare_data.prepare(str(CORPUS), str(out_dir), "char", 0.1)
+  return str(out_dir)
+
+
+def tiny_config(data_dir: str | None, overrides: dict[str, Any] | None = None):
+  """The ConfigDict the CLI would build from CONFIG + tiny_flags (for in-process checks)."""
+  from configs import shakespeare_char
+  config = shakespeare_char.get_config()
+  fields = {**TINY, **(overrides or {})}
+  if data_dir is not None:
+    fields.setdefault("data.data_dir", data_dir)
+  for key, value in fields.items():
+    *parents, leaf = key.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def snapshot(root: Path) -> dict[str, str]:
+  """Every path under root -> sha256 of its bytes ('dir' for directories): listing + content."""
+  out = {}
+  for dirpath, dirnames, filenames in os.walk(root):
+    for d in dirnames:
+      out[os.path.relpath(os.path.join(dirpath, d), root)] = "dir"
+    for f in filenames:
+      p = os.path.join(dirpath, f)
+      out[os.path.relpath(p, root)] = hashlib.sha256(Path(p).read_bytes()).hexdigest()
+  return out
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+  return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def events(records: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+  return [r for r in records if r.get("event") == kind]
+
+
+def checkpoint_steps(workdir: Path) -> list[int]:
+  """Committed checkpoint steps on disk (orbax writes tmp dirs under other names first)."""
+  d = Path(workdir) / "checkpoints"
+  return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.exists() else []
+
+
+def checkpoint_meta(workdir: Path, step: int) -> dict[str, Any]:
+  return json.loads((Path(workdir) / "checkpoints" / str(step) / "meta" / "metadata").read_text())
+
+
+def load_params(workdir: Path, step: int) -> dict[str, Any]:
+  """A checkpoint's params as numpy arrays, restored by orbax as saved (no target needed on
+  the single device it was saved from)."""
+  import jax
+  import numpy as np
+  import orbax.checkpoint as ocp
+  from train.checkpoint import Checkpointer
+  ckpt = Checkpointer(str(Path(workdir) / "checkpoints"), read_only=True)
+  try:
+    got = ckpt.manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore()))
+    return jax.tree.map(np.asarray, got["params"])
+  finally:
+    ckpt.close()
+
+
+def flat(tree: Any) -> dict[str, Any]:
+  """'a/b/c' -> leaf, for comparing two trees leaf by leaf with readable failures."""
+  import jax
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): leaf
+          for path, leaf in leaves}
