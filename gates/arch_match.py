@@ -88,3 +88,29 @@ def check(source: str, *, expected_config: Mapping[str, Any], expected_signature
   diffs += signature_differences(expected_signature, found_signature)
   if diffs:
     raise ArchitectureMismatchError(source, diffs)
+
+
+class InitEvalMismatchError(PregateError):
+  """Restored parameters do not reproduce the validation loss recorded at save time."""
+
+
+# Relative tolerance of the step-0 check by compute dtype. Same data, same batches, same params:
+# the only differences left are reduction order (device count, XLA fusion choices) and the
+# compute dtype's rounding. fp32 keeps ~7 significant digits, so 1e-4 leaves 100x headroom;
+# bf16 activations round at 2^-8 ~ 4e-3 per op, but token-averaged loss errors stay well under
+# 1e-2 (measured figures in BUILD_NOTES.md). A tampered or mismatched tensor moves the loss by
+# far more than either.
+INIT_EVAL_RTOL = {"float32": 1e-4, "bfloat16": 1e-2, "float16": 1e-2}
+
+
+def check_init_eval(source: str, recorded: float, measured: float, compute_dtype: str) -> float:
+  """Raise InitEvalMismatchError when |measured - recorded| exceeds the dtype's tolerance."""
+  rtol = INIT_EVAL_RTOL.get(compute_dtype, 1e-2)
+  diff = abs(measured - recorded)
+  if not diff <= rtol * max(abs(recorded), 1.0):
+    raise InitEvalMismatchError(
+        f"{source}: step-0 validation loss {measured:.6f} differs from the recorded "
+        f"{recorded:.6f} by {diff:.2e} (tolerance {rtol:g} relative, {compute_dtype} compute) "
+        f"on the same validation batches; the parameters are not the ones that were saved. "
+        f"Use an intact checkpoint")
+  return diff

@@ -2,7 +2,9 @@
 
 Retention keeps the newest `keep` saves AND the `keep_best` lowest-val-loss ones. orbax's plain
 `best_fn` + `max_to_keep` can delete the newest save (a resume would then go back in time), so
-the two rules are combined with `AnyPreservationPolicy`.
+the two rules are combined with `AnyPreservationPolicy`. `best_fn` is still set: without it
+orbax does not persist a save's metrics, and after a restart BestN would see no metrics and could
+delete the best checkpoint.
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ class Checkpointer:
 
   def __init__(self, directory: str, *, keep: int = 2, keep_best: int = 1,
                async_save: bool = True, read_only: bool = False):
+    # read_only: never saves, so orbax never deletes (its own read_only mode only adds warnings).
     self.directory = os.path.abspath(directory)
     policies = [cm.LatestN(n=max(keep, 1))]
     if keep_best > 0:
@@ -48,7 +51,7 @@ class Checkpointer:
         # Deletion is decided by preservation_policy alone; best_fn is what makes orbax write
         # each save's metrics to disk, so best_step() and BestN still see them after a reopen.
         best_fn=lambda m: m[METRIC], best_mode="min",
-        enable_async_checkpointing=async_save, create=not read_only, read_only=read_only)
+        enable_async_checkpointing=async_save, create=not read_only)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_handlers=_handlers())
 

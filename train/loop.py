@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from gates import chinchilla
+from gates import arch_match, chinchilla
 from train import checkpoint as ckpt_lib
 from train import data as data_lib
 from train import flops, prepare_data, provenance, run_state, sharding, step as step_lib
@@ -79,7 +79,7 @@ def _data(config, workdir: str, model_cfg) -> tuple[dict, Any, Any, Any]:
 
 
 def run(config, workdir: str, model_cfg, counts, verdict: chinchilla.Verdict, *,
-        stop_after: int = 0) -> RunResult:
+        stop_after: int = 0, init: str = "") -> RunResult:
   # Data first: a corpus or tokenizer refusal must leave no run directory behind.
   manifest, tokenizer, train_arr, val_arr = _data(config, workdir, model_cfg)
   os.makedirs(workdir, exist_ok=True)
@@ -105,6 +105,13 @@ def run(config, workdir: str, model_cfg, counts, verdict: chinchilla.Verdict, *,
       os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
       keep_best=config.checkpoint.keep_best, async_save=config.checkpoint.async_save)
   state, resumed_meta = setup.restore_or_init(checkpointer, it, tokenizer.to_json())
+  loaded_meta, loaded_from = resumed_meta, f"resume from {checkpointer.directory}"
+  if init and resumed_meta is None:
+    state, loaded_meta = setup.init_from(init, tokenizer.to_json(), tx)
+    loaded_from = f"--init={init}"
+  elif init:
+    logging.warning("resuming the run in %s; --init=%s applies only to a fresh run and is "
+                    "ignored", workdir, init)
   start = int(state.step)
 
   eval_bs = config.eval.batch_size or bcfg.global_batch
@@ -127,6 +134,10 @@ def run(config, workdir: str, model_cfg, counts, verdict: chinchilla.Verdict, *,
   eval_fn = jax.jit(step_lib.make_eval_step(setup.graphdef),
                     in_shardings=(setup.shardings.params, batch_sharding))
   eval_global = [to_global(b) for b in eval_set]
+  if loaded_meta is not None:
+    _step0_check(loaded_meta, loaded_from, val_arr, lambda bs: float(np.mean(jax.device_get(
+        [eval_fn(state.params, to_global(b)) for b in bs]))), model_cfg.dtype, log,
+        strict_data=resumed_meta is not None)
 
   def evaluate() -> float:
     losses = [eval_fn(state.params, b) for b in eval_global]
@@ -146,6 +157,7 @@ def run(config, workdir: str, model_cfg, counts, verdict: chinchilla.Verdict, *,
   meta_common = dict(
       schema=ckpt_lib.META_SCHEMA, model=model_cfg.to_dict(), param_counts=counts.to_dict(),
       tokenizer=tokenizer.to_json(), data=_data_fingerprint(manifest), gate=verdict.to_dict(),
+      signature={p: [list(s), d] for p, (s, d) in setup.expected_signature().items()},
       config=config.to_dict(), planned_tokens=verdict.tokens, eval_batches=eval_desc,
       mesh={a: int(mesh.shape[a]) for a in sharding.AXES}, libraries=provenance.library_versions(),
       git_commit=provenance.git_commit(), architecture=run_state.ARCHITECTURE)
@@ -160,6 +172,8 @@ def run(config, workdir: str, model_cfg, counts, verdict: chinchilla.Verdict, *,
                 best_val_loss=best, evals_without_improvement=bad_evals,
                 termination=reason)
     t = time.perf_counter()
+    if loss is None:  # Every checkpoint records the val loss its params give (step-0 check).
+      meta["val_loss"] = loss = evaluate()
     checkpointer.save(step, state.params, state.opt_state, it, meta, loss)
     log.write({"event": "save", "step": step, "blocking_s": time.perf_counter() - t})
 
@@ -243,6 +257,30 @@ def _write_json_atomic(path: str, obj: dict) -> None:
     json.dump(obj, f, indent=2)
     f.write("\n")
   os.replace(tmp, path)
+
+
+def _step0_check(meta: dict, source: str, val_arr, eval_loss, compute_dtype: str,
+                 log: MetricsLog, strict_data: bool) -> None:
+  """Before the first step: restored params must reproduce the recorded val loss on the very
+  batches that produced it, or the run stops (InitEvalMismatchError)."""
+  recorded, desc = meta.get("val_loss"), meta.get("eval_batches")
+  if recorded is None or not desc:
+    logging.warning("step-0 check skipped for %s: no recorded val loss", source)
+    return
+  try:
+    batches = data_lib.reproduce_eval_batches(
+        val_arr, desc, process_index=jax.process_index(), process_count=jax.process_count())
+  except data_lib.DataError as e:
+    if strict_data:
+      raise
+    logging.warning("step-0 check skipped for %s: %s", source, e)
+    return
+  measured = eval_loss(batches)
+  diff = arch_match.check_init_eval(source, recorded, measured, compute_dtype)
+  log.write({"event": "step0_check", "source": source, "recorded": recorded,
+             "measured": measured, "abs_diff": diff})
+  logging.info("step-0 check passed for %s: val loss %.6f vs recorded %.6f", source, measured,
+               recorded)
 
 
 def _data_fingerprint(manifest: dict) -> dict:

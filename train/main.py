@@ -29,6 +29,9 @@ _FORCE = flags.DEFINE_bool(
 _STOP_AFTER = flags.DEFINE_integer(
     "stop_after_steps", 0, "Stop after this many steps in this process, checkpoint and exit as "
     "PREEMPTED (a planned interruption; re-run the same command to resume). 0 = off.")
+_INIT = flags.DEFINE_string(
+    "init", "", "Warm start a fresh run from PATH[:STEP] (a run's workdir or checkpoints dir; "
+    "STEP = latest|best|N): parameters only, fresh optimizer and schedule; validated first.")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Print tracebacks for pregate errors too.")
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped early on purpose, re-run to resume.
@@ -61,7 +64,8 @@ def parse_flags(argv: list[str]) -> list[str]:
     sys.exit(2)
 
 
-def preflight(config, workdir: str, force: bool) -> tuple[ModelConfig, object, object]:
+def preflight(config, workdir: str, force: bool, init: str = ""
+              ) -> tuple[ModelConfig, object, object]:
   """Everything that can refuse a run, with nothing compiled and nothing written.
 
   Returns (model config, parameter counts, gate verdict).
@@ -83,8 +87,16 @@ def preflight(config, workdir: str, force: bool) -> tuple[ModelConfig, object, o
                                 batch["global_batch"] * batch["seq_len"], bypass=force)
   chinchilla.enforce(verdict)
   _check_workdir(workdir)
+  if init and not os.path.isdir(_init_path(init)):
+    raise ConfigError(f"--init={init}: no such checkpoint directory; pass a run's workdir or "
+                      f"checkpoints dir, optionally with :STEP")
   _check_corpus(cfg["data"])
   return model_cfg, counts, verdict
+
+
+def _init_path(spec: str) -> str:
+  from train.run_state import split_init_spec  # Only when --init is given (imports orbax).
+  return split_init_spec(spec)[0]
 
 
 def _check_workdir(workdir: str) -> None:
@@ -118,14 +130,14 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config, workdir = _CONFIG.value, _WORKDIR.value
   try:
-    model_cfg, counts, verdict = preflight(config, workdir, _FORCE.value)
+    model_cfg, counts, verdict = preflight(config, workdir, _FORCE.value, _INIT.value)
     if verdict.bypassed:
       logging.warning(chinchilla.warning_line(verdict))
     from train import loop  # Heavy imports only once the run is allowed to start.
     from train.metrics_log import quiet_libraries
     quiet_libraries()
     result = loop.run(config, workdir, model_cfg, counts, verdict,
-                      stop_after=_STOP_AFTER.value)
+                      stop_after=_STOP_AFTER.value, init=_INIT.value)
   except PregateError as e:
     _fail(e)
   if result.termination == "PREEMPTED":

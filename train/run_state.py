@@ -87,3 +87,27 @@ class TrainSetup:
         jax.device_put(jax.numpy.asarray(step, jax.numpy.int32), self.shardings.step),
         got["params"], got["opt_state"])
     return state, meta
+
+  def init_from(self, spec: str, tokenizer: dict | None, tx: optax.GradientTransformation
+                ) -> tuple[step_lib.TrainState, dict[str, Any]]:
+    """Warm start from `PATH[:STEP]`: validated parameters only; fresh optimizer and schedule."""
+    from train.restore import checkpoint_dir  # Local: restore.py imports this module.
+    path, step = split_init_spec(spec)
+    ckpt = Checkpointer(checkpoint_dir(path), read_only=True)
+    try:
+      resolved = ckpt.resolve(step)
+      meta = self.validate(ckpt, resolved, tokenizer)
+      params = ckpt.restore(resolved, params_target=self.targets()[0])["params"]
+    finally:
+      ckpt.close()
+    opt_state = jax.jit(tx.init, out_shardings=self.shardings.opt_state)(params)
+    step0 = jax.device_put(jax.numpy.zeros((), jax.numpy.int32), self.shardings.step)
+    return step_lib.TrainState(step0, params, opt_state), meta
+
+
+def split_init_spec(spec: str) -> tuple[str, str]:
+  """'PATH[:STEP]' -> (PATH, STEP), STEP = latest|best|N, default latest."""
+  head, sep, tail = spec.rpartition(":")
+  if sep and head and (tail.isdigit() or tail in ("latest", "best")):
+    return head, tail
+  return spec, "latest"

@@ -1,0 +1,78 @@
+"""Programmatic restore for evaluation: `load_for_eval(path)` needs no config file.
+
+The model is rebuilt from the checkpoint's own metadata, the stored tensors are proven to match
+that architecture (and `expected`, when given) before any array is read, and the parameters are
+restored onto the current devices whatever topology saved them.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, NamedTuple
+
+import jax
+import optax
+from flax import nnx
+
+from gates import arch_match
+from models.config import ModelConfig, ModelConfigError
+from models.transformer import Transformer
+from train import sharding
+from train.checkpoint import Checkpointer, CheckpointError
+from train.run_state import TrainSetup
+from train.tokenizer import Tokenizer, tokenizer_from_json
+
+
+class Restored(NamedTuple):
+  model: Transformer
+  meta: dict[str, Any]
+  tokenizer: Tokenizer
+  step: int
+
+
+def checkpoint_dir(path: str) -> str:
+  """Accept a run's workdir or its checkpoints directory."""
+  path = os.path.abspath(path)
+  nested = os.path.join(path, "checkpoints")
+  if os.path.isdir(nested):
+    return nested
+  if not os.path.isdir(path):
+    raise CheckpointError(f"no checkpoint directory at {path}; pass a run's workdir or "
+                          f"its checkpoints/ directory")
+  return path
+
+
+def default_mesh() -> jax.sharding.Mesh:
+  """All local devices on the data axis: parameters replicated, batches split."""
+  return sharding.make_mesh((jax.local_device_count(), 1, 1), jax.local_devices())
+
+
+def load_for_eval(path: str, step: str | int = "latest", mesh: jax.sharding.Mesh | None = None,
+                  expected: ModelConfig | None = None) -> Restored:
+  """Rebuild, validate and restore a model for evaluation.
+
+  Raises MissingMetadataError (no pregate metadata), ArchitectureMismatchError (tensors differ
+  from the metadata's architecture, or metadata differs from `expected`), CheckpointError.
+  """
+  ckpt = Checkpointer(checkpoint_dir(path), read_only=True)
+  try:
+    resolved = ckpt.resolve(step)
+    meta = ckpt.read_meta(resolved)
+    source = f"checkpoint {ckpt.directory}/{resolved}"
+    if not meta or "model" not in meta:
+      raise arch_match.MissingMetadataError(f"{ckpt.directory} (step {resolved})")
+    if expected is not None:
+      diffs = arch_match.config_differences(expected.to_dict(), meta["model"])
+      if diffs:
+        raise arch_match.ArchitectureMismatchError(source, diffs)
+    try:
+      model_cfg = ModelConfig.from_dict(meta["model"])
+    except (ModelConfigError, TypeError) as e:
+      raise arch_match.ArchitectureMismatchError(source, [f"model config unusable: {e}"])
+    setup = TrainSetup.build(model_cfg, optax.identity(), 0, mesh or default_mesh())
+    setup.validate(ckpt, resolved, None)
+    params_target, _ = setup.targets()
+    params = ckpt.restore(resolved, params_target=params_target)["params"]
+  finally:
+    ckpt.close()
+  model = nnx.merge(setup.graphdef, params)
+  return Restored(model, meta, tokenizer_from_json(meta["tokenizer"]), resolved)
