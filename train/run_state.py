@@ -18,7 +18,7 @@ from gates import arch_match
 from models.config import ModelConfig
 from models.params import abstract_model, param_shapes
 from train import sharding, step as step_lib
-from train.checkpoint import Checkpointer
+from train.checkpoint import Checkpointer, CheckpointError
 
 ARCHITECTURE = {"family": "llama", "hf_class": "LlamaForCausalLM", "model_type": "llama"}
 
@@ -81,8 +81,14 @@ class TrainSetup:
       return self.fresh_state(), None
     meta = self.validate(checkpointer, step, tokenizer)
     params_t, opt_t = self.targets()
-    got = checkpointer.restore(step, params_target=params_t, opt_target=opt_t,
-                               data_iter=data_iter)
+    try:
+      got = checkpointer.restore(step, params_target=params_t, opt_target=opt_t,
+                                 data_iter=data_iter)
+    except ValueError as e:  # Params were proven to match: the optimizer state differs.
+      raise CheckpointError(
+          f"checkpoint {checkpointer.directory}/{step}: its optimizer state does not fit the "
+          f"configured optimizer ({str(e).splitlines()[0]}); restore the optimizer settings "
+          f"it was saved with, or warm start its parameters with --init") from None
     state = step_lib.TrainState(
         jax.device_put(jax.numpy.asarray(step, jax.numpy.int32), self.shardings.step),
         got["params"], got["opt_state"])

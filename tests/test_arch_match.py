@@ -1,0 +1,211 @@
+"""INV-INIT-ARCH-MATCH-001: every load path proves the architecture before reading an array.
+
+One tiny real checkpoint is trained per module; each case builds the configured model that
+differs from it in one field and loads through the real code of each path: resume
+(`TrainSetup.restore_or_init`, what the loop calls), warm start (`TrainSetup.init_from`, what
+`--init` calls) and `load_for_eval(expected=...)`. End-to-end subprocess runs prove the CLI
+wiring: a refused load exits 2 before any train step.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+import helpers
+from gates.arch_match import (ArchitectureMismatchError, InitEvalMismatchError,
+                              MissingMetadataError, check_init_eval)
+from models.config import ModelConfig
+from train import checkpoint as ckpt_lib
+from train import restore, run_state, sharding, step as step_lib
+
+STEP = 20
+BASE = dict(vocab_size=65, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=64,
+            max_seq_len=128, rope_theta=10000.0, tie_embeddings=True, dtype="float32",
+            param_dtype="float32")
+# field -> a value that differs from BASE (with any companion change it needs to be valid).
+FIELDS = {
+    "vocab_size": {"vocab_size": 66}, "d_model": {"d_model": 64}, "n_layers": {"n_layers": 2},
+    "n_heads": {"n_heads": 4}, "n_kv_heads": {"n_kv_heads": 2}, "d_ff": {"d_ff": 96},
+    "tie_embeddings": {"tie_embeddings": False}, "rope_theta": {"rope_theta": 500000.0},
+    "max_seq_len": {"max_seq_len": 256}, "param_dtype": {"param_dtype": "bfloat16"},
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, prepared_data) -> Path:
+  work = tmp_path_factory.mktemp("arch") / "run"
+  r = helpers.run_main(helpers.FORCE, *helpers.tiny_flags(prepared_data, {"train_steps": STEP}),
+                       workdir=work)
+  assert r.rc == 0, r.stderr[-3000:]
+  return work
+
+
+@pytest.fixture
+def copy(trained, tmp_path) -> Path:
+  dst = tmp_path / "run"
+  shutil.copytree(trained, dst)
+  return dst
+
+
+def _setup(**changes) -> run_state.TrainSetup:
+  cfg = ModelConfig(**{**BASE, **changes})
+  mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+  return run_state.TrainSetup.build(cfg, _tx(), 0, mesh)
+
+
+def _tx() -> optax.GradientTransformation:
+  return step_lib.make_optimizer(helpers.tiny_config(None))
+
+
+def _tokenizer(work: Path) -> dict:
+  return helpers.checkpoint_meta(work, STEP)["tokenizer"]
+
+
+def _resume(work: Path, setup: run_state.TrainSetup, tokenizer: dict | None = None):
+  ckpt = ckpt_lib.Checkpointer(str(work / "checkpoints"), read_only=True)
+  try:
+    return setup.restore_or_init(ckpt, None, tokenizer or _tokenizer(work))
+  finally:
+    ckpt.close()
+
+
+def _names_field(err: Exception, field: str) -> None:
+  assert f"model.{field}" in str(err), str(err)
+
+
+@pytest.mark.parametrize("field", sorted(FIELDS))
+def test_field_mismatch_refused_on_resume(trained, field):
+  with pytest.raises(ArchitectureMismatchError) as e:
+    _resume(trained, _setup(**FIELDS[field]))
+  _names_field(e.value, field)
+
+
+@pytest.mark.parametrize("field", sorted(FIELDS))
+def test_field_mismatch_refused_on_init(trained, field):
+  setup = _setup(**FIELDS[field])
+  with pytest.raises(ArchitectureMismatchError) as e:
+    setup.init_from(f"{trained}:{STEP}", _tokenizer(trained), _tx())
+  _names_field(e.value, field)
+
+
+@pytest.mark.parametrize("field", sorted(FIELDS))
+def test_field_mismatch_refused_by_load_for_eval(trained, field):
+  with pytest.raises(ArchitectureMismatchError) as e:
+    restore.load_for_eval(str(trained), STEP, expected=ModelConfig(**{**BASE, **FIELDS[field]}))
+  _names_field(e.value, field)
+
+
+def test_matching_config_loads_on_every_path(trained):
+  state, meta = _resume(trained, _setup())
+  assert int(state.step) == STEP and meta["step"] == STEP
+  fresh, _ = _setup().init_from(str(trained), _tokenizer(trained), _tx())
+  assert int(fresh.step) == 0
+  got = restore.load_for_eval(str(trained), "latest", expected=ModelConfig(**BASE))
+  want = helpers.flat(helpers.load_params(trained, STEP))
+  for path, leaf in helpers.flat(jax.tree.map(np.asarray, state.params)).items():
+    np.testing.assert_array_equal(leaf, want[path])
+  assert got.step == STEP and got.tokenizer.vocab_size == 65
+
+
+def _edit_meta(work: Path, **model_changes) -> None:
+  path = work / "checkpoints" / str(STEP) / "meta" / "metadata"
+  meta = json.loads(path.read_text())
+  meta["model"].update(model_changes)
+  path.write_text(json.dumps(meta))
+
+
+def test_masquerade_refused_on_every_path(copy):
+  """Metadata claims d_model=64 (and the config agrees) but the tensors are d_model=32."""
+  _edit_meta(copy, d_model=64)
+  setup = _setup(d_model=64)
+  for load in (lambda: _resume(copy, setup),
+               lambda: setup.init_from(str(copy), _tokenizer(copy), _tx()),
+               lambda: restore.load_for_eval(str(copy), STEP),
+               lambda: restore.load_for_eval(str(copy), STEP,
+                                             expected=ModelConfig(**{**BASE, "d_model": 64}))):
+    with pytest.raises(ArchitectureMismatchError) as e:
+      load()
+    assert "tensor embed: expected float32[65, 64] found float32[65, 32]" in str(e.value)
+
+
+def test_dtype_mismatch_refused(copy):
+  """fp32 tensors never load as bf16 params, even when the metadata is edited to agree."""
+  with pytest.raises(ArchitectureMismatchError, match="model.param_dtype"):
+    _resume(copy, _setup(param_dtype="bfloat16"))
+  _edit_meta(copy, param_dtype="bfloat16")
+  with pytest.raises(ArchitectureMismatchError) as e:
+    _resume(copy, _setup(param_dtype="bfloat16"))
+  assert "expected bfloat16[65, 32] found float32[65, 32]" in str(e.value)
+
+
+def test_tokenizer_mismatch_refused(trained):
+  with pytest.raises(ArchitectureMismatchError, match="tokenizer"):
+    _resume(trained, _setup(), tokenizer={"type": "byte"})
+  other = dict(_tokenizer(trained))
+  other["vocab"] = other["vocab"][::-1]
+  with pytest.raises(ArchitectureMismatchError, match="tokenizer"):
+    _setup().init_from(str(trained), other, _tx())
+
+
+def test_missing_metadata_refused(copy):
+  tokenizer = _tokenizer(copy)
+  (copy / "checkpoints" / str(STEP) / "meta" / "metadata").unlink()
+  for load in (lambda: _resume(copy, _setup(), tokenizer),
+               lambda: _setup().init_from(str(copy), None, _tx()),
+               lambda: restore.load_for_eval(str(copy), STEP)):
+    with pytest.raises(MissingMetadataError, match="train.stamp"):
+      load()
+
+
+def test_cli_resume_with_other_architecture_exits_before_training(copy, prepared_data):
+  before = helpers.events(helpers.read_jsonl(copy / "metrics.jsonl"), "train")
+  steps_before = helpers.checkpoint_steps(copy)
+  r = helpers.run_main(helpers.FORCE, *helpers.tiny_flags(
+      prepared_data, {"train_steps": 40, "model.d_ff": 96}), workdir=copy)
+  assert r.rc == 2, r.stderr[-2000:]
+  assert "ArchitectureMismatchError" in r.stderr and "model.d_ff" in r.stderr
+  assert "Traceback" not in r.stderr
+  assert helpers.events(helpers.read_jsonl(copy / "metrics.jsonl"), "train") == before
+  assert helpers.checkpoint_steps(copy) == steps_before
+
+
+def _tamper(src: Path, dst: Path) -> None:
+  """A copy whose `embed` tensor was scaled by 1.5 after save; metadata unchanged."""
+  params = helpers.load_params(src, STEP)
+  params["embed"] = params["embed"] * 1.5
+  meta = helpers.checkpoint_meta(src, STEP)
+  ckpt = ckpt_lib.Checkpointer(str(dst / "checkpoints"), keep=1, keep_best=0, async_save=False)
+  ckpt.save(STEP, params, {"unused": np.zeros(1)}, None, meta, meta["val_loss"])
+  ckpt.close()
+
+
+def test_init_from_good_checkpoint_reproduces_val_loss_and_trains(trained, tmp_path,
+                                                                   prepared_data):
+  work = tmp_path / "warm"
+  r = helpers.run_main(helpers.FORCE, f"--init={trained}:{STEP}",
+                       *helpers.tiny_flags(prepared_data), workdir=work)
+  assert r.rc == 0, r.stderr[-3000:]
+  records = helpers.read_jsonl(work / "metrics.jsonl")
+  check = helpers.events(records, "step0_check")
+  assert len(check) == 1 and check[0]["abs_diff"] <= 1e-4 * check[0]["recorded"]
+  assert helpers.events(records, "train")
+
+
+def test_tampered_params_stopped_at_step0(trained, tmp_path, prepared_data):
+  bad = tmp_path / "tampered"
+  _tamper(trained, bad)
+  work = tmp_path / "warm"
+  r = helpers.run_main(helpers.FORCE, f"--init={bad}", *helpers.tiny_flags(prepared_data),
+                       workdir=work)
+  assert r.rc == 2, r.stderr[-3000:]
+  assert "InitEvalMismatchError" in r.stderr and "Traceback" not in r.stderr
+  assert not helpers.events(helpers.read_jsonl(work / "metrics.jsonl"), "train")
+  with pytest.raises(InitEvalMismatchError):
+    check_init_eval("x", 1.5, 1.5 * (1 + 2e-4), "float32")
+  assert check_init_eval("x", 1.5, 1.5 * (1 + 5e-5), "float32") < 1e-4
