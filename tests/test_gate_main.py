@@ -88,7 +88,9 @@ def test_bypass_trains_and_records_verdict(prepared_data, tmp_path):
   assert len(warnings) == 1, res.stderr[-3000:]
   assert re.match(r"^W\d{4} ", warnings[0]), warnings[0]  # logged at WARNING level
   assert DEGENERATION in warnings[0]
-  assert f"D/N = {ratio_text(verdict.tokens, verdict.n_params)}" in warnings[0]
+  ratio = ratio_text(verdict.tokens, verdict.n_params)  # "0.33": truncated, as the gate prints
+  assert f"D/N = {ratio}" in warnings[0]
+  assert f"(D/N = {ratio}, {DEGENERATION})" in res.stderr  # the loop's summary agrees
 
   gate = json.loads((workdir / "gate.json").read_text())
   assert gate["bypassed"] is True and gate["passed"] is False and gate["proceeds"] is True

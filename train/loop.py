@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from absl import logging
 
 from gates import arch_match, chinchilla
@@ -62,8 +63,12 @@ def _data(config, workdir: str, model_cfg) -> tuple[dict, Any, Any, Any]:
   """Prepare (once, cached) and open the train/val token arrays; check the tokenizer fits."""
   dcfg = config.data
   data_dir = provenance.resolve_path(dcfg.data_dir) or os.path.join(workdir, "data")
-  manifest = prepare_data.ensure_prepared(provenance.resolve_path(dcfg.corpus), data_dir,
-                                          dcfg.tokenizer, dcfg.val_fraction)
+  if jax.process_index() == 0:  # One writer; the others read what it wrote (shared FS).
+    manifest = prepare_data.ensure_prepared(provenance.resolve_path(dcfg.corpus), data_dir,
+                                            dcfg.tokenizer, dcfg.val_fraction)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("pregate:data_prepared")
+    manifest = prepare_data.load_manifest(data_dir)
   tokenizer = tokenizer_from_json(manifest["tokenizer"])
   if tokenizer.vocab_size != model_cfg.vocab_size:
     raise data_lib.DataError(
@@ -147,9 +152,9 @@ def run(config, workdir: str, model_cfg, counts, verdict: chinchilla.Verdict, *,
   fpt = flops.flops_per_token(model_cfg, counts.total, bcfg.seq_len)
   peak, peak_src = flops.device_peak(model_cfg.dtype)
   peak_total = peak * jax.device_count()
-  logging.info("N = %s parameters (%s non-embedding); D = %s planned tokens (D/N = %.2f, %s)",
+  logging.info("N = %s parameters (%s non-embedding); D = %s planned tokens (D/N = %s, %s)",
                f"{counts.total:,}", f"{counts.non_embedding:,}", f"{verdict.tokens:,}",
-               verdict.ratio, verdict.zone)
+               chinchilla.ratio_text(verdict.tokens, verdict.n_params), verdict.zone)
   logging.info("mesh: %s; compile %.2fs; peak %.1f TFLOP/s/device (%s); start step %d/%d",
                sharding.describe(mesh), compile_s, peak / 1e12, peak_src, start,
                config.train_steps)
@@ -281,6 +286,8 @@ def _step0_check(meta: dict, source: str, val_arr, eval_loss, compute_dtype: str
              "measured": measured, "abs_diff": diff})
   logging.info("step-0 check passed for %s: val loss %.6f vs recorded %.6f", source, measured,
                recorded)
+
+
 
 
 def _data_fingerprint(manifest: dict) -> dict:

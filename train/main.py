@@ -14,7 +14,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from gates import chinchilla, config_sanity
-from gates.errors import ConfigError, DataError, PregateError
+from gates.errors import ConfigError, DataError, GateRefusal, PregateError
 from models.config import ModelConfig, ModelConfigError
 from models.params import count_params
 from train import provenance
@@ -32,17 +32,29 @@ _STOP_AFTER = flags.DEFINE_integer(
 _INIT = flags.DEFINE_string(
     "init", "", "Warm start a fresh run from PATH[:STEP] (a run's workdir or checkpoints dir; "
     "STEP = latest|best|N): parameters only, fresh optimizer and schedule; validated first.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", "", "host:port of process 0 for multi-process runs (else "
+    "auto-detected from SLURM/MPI/TPU environments, or a single process).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Processes in a multi-process run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's 0-based index.")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Print tracebacks for pregate errors too.")
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped early on purpose, re-run to resume.
 
 
+def _is_primary() -> bool:
+  """Process 0 speaks for the job (known from flags or the launcher before jax starts)."""
+  return _PROCESS_ID.value <= 0 and os.environ.get("SLURM_PROCID", "0") == "0"
+
+
 def _fail(err: BaseException) -> None:
-  """One line on stderr and the error's exit code; tracebacks only with --verbose."""
+  """One line on stderr and the error's exit code; tracebacks only with --verbose. Every
+  process exits with the same code; a gate refusal is printed by process 0 only."""
   if _VERBOSE.present and _VERBOSE.value:
     traceback.print_exception(err)
   name = type(err).__name__
-  print(f"ERROR: {name}: {err}", file=sys.stderr, flush=True)
+  if _is_primary() or not isinstance(err, GateRefusal):
+    print(f"ERROR: {name}: {err}", file=sys.stderr, flush=True)
   sys.exit(getattr(err, "exit_code", 2))
 
 
@@ -131,9 +143,10 @@ def main(argv: list[str]) -> None:
   config, workdir = _CONFIG.value, _WORKDIR.value
   try:
     model_cfg, counts, verdict = preflight(config, workdir, _FORCE.value, _INIT.value)
-    if verdict.bypassed:
+    if verdict.bypassed and _is_primary():
       logging.warning(chinchilla.warning_line(verdict))
-    from train import loop  # Heavy imports only once the run is allowed to start.
+    from train import distributed, loop  # Heavy imports only once the run may start.
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     from train.metrics_log import quiet_libraries
     quiet_libraries()
     result = loop.run(config, workdir, model_cfg, counts, verdict,

@@ -8,10 +8,12 @@ shardings, so a checkpoint saved on one topology loads on another.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import jax
 import optax
+from absl import logging
 from flax import nnx
 
 from gates import arch_match
@@ -81,14 +83,25 @@ class TrainSetup:
       return self.fresh_state(), None
     meta = self.validate(checkpointer, step, tokenizer)
     params_t, opt_t = self.targets()
+    same_topology = data_iter is not None and os.path.exists(os.path.join(
+        checkpointer.directory, str(step), "data",
+        f"process_{jax.process_index()}-of-{jax.process_count()}.json"))
     try:
       got = checkpointer.restore(step, params_target=params_t, opt_target=opt_t,
-                                 data_iter=data_iter)
+                                 data_iter=data_iter if same_topology else None)
     except ValueError as e:  # Params were proven to match: the optimizer state differs.
       raise CheckpointError(
           f"checkpoint {checkpointer.directory}/{step}: its optimizer state does not fit the "
           f"configured optimizer ({str(e).splitlines()[0]}); restore the optimizer settings "
           f"it was saved with, or warm start its parameters with --init") from None
+    if data_iter is not None and not same_topology:
+      # Saved by another process count: batch i is a pure function of (seed, i) and each
+      # step consumes one batch, so the position is the step; this process's rows follow.
+      logging.warning("checkpoint %s/%d was saved by another process count; data position "
+                      "derived from the step", checkpointer.directory, step)
+      data_state = data_iter.get_state()
+      data_state["next_index"] = step
+      data_iter.set_state(data_state)
     state = step_lib.TrainState(
         jax.device_put(jax.numpy.asarray(step, jax.numpy.int32), self.shardings.step),
         got["params"], got["opt_state"])
