@@ -23,7 +23,10 @@ def get_config() -> ConfigDict:
   ))
   c.batch = ConfigDict(dict(global_batch=32, seq_len=128, grad_accum=1))
   c.optimizer = ConfigDict(dict(
-      lr=1e-3, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0))
+      lr=1e-3, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0,
+      # Non-finite loss/grad: 0 = stop the run (NonFiniteLossError); N > 0 = skip such updates,
+      # stopping once more than N were skipped.
+      skip_nonfinite=0))
   c.schedule = ConfigDict(dict(warmup_steps=100, decay_steps=0, min_lr_ratio=0.1))
   c.eval = ConfigDict(dict(
       eval_every=250, eval_batches=20, batch_size=0,  # 0 = the train global batch

@@ -6,6 +6,7 @@ k+1, so the device never waits for Python.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -21,7 +22,8 @@ from absl import logging
 from gates import arch_match, chinchilla
 from train import checkpoint as ckpt_lib
 from train import data as data_lib
-from train import flops, prepare_data, provenance, run_state, sharding, step as step_lib
+from train import flops, guards, prepare_data, provenance, run_state, sharding
+from train import step as step_lib
 from train.metrics_log import MetricsLog, format_line
 from train.tokenizer import tokenizer_from_json
 
@@ -129,7 +131,8 @@ def run(config, workdir: str, model_cfg, counts, verdict: chinchilla.Verdict, *,
 
   t0 = time.perf_counter()
   train_step = jax.jit(
-      step_lib.make_train_step(setup.graphdef, tx, schedule, bcfg.grad_accum),
+      step_lib.make_train_step(setup.graphdef, tx, schedule, bcfg.grad_accum,
+                               skip_nonfinite=config.optimizer.skip_nonfinite > 0),
       in_shardings=(setup.shardings, batch_sharding), donate_argnums=0)
   abstract_batch = {k: jax.ShapeDtypeStruct((bcfg.global_batch, bcfg.seq_len), np.int32,
                                             sharding=batch_sharding)
@@ -171,37 +174,54 @@ def run(config, workdir: str, model_cfg, counts, verdict: chinchilla.Verdict, *,
   bad_evals = int(prev.get("evals_without_improvement", 0))
   val_loss = prev.get("val_loss")
   termination = COMPLETED
+  guard = guards.NonFiniteGuard(config.optimizer.skip_nonfinite,
+                                int(prev.get("nonfinite_skipped", 0)))
+  ckpt_bytes = guards.state_bytes((state.params, state.opt_state))
+  pending: list = []  # (step, device metrics) not yet read by the host
+  window_losses: list[float] = []
+
+  def consume() -> dict | None:
+    """Read the pending step's metrics (the device has moved on) and guard them."""
+    if not pending:
+      return None
+    at, dev = pending.pop()
+    m = jax.device_get(dev)
+    guard.check(at, float(m["loss"]), float(m["grad_norm"]), int(m["skipped"]))
+    window_losses.append(float(m["loss"]))
+    return m
 
   def save(step: int, loss: float | None, reason: str | None = None) -> None:
+    consume()  # A poisoned step raises here, before its state can replace a good checkpoint.
+    guards.check_disk(checkpointer.directory, ckpt_bytes)
     meta = dict(meta_common, step=step, tokens_seen=step * tokens_per_step, val_loss=loss,
                 best_val_loss=best, evals_without_improvement=bad_evals,
-                termination=reason)
+                nonfinite_skipped=guard.skipped, termination=reason)
     t = time.perf_counter()
     if loss is None:  # Every checkpoint records the val loss its params give (step-0 check).
       meta["val_loss"] = loss = evaluate()
+    if not np.isfinite(loss):
+      raise guards.NonFiniteLossError(
+          f"validation loss {loss} at step {step}: the parameters are poisoned and were not "
+          f"saved; the last good checkpoint is intact. Lower optimizer.lr or raise warmup")
     checkpointer.save(step, state.params, state.opt_state, it, meta, loss)
     log.write({"event": "save", "step": step, "blocking_s": time.perf_counter() - t})
 
   step = start
-  window_t, window_steps, window_losses, idle = time.perf_counter(), 0, [], 0.0
+  window_t, window_steps, idle = time.perf_counter(), 0, 0.0
   run_t0 = time.perf_counter()
-  pending = None
-  with _Signals() as signals:
+  with _Signals() as signals, _record_failure(log, checkpointer, lambda: step):
     while step < config.train_steps:
       batch = to_global(next(it))
       state, metrics = compiled(state, batch)
-      if pending is not None:
-        window_losses.append(float(pending["loss"]))
-      pending = metrics
+      consume()
       step += 1
+      pending.append((step, metrics))
       window_steps += 1
       edge_t = time.perf_counter()
       is_eval = step % config.eval.eval_every == 0 or step == config.train_steps
       is_log = step % config.logging.log_every == 0 or step == config.train_steps
       if is_log or is_eval:
-        m = jax.device_get(pending)
-        window_losses.append(float(m["loss"]))
-        pending = None
+        m = consume()
       if is_eval:
         val_loss = evaluate()
         min_delta = config.eval.early_stop_min_delta
@@ -225,7 +245,8 @@ def run(config, workdir: str, model_cfg, counts, verdict: chinchilla.Verdict, *,
         log.write(rec)
         if is_main:
           logging.info(format_line(rec))
-        window_t, window_steps, window_losses, idle = now, 0, [], 0.0
+        window_t, window_steps, idle = now, 0, 0.0
+        window_losses.clear()
         edge_t = now  # this edge's time so far (eval, log) belongs to the window just closed
       patience = config.eval.early_stop_patience
       stop_early = is_eval and patience > 0 and bad_evals >= patience
@@ -253,6 +274,20 @@ def run(config, workdir: str, model_cfg, counts, verdict: chinchilla.Verdict, *,
           f"(step {step}, {termination})", flush=True)
   log.close()
   return RunResult(termination, step, val_loss, best)
+
+
+@contextlib.contextmanager
+def _record_failure(log: MetricsLog, checkpointer: ckpt_lib.Checkpointer, step_fn):
+  """A guard failure ends the run with its reason recorded; in-flight saves of good states
+  still commit before the error propagates."""
+  try:
+    yield
+  except (guards.NonFiniteLossError, guards.DiskSpaceError) as e:
+    reason = "NONFINITE" if isinstance(e, guards.NonFiniteLossError) else "DISK_FULL"
+    log.write({"event": "end", "step": step_fn(), "termination": reason, "error": str(e)})
+    checkpointer.close()
+    log.close()
+    raise
 
 
 def _write_json_atomic(path: str, obj: dict) -> None:

@@ -90,11 +90,12 @@ def make_loss_fn(graphdef: nnx.GraphDef) -> Callable[[Params, Batch], jax.Array]
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule, grad_accum: int = 1
+                    schedule: optax.Schedule, grad_accum: int = 1, skip_nonfinite: bool = False
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
   """A pure step. With grad_accum > 1 the batch is split into microbatches whose gradients are
   averaged in a `lax.scan`, so memory is that of one microbatch and the result equals the large
-  batch's (equal-size microbatches, mean loss)."""
+  batch's (equal-size microbatches, mean loss). With skip_nonfinite, a step whose loss or
+  gradient norm is NaN/Inf leaves params and optimizer state unchanged (metrics['skipped'])."""
   grad_fn = jax.value_and_grad(make_loss_fn(graphdef))
 
   def grads_of(params: Params, batch: Batch) -> tuple[jax.Array, Params]:
@@ -113,9 +114,16 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
 
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
     loss, grads = grads_of(state.params, batch)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step)}
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    if skip_nonfinite:
+      keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+      params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+    metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step),
+               "skipped": jnp.logical_not(finite).astype(jnp.int32) if skip_nonfinite
+               else jnp.zeros((), jnp.int32)}
     return TrainState(state.step + 1, params, opt_state), metrics
 
   return train_step
