@@ -77,11 +77,37 @@ class TrainSetup:
 
   def restore_or_init(self, checkpointer: Checkpointer, data_iter: Any,
                       tokenizer: dict | None) -> tuple[step_lib.TrainState, dict | None]:
-    """Resume from the latest checkpoint (validated, strict) or start fresh."""
-    step = checkpointer.latest_step()
-    if step is None:
+    """Resume from the newest intact checkpoint (validated, strict) or start fresh.
+
+    A damaged step (unreadable metadata or array metadata, a truncated or missing array file)
+    is reported and skipped for the next newest; if every step is damaged the run stops
+    rather than training from scratch over them. An architecture mismatch is never "damage".
+    """
+    steps = sorted(checkpointer.steps(), reverse=True)
+    if not steps:
       return self.fresh_state(), None
-    meta = self.validate(checkpointer, step, tokenizer)
+    damaged = []
+    for step in steps:
+      try:
+        meta = self.validate(checkpointer, step, tokenizer)
+        state = self._restore(checkpointer, step, data_iter)
+      except (arch_match.ArchitectureMismatchError, arch_match.MissingMetadataError):
+        raise
+      except Exception as e:  # pylint: disable=broad-except
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        logging.warning("checkpoint %s/%d is damaged, skipped: %s", checkpointer.directory,
+                        step, reason)
+        damaged.append(f"step {step}: {reason}")
+        continue
+      if damaged and jax.process_index() == 0:
+        checkpointer.set_aside([int(d.split(":")[0].split()[1]) for d in damaged])
+      return state, meta
+    raise CheckpointError(
+        f"no usable checkpoint in {checkpointer.directory} ({'; '.join(damaged)}); refusing to "
+        f"train from scratch over them: move the directory aside to start afresh, or fix it")
+
+  def _restore(self, checkpointer: Checkpointer, step: int, data_iter: Any
+               ) -> step_lib.TrainState:
     params_t, opt_t = self.targets()
     same_topology = data_iter is not None and os.path.exists(os.path.join(
         checkpointer.directory, str(step), "data",
@@ -89,11 +115,10 @@ class TrainSetup:
     try:
       got = checkpointer.restore(step, params_target=params_t, opt_target=opt_t,
                                  data_iter=data_iter if same_topology else None)
-    except ValueError as e:  # Params were proven to match: the optimizer state differs.
+    except ValueError as e:
       raise CheckpointError(
-          f"checkpoint {checkpointer.directory}/{step}: its optimizer state does not fit the "
-          f"configured optimizer ({str(e).splitlines()[0]}); restore the optimizer settings "
-          f"it was saved with, or warm start its parameters with --init") from None
+          f"its arrays could not be restored ({str(e).splitlines()[0]}); if only the optimizer "
+          f"settings changed, restore them, or warm start the parameters with --init") from None
     if data_iter is not None and not same_topology:
       # Saved by another process count: batch i is a pure function of (seed, i) and each
       # step consumes one batch, so the position is the step; this process's rows follow.
@@ -102,10 +127,9 @@ class TrainSetup:
       data_state = data_iter.get_state()
       data_state["next_index"] = step
       data_iter.set_state(data_state)
-    state = step_lib.TrainState(
+    return step_lib.TrainState(
         jax.device_put(jax.numpy.asarray(step, jax.numpy.int32), self.shardings.step),
         got["params"], got["opt_state"])
-    return state, meta
 
   def init_from(self, spec: str, tokenizer: dict | None, tx: optax.GradientTransformation
                 ) -> tuple[step_lib.TrainState, dict[str, Any]]:
@@ -116,7 +140,11 @@ class TrainSetup:
     try:
       resolved = ckpt.resolve(step)
       meta = self.validate(ckpt, resolved, tokenizer)
-      params = ckpt.restore(resolved, params_target=self.targets()[0])["params"]
+      try:
+        params = ckpt.restore(resolved, params_target=self.targets()[0])["params"]
+      except Exception as e:  # pylint: disable=broad-except
+        raise CheckpointError(f"--init={spec}: checkpoint step {resolved} is damaged "
+                              f"({str(e).splitlines()[0]}); pick another step") from None
     finally:
       ckpt.close()
     opt_state = jax.jit(tx.init, out_shardings=self.shardings.opt_state)(params)
