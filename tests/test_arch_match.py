@@ -166,8 +166,11 @@ def test_missing_metadata_refused(copy):
 def test_cli_resume_with_other_architecture_exits_before_training(copy, prepared_data):
   before = helpers.events(helpers.read_jsonl(copy / "metrics.jsonl"), "train")
   steps_before = helpers.checkpoint_steps(copy)
-  r = helpers.run_main(helpers.FORCE, *helpers.tiny_flags(
-      prepared_data, {"train_steps": 40, "model.d_ff": 96}), workdir=copy)
+  flags = (helpers.FORCE, *helpers.tiny_flags(prepared_data, {"model.d_ff": 96}))
+  r = helpers.run_main(*flags, workdir=copy)  # The workdir's owner record refuses first.
+  assert r.rc == 2 and "WorkdirOwnershipError" in r.stderr and "model.d_ff" in r.stderr
+  (copy / "run.json").unlink()  # Without it, the checkpoint's own metadata still refuses.
+  r = helpers.run_main(*flags, workdir=copy)
   assert r.rc == 2, r.stderr[-2000:]
   assert "ArchitectureMismatchError" in r.stderr and "model.d_ff" in r.stderr
   assert "Traceback" not in r.stderr

@@ -19,7 +19,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from absl import logging
 
-from gates import arch_match, chinchilla
+from gates import arch_match, chinchilla, ownership
 from train import checkpoint as ckpt_lib
 from train import data as data_lib
 from train import flops, guards, prepare_data, provenance, run_state, sharding
@@ -86,13 +86,14 @@ def _data(config, workdir: str, model_cfg) -> tuple[dict, Any, Any, Any]:
 
 
 def run(config, workdir: str, model_cfg, counts, verdict: chinchilla.Verdict, *,
-        stop_after: int = 0, init: str = "") -> RunResult:
+        stop_after: int = 0, init: str = "", changes: dict | None = None) -> RunResult:
   # Data first: a corpus or tokenizer refusal must leave no run directory behind.
   manifest, tokenizer, train_arr, val_arr = _data(config, workdir, model_cfg)
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
   if is_main:
     _write_json_atomic(os.path.join(workdir, "gate.json"), verdict.to_dict())
+    _record_owner(workdir, config.to_dict(), verdict, changes or {})
   log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), enabled=is_main)
   log.write_gate(verdict)
 
@@ -168,7 +169,8 @@ def run(config, workdir: str, model_cfg, counts, verdict: chinchilla.Verdict, *,
       signature={p: [list(s), d] for p, (s, d) in setup.expected_signature().items()},
       config=config.to_dict(), planned_tokens=verdict.tokens, eval_batches=eval_desc,
       mesh={a: int(mesh.shape[a]) for a in sharding.AXES}, libraries=provenance.library_versions(),
-      git_commit=provenance.git_commit(), architecture=run_state.ARCHITECTURE)
+      git_commit=provenance.git_commit(), architecture=run_state.ARCHITECTURE,
+      config_changes=(changes or {}).get("schedule", []) + (changes or {}).get("safe", []))
   prev = resumed_meta or {}
   best = prev.get("best_val_loss")
   bad_evals = int(prev.get("evals_without_improvement", 0))
@@ -288,6 +290,21 @@ def _record_failure(log: MetricsLog, checkpointer: ckpt_lib.Checkpointer, step_f
     checkpointer.close()
     log.close()
     raise
+
+
+def _record_owner(workdir: str, cfg: dict, verdict: chinchilla.Verdict, changes: dict) -> None:
+  """WORKDIR/run.json: the experiment that owns the workdir, plus every accepted change."""
+  path = os.path.join(workdir, "run.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      owner = json.load(f)
+    if changes.get("schedule") or changes.get("safe"):
+      owner.setdefault("changes", []).append({"time": time.time(), **changes})
+      owner["config"] = cfg
+  else:
+    owner = {"config": cfg, "config_hash": ownership.config_hash(cfg), "gate": verdict.to_dict(),
+             "created": time.time()}
+  _write_json_atomic(path, owner)
 
 
 def _write_json_atomic(path: str, obj: dict) -> None:

@@ -6,6 +6,7 @@ is written. Re-running the same command on the same workdir resumes from the lat
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 import traceback
@@ -13,7 +14,7 @@ import traceback
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gates import chinchilla, config_sanity
+from gates import chinchilla, config_sanity, ownership
 from gates.errors import ConfigError, DataError, GateRefusal, PregateError
 from models.config import ModelConfig, ModelConfigError
 from models.params import count_params
@@ -37,6 +38,9 @@ _COORDINATOR = flags.DEFINE_string(
     "auto-detected from SLURM/MPI/TPU environments, or a single process).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Processes in a multi-process run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's 0-based index.")
+_ALLOW_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False, "Resume a workdir with changed schedule fields (steps, "
+    "batch, optimizer, schedule); the change is recorded in checkpoint metadata.")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Print tracebacks for pregate errors too.")
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped early on purpose, re-run to resume.
@@ -76,11 +80,11 @@ def parse_flags(argv: list[str]) -> list[str]:
     sys.exit(2)
 
 
-def preflight(config, workdir: str, force: bool, init: str = ""
-              ) -> tuple[ModelConfig, object, object]:
+def preflight(config, workdir: str, force: bool, init: str = "", allow_change: bool = False
+              ) -> tuple[ModelConfig, object, object, dict]:
   """Everything that can refuse a run, with nothing compiled and nothing written.
 
-  Returns (model config, parameter counts, gate verdict).
+  Returns (model config, parameter counts, gate verdict, config changes vs the workdir's owner).
   """
   if config is None:
     raise ConfigError("no experiment config: pass --config=configs/<name>.py")
@@ -99,11 +103,30 @@ def preflight(config, workdir: str, force: bool, init: str = ""
                                 batch["global_batch"] * batch["seq_len"], bypass=force)
   chinchilla.enforce(verdict)
   _check_workdir(workdir)
+  changes = _check_ownership(workdir, cfg, allow_change)
   if init and not os.path.isdir(_init_path(init)):
     raise ConfigError(f"--init={init}: no such checkpoint directory; pass a run's workdir or "
                       f"checkpoints dir, optionally with :STEP")
   _check_corpus(cfg["data"])
-  return model_cfg, counts, verdict
+  return model_cfg, counts, verdict, changes
+
+
+def _check_ownership(workdir: str, cfg: dict, allow_change: bool) -> dict:
+  """Compare with WORKDIR/run.json (written by the run that owns the workdir)."""
+  path = os.path.join(workdir, "run.json")
+  if not os.path.exists(path):
+    return {}
+  try:
+    with open(path) as f:
+      recorded = json.load(f)["config"]
+  except (OSError, ValueError, KeyError) as e:
+    raise ConfigError(f"{path} is unreadable ({e}); it records which experiment owns "
+                      f"--workdir={workdir}: restore it or use a new workdir") from None
+  diff = ownership.check(workdir, recorded, cfg, allow_change)
+  if diff["safe"] and _is_primary():
+    logging.info("config changes since this workdir's first run (safe): %s",
+                 "; ".join(diff["safe"]))
+  return diff
 
 
 def _init_path(spec: str) -> str:
@@ -142,7 +165,8 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config, workdir = _CONFIG.value, _WORKDIR.value
   try:
-    model_cfg, counts, verdict = preflight(config, workdir, _FORCE.value, _INIT.value)
+    model_cfg, counts, verdict, changes = preflight(config, workdir, _FORCE.value, _INIT.value,
+                                                    _ALLOW_CHANGE.value)
     if verdict.bypassed and _is_primary():
       logging.warning(chinchilla.warning_line(verdict))
     from train import distributed, loop  # Heavy imports only once the run may start.
@@ -150,7 +174,7 @@ def main(argv: list[str]) -> None:
     from train.metrics_log import quiet_libraries
     quiet_libraries()
     result = loop.run(config, workdir, model_cfg, counts, verdict,
-                      stop_after=_STOP_AFTER.value, init=_INIT.value)
+                      stop_after=_STOP_AFTER.value, init=_INIT.value, changes=changes)
   except PregateError as e:
     _fail(e)
   if result.termination == "PREEMPTED":

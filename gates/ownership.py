@@ -1,0 +1,70 @@
+"""Workdir ownership: a run directory belongs to one experiment.
+
+Pure comparison of the config recorded when the workdir was first used with the config of the
+command now starting there. Identity fields (architecture, data, seed) may never change;
+schedule fields change the run's trajectory and need an explicit opt-in; the rest is safe.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Mapping
+
+from gates.errors import ConfigError
+
+IDENTITY = ("model.", "data.", "seed")
+SCHEDULE = ("train_steps", "batch.", "optimizer.", "schedule.")
+
+
+class WorkdirOwnershipError(ConfigError):
+  """The workdir belongs to a different experiment (or a schedule change was not allowed)."""
+
+
+def flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in cfg.items():
+    if isinstance(v, Mapping):
+      out.update(flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def config_hash(cfg: Mapping[str, Any]) -> str:
+  return hashlib.sha256(json.dumps(flatten(cfg), sort_keys=True, default=str).encode()
+                        ).hexdigest()
+
+
+def _kind(key: str) -> str:
+  if any(key == p or key.startswith(p) for p in IDENTITY):
+    return "identity"
+  if any(key == p or key.startswith(p) for p in SCHEDULE):
+    return "schedule"
+  return "safe"
+
+
+def classify(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, list[str]]:
+  """Differences grouped by kind, each as 'field: recorded -> current'."""
+  old, new = flatten(recorded), flatten(current)
+  out: dict[str, list[str]] = {"identity": [], "schedule": [], "safe": []}
+  for key in sorted(set(old) | set(new)):
+    if old.get(key, "<absent>") != new.get(key, "<absent>"):
+      out[_kind(key)].append(f"{key}: {old.get(key, '<absent>')!r} -> "
+                             f"{new.get(key, '<absent>')!r}")
+  return out
+
+
+def check(workdir: str, recorded: Mapping[str, Any], current: Mapping[str, Any],
+          allow_config_change: bool) -> dict[str, list[str]]:
+  """Raise for identity changes, or schedule changes without the opt-in; return the diff."""
+  diff = classify(recorded, current)
+  if diff["identity"]:
+    raise WorkdirOwnershipError(
+        f"--workdir={workdir} belongs to a different experiment: " + "; ".join(diff["identity"])
+        + ". Use a new --workdir for a new experiment")
+  if diff["schedule"] and not allow_config_change:
+    raise WorkdirOwnershipError(
+        f"--workdir={workdir}: these changes alter the run's schedule: "
+        + "; ".join(diff["schedule"]) + ". Pass --allow_config_change to continue with them "
+        "(recorded in the checkpoint metadata), or restore the original values")
+  return diff

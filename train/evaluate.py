@@ -1,0 +1,204 @@
+"""`python -m train.evaluate --checkpoint=PATH`: a checkpoint's loss, perplexity and bits/char.
+
+By default the checkpoint's own recorded eval batches are redrawn from the run's val split, so
+the loss must equal the `val_loss` stored with it: a mismatch means the restore, the data or the
+model code changed. `--data=FILE` instead scores every token of a text file, in non-overlapping
+windows of the trained sequence length, with the checkpoint's embedded tokenizer.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import app, flags
+from flax import nnx
+
+from gates.errors import ConfigError, DataError, PregateError
+from models.transformer import Transformer
+from train import data as data_lib
+from train import provenance, restore
+
+EvalFn = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[jax.Array, jax.Array]]
+
+
+def make_eval_fn(model: Transformer) -> EvalFn:
+  """One jitted (inputs, targets, mask) -> (mean nats over mask, mask count); fixed shapes keep
+  it to a single compile, and the padded tail of a file is masked rather than reshaped."""
+  graphdef, state = nnx.split(model)
+
+  @jax.jit
+  def loss(state, inputs, targets, mask):
+    logits = nnx.merge(graphdef, state)(inputs)
+    nats = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+    count = jnp.sum(mask)
+    return jnp.sum(nats * mask) / jnp.maximum(count, 1.0), count
+
+  return lambda inputs, targets, mask: loss(state, inputs, targets, mask)
+
+
+def val_dir(meta: dict[str, Any], ckpt_dir: str) -> str:
+  """Where the run read its val split: as train.loop resolves it ('' = WORKDIR/data)."""
+  dcfg = (meta.get("config") or {}).get("data") or {}
+  data_dir = (provenance.resolve_path(dcfg.get("data_dir", "")) or
+              os.path.join(os.path.dirname(ckpt_dir), "data"))
+  return provenance.resolve_path(dcfg.get("val_dir", "")) or data_dir
+
+
+def file_windows(ids: np.ndarray, seq_len: int, batch_size: int
+                 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  """Batches [batch_size, seq_len] of non-overlapping windows covering every next-token target
+  of `ids` exactly once; the tail window and filler rows are zero-padded with mask 0."""
+  n_targets = len(ids) - 1
+  n_rows = -(-n_targets // seq_len)
+  n_rows = -(-n_rows // batch_size) * batch_size
+  flat = np.zeros(n_rows * seq_len + 1, np.int32)
+  flat[:len(ids)] = ids
+  shape = (n_rows // batch_size, batch_size, seq_len)
+  inputs, targets = flat[:-1].reshape(shape), flat[1:].reshape(shape)
+  mask = (np.arange(n_rows * seq_len) < n_targets).astype(np.float32).reshape(shape)
+  return list(zip(inputs, targets, mask))
+
+
+def _read_text(path: str, tokenizer) -> np.ndarray:
+  try:
+    with open(path, encoding="utf-8") as f:
+      text = f.read()
+  except (OSError, UnicodeDecodeError) as e:
+    raise DataError(f"cannot read --data={path} as UTF-8 text ({e}); pass a text file")
+  ids = tokenizer.encode(text)
+  if len(ids) < 2:
+    raise DataError(f"--data={path} has {len(ids)} token(s); at least 2 are needed to score "
+                    "one next-token prediction")
+  return ids
+
+
+def evaluate_checkpoint(path: str, step: str | int = "latest", data: str | None = None,
+                        batches: int | None = None) -> dict[str, Any]:
+  """Restore `path` at `step` and score it; returns the figures the CLI prints.
+
+  data=None: the recorded eval batches (the first `batches` of that stream when given; only
+  the recorded count reproduces `val_loss`). data=FILE: every token of the file (`batches`
+  caps the number of window batches).
+  """
+  if batches is not None and batches < 1:
+    raise ConfigError(f"--batches must be a positive integer, got {batches}")
+  restored = restore.load_for_eval(path, step)
+  meta, tokenizer, model = restored.meta, restored.tokenizer, restored.model
+  desc = meta.get("eval_batches") or {}
+  train_cfg = (meta.get("config") or {}).get("batch") or {}
+  eval_fn = make_eval_fn(model)
+  recorded = meta.get("val_loss")
+  if data is None:
+    if not desc:
+      raise DataError(f"checkpoint step {restored.step} records no eval batches; pass "
+                      "--data=TEXTFILE to evaluate on a text file")
+    n = batches or int(desc["n_batches"])
+    split = data_lib.open_split(val_dir(meta, restore.checkpoint_dir(path)),
+                                desc.get("split", "val"))
+    drawn = data_lib.reproduce_eval_batches(split, {**desc, "n_batches": n})
+    outs = [eval_fn(b["inputs"], b["targets"], np.ones(b["targets"].shape, np.float32))
+            for b in drawn]
+    means, counts = zip(*jax.device_get(outs))
+    loss = float(np.mean(means))  # the loop's reduction: a mean of equal-size batch means
+    source, seq_len = f"recorded eval batches ({split.path})", int(desc["seq_len"])
+    if n != int(desc["n_batches"]):
+      recorded = None
+  else:
+    ids = _read_text(data, tokenizer)
+    seq_len = min(int(train_cfg.get("seq_len") or model.cfg.max_seq_len), model.cfg.max_seq_len)
+    batch_size = int(desc.get("batch_size") or train_cfg.get("global_batch") or 8)
+    windows = file_windows(ids, seq_len, batch_size)[:batches]
+    means, counts = zip(*jax.device_get([eval_fn(*w) for w in windows]))
+    loss = float(np.dot(np.float64(means), np.float64(counts)) / np.sum(np.float64(counts)))
+    source, n, recorded = f"file {os.path.abspath(data)}", len(windows), None
+  tokens = int(np.sum(np.float64(counts)))
+  nats = float(np.dot(np.float64(means), np.float64(counts)))
+  kind = tokenizer.to_json()["type"]
+  # Both tokenizers emit one token per unit (a character, or a UTF-8 byte): units == tokens.
+  result = {"checkpoint": restore.checkpoint_dir(path), "step": restored.step, "source": source,
+            "batches": n, "seq_len": seq_len, "tokens": tokens, "loss": loss,
+            "perplexity": math.exp(loss), "bits_per_token": loss / math.log(2),
+            f"bits_per_{kind}": nats / tokens / math.log(2),
+            "recorded_val_loss": recorded,
+            "abs_diff": None if recorded is None else abs(loss - recorded)}
+  return result
+
+
+def format_table(result: dict[str, Any]) -> str:
+  """A few aligned lines for people; the RESULT line is for scripts."""
+  rows = [("checkpoint", f"{result['checkpoint']} (step {result['step']})"),
+          ("data", result["source"]),
+          ("scored", f"{result['tokens']:,} tokens in {result['batches']} batch(es) of "
+                     f"seq_len {result['seq_len']}"),
+          ("loss", f"{result['loss']:.6f} nats/token"),
+          ("perplexity", f"{result['perplexity']:.4f}"),
+          ("bits/token", f"{result['bits_per_token']:.6f}")]
+  rows += [(k.replace("bits_per_", "bits/"), f"{v:.6f}") for k, v in result.items()
+           if k.startswith("bits_per_") and k != "bits_per_token"]
+  if result["recorded_val_loss"] is not None:
+    rows.append(("recorded", f"{result['recorded_val_loss']:.6f} (|diff| "
+                             f"{result['abs_diff']:.3g})"))
+  width = max(len(k) for k, _ in rows)
+  return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl parsing with bad or missing flags as one line and exit 2, not a usage dump."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f"ERROR: flags: {' '.join(str(e).split())}", file=sys.stderr)
+    sys.exit(2)
+
+
+def fail(err: PregateError) -> None:
+  """`ERROR: <Type>: message` on one line and the error's exit code, as train.main does."""
+  print(f"ERROR: {type(err).__name__}: {' '.join(str(err).split())}", file=sys.stderr,
+        flush=True)
+  sys.exit(getattr(err, "exit_code", 2))
+
+
+def step_arg(value: str) -> str | int:
+  """'latest' | 'best' | N from a flag string."""
+  return int(value) if value.strip().isdigit() else value.strip()
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    fail(ConfigError(f"unexpected arguments {argv[1:]}; pass only --flags"))
+  f = flags.FLAGS
+  try:
+    result = evaluate_checkpoint(f.checkpoint, step_arg(f.step), f.data or None,
+                                 f.batches or None)
+  except PregateError as e:
+    fail(e)
+  print(format_table(result))
+  print("RESULT " + json.dumps(result, sort_keys=True), flush=True)
+
+
+def _define_flags() -> None:
+  """Defined only when run as a script, so importing this module adds no global flags."""
+  flags.DEFINE_string("checkpoint", None, "A run's workdir or its checkpoints/ directory.")
+  flags.DEFINE_string("step", "latest", "Checkpoint step: latest, best or a number.")
+  flags.DEFINE_string("data", "", "A UTF-8 text file to score instead of the recorded eval "
+                      "batches (every token, in non-overlapping windows).")
+  flags.DEFINE_integer("batches", 0, "Batches to score; 0 = the recorded count (which "
+                       "reproduces val_loss) or, with --data, the whole file.")
+  flags.mark_flag_as_required("checkpoint")
+
+
+def run() -> None:
+  """Console-script entry point."""
+  _define_flags()
+  app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  run()
