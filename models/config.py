@@ -11,6 +11,7 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 
 _DTYPES = ("float32", "bfloat16", "float16")
+REMAT_POLICIES = ("none", "full", "dots_saveable")
 
 
 class ModelConfigError(ValueError):
@@ -31,6 +32,9 @@ class ModelConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   norm_eps: float = 1e-5
+  # Activation rematerialization per block (memory for compute): none | full | dots_saveable.
+  # Execution only: not an architecture field, tensors are identical.
+  remat: str = "none"
 
   def __post_init__(self) -> None:
     problems = self.problems()
@@ -57,6 +61,8 @@ class ModelConfig:
                  f"{self.n_kv_heads}; n_kv_heads must divide n_heads (grouped-query attention)")
     if not self.rope_theta > 0:
       out.append(f"model.rope_theta must be > 0, got {self.rope_theta!r}")
+    if self.remat not in REMAT_POLICIES:
+      out.append(f"model.remat={self.remat!r} is not one of {REMAT_POLICIES}")
     for name in ("dtype", "param_dtype"):
       if getattr(self, name) not in _DTYPES:
         out.append(f"model.{name}={getattr(self, name)!r} is not one of {_DTYPES}")

@@ -134,6 +134,14 @@ class Block(nnx.Module):
     return x + self.mlp(self.mlp_norm(x)), cache
 
 
+def _remat_block(policy: str):
+  """Recompute a block's activations in the backward pass instead of storing them; with
+  dots_saveable, matmul outputs are kept and only cheap elementwise work is recomputed."""
+  saveable = jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+  return nnx.remat(lambda block, *args: block(*args),
+                   policy=saveable if policy == "dots_saveable" else None)
+
+
 class Transformer(nnx.Module):
   """Decoder-only LM: tokens [B, T] int -> logits [B, T, vocab] float32."""
 
@@ -175,6 +183,9 @@ class Transformer(nnx.Module):
       mask = jnp.arange(s)[None, None, :] <= positions[:, :, None]
     new_caches = None if caches is None else []
     for i, block in enumerate(self.blocks):
+      if caches is None and self.cfg.remat != "none":
+        x, cache = _remat_block(self.cfg.remat)(block, x, cos, sin, mask)
+        continue
       x, cache = block(x, cos, sin, mask, None if caches is None else caches[i], cache_index)
       if new_caches is not None:
         new_caches.append(cache)

@@ -24,6 +24,7 @@ from gates.errors import ConfigError, DataError, PregateError
 from models.transformer import Transformer
 from train import data as data_lib
 from train import provenance, restore
+from train.metrics_log import quiet_libraries
 
 EvalFn = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[jax.Array, jax.Array]]
 
@@ -174,6 +175,7 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     fail(ConfigError(f"unexpected arguments {argv[1:]}; pass only --flags"))
   f = flags.FLAGS
+  quiet_libraries()
   try:
     result = evaluate_checkpoint(f.checkpoint, step_arg(f.step), f.data or None,
                                  f.batches or None)

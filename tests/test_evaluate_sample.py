@@ -1,0 +1,163 @@
+"""The evaluation and sampling CLIs on a real (tiny) checkpoint.
+
+The KV-cache path must give the full forward pass's logits, or sampled text silently drifts from
+what the model would say; the evaluation CLI must reproduce the loss recorded with a checkpoint,
+or its numbers cannot be compared with the training curves.
+"""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import helpers
+
+TRAIN_FLAGS = [
+    "--config=configs/shakespeare_char.py", "--force_under_provisioned",
+    "--config.train_steps=20", "--config.schedule.warmup_steps=2",
+    "--config.eval.eval_every=10", "--config.eval.eval_batches=2",
+    "--config.checkpoint.save_every=10", "--config.model.n_layers=1",
+    "--config.model.d_model=32", "--config.model.n_heads=2", "--config.model.n_kv_heads=1",
+    "--config.model.d_ff=64", "--config.batch.global_batch=4", "--config.batch.seq_len=32"]
+FINAL_STEP = 20
+PROMPT = "First Citizen:\nBefore we proceed"
+TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n"
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> str:
+  """One tiny training run per module; its final checkpoint (step 20) is evaluated."""
+  out = tmp_path_factory.mktemp("eval_sample") / "run"
+  proc = subprocess.run([sys.executable, "-m", "train.main", f"--workdir={out}", *TRAIN_FLAGS],
+                        cwd=helpers.REPO, env=helpers.child_env(), capture_output=True,
+                        text=True, timeout=300)
+  if proc.returncode != 0:
+    pytest.fail(f"tiny training run failed (rc {proc.returncode}):\n{proc.stderr[-4000:]}")
+  return str(out)
+
+
+@pytest.fixture(scope="module")
+def restored(workdir):
+  from train import restore
+  return restore.load_for_eval(workdir, FINAL_STEP)
+
+
+def _cli(module: str, *args: str) -> helpers.Result:
+  proc = subprocess.run([sys.executable, "-m", module, *args], cwd=helpers.REPO,
+                        env=helpers.child_env(), capture_output=True, text=True, timeout=120)
+  return helpers.Result(proc.returncode, proc.stdout, proc.stderr, 0.0)
+
+
+def _one_line_error(res: helpers.Result, *needles: str) -> str:
+  assert res.rc == 2, res.stdout[-2000:] + res.stderr[-2000:]
+  assert "Traceback" not in res.stderr
+  assert len(res.error_lines) == 1, res.stderr[-3000:]
+  line = res.error_lines[0]
+  assert line.startswith("ERROR: "), line
+  for needle in needles:
+    assert needle in line, f"{needle!r} missing from: {line}"
+  return line
+
+
+def _full_logits(model, ids) -> np.ndarray:
+  return np.asarray(model(np.asarray(ids, np.int32)[None]))[0]
+
+
+def test_prefill_logits_equal_full_forward(restored):
+  from train.sample import prefill_logits
+  ids = restored.tokenizer.encode(PROMPT)
+  got = np.asarray(prefill_logits(restored.model, ids))
+  np.testing.assert_allclose(got, _full_logits(restored.model, ids)[-1], atol=1e-5, rtol=0)
+
+
+def test_incremental_decode_equals_full_forward_at_every_position(restored):
+  import jax.numpy as jnp
+  model, ids = restored.model, restored.tokenizer.encode(TEXT)[:40]
+  full = _full_logits(model, ids)
+  tokens = jnp.asarray(ids, jnp.int32)[None]
+  logits, caches = model.decode(tokens[:, :8], caches=model.init_cache(1, len(ids)),
+                                cache_index=0)
+  steps = [np.asarray(logits[0])]
+  for t in range(8, len(ids)):
+    logits, caches = model.decode(tokens[:, t:t + 1], caches=caches, cache_index=t)
+    steps.append(np.asarray(logits[0]))
+  np.testing.assert_allclose(np.concatenate(steps), full, atol=1e-5, rtol=0)
+
+
+def test_greedy_is_deterministic_and_equals_repeated_full_forward_argmax(restored):
+  from train.sample import generate
+  model, tok = restored.model, restored.tokenizer
+  text = generate(model, tok, PROMPT, 8, temperature=0.0)
+  assert generate(model, tok, PROMPT, 8, temperature=0.0, seed=123) == text
+  ids = list(tok.encode(PROMPT))
+  for _ in range(8):
+    ids.append(int(np.argmax(_full_logits(model, ids)[-1])))
+  assert text == tok.decode(ids[len(tok.encode(PROMPT)):])
+
+
+def test_seeds(restored):
+  from train.sample import generate
+  model, tok = restored.model, restored.tokenizer
+  a = generate(model, tok, PROMPT, 32, temperature=1.0, seed=0)
+  assert len(a) == 32
+  assert generate(model, tok, PROMPT, 32, temperature=1.0, seed=0) == a
+  others = {generate(model, tok, PROMPT, 32, temperature=1.0, seed=s) for s in (1, 2, 3)}
+  assert others - {a}, "different seeds gave the same text"
+
+
+def test_top_k_1_is_greedy(restored):
+  from train.sample import generate
+  model, tok = restored.model, restored.tokenizer
+  greedy = generate(model, tok, PROMPT, 16, temperature=0.0)
+  assert generate(model, tok, PROMPT, 16, temperature=1.0, top_k=1, seed=7) == greedy
+
+
+def test_prompt_too_long_is_one_line_error(workdir):
+  res = _cli("train.sample", f"--checkpoint={workdir}", f"--prompt={PROMPT}",
+             "--max_new_tokens=120")
+  _one_line_error(res, "ConfigError", "max_seq_len=128")
+
+
+def test_evaluate_cli_reproduces_recorded_val_loss(workdir):
+  recorded = helpers.checkpoint_meta(workdir, FINAL_STEP)["val_loss"]
+  assert recorded is not None, "the final checkpoint recorded no val_loss"
+  res = _cli("train.evaluate", f"--checkpoint={workdir}", f"--step={FINAL_STEP}")
+  assert res.rc == 0, res.stderr[-3000:]
+  lines = [l for l in res.stdout.splitlines() if l.startswith("RESULT ")]
+  assert len(lines) == 1, res.stdout
+  result = json.loads(lines[0][len("RESULT "):])
+  assert result["step"] == FINAL_STEP and result["recorded_val_loss"] == recorded
+  assert abs(result["loss"] - recorded) <= 1e-5 * abs(recorded)
+  assert result["bits_per_char"] == pytest.approx(result["loss"] / math.log(2), rel=1e-6)
+  assert result["bits_per_token"] == pytest.approx(result["loss"] / math.log(2), rel=1e-12)
+  assert result["perplexity"] == pytest.approx(math.exp(result["loss"]), rel=1e-12)
+  assert "perplexity" in res.stdout and "recorded" in res.stdout
+
+
+def test_evaluate_text_file_scores_every_token(workdir, restored, tmp_path):
+  import optax
+  from train.evaluate import evaluate_checkpoint
+  path = tmp_path / "text.txt"
+  path.write_text(TEXT)
+  result = evaluate_checkpoint(workdir, FINAL_STEP, data=str(path))
+  ids = restored.tokenizer.encode(TEXT)
+  assert result["tokens"] == len(ids) - 1 and result["seq_len"] == 32
+  nats = []
+  for start in range(0, len(ids) - 1, 32):
+    window = ids[start:start + 33]
+    logits = _full_logits(restored.model, window[:-1])
+    nats.append(optax.softmax_cross_entropy_with_integer_labels(logits, window[1:]))
+  expected = float(np.mean(np.concatenate(nats)))
+  assert result["loss"] == pytest.approx(expected, rel=1e-5)
+  assert result["bits_per_char"] == pytest.approx(expected / math.log(2), rel=1e-5)
+
+
+def test_evaluate_text_outside_vocabulary_is_one_line_error(workdir, tmp_path):
+  path = tmp_path / "accents.txt"
+  path.write_text("Café au lait\n", encoding="utf-8")
+  res = _cli("train.evaluate", f"--checkpoint={workdir}", f"--data={path}")
+  _one_line_error(res, "DataError", "'é'")
