@@ -14,10 +14,11 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c.model.update(vocab_size=65, d_model=96, n_layers=3, n_heads=4, n_kv_heads=2, d_ff=256,
                  max_seq_len=128)
   c.batch.update(global_batch=32, seq_len=128)
-  c.train_steps = 2000
+  # N = 311,040 -> 20 N = 6.22M tokens = 1,519 steps of 4,096 tokens; 1,600 gives D/N = 21.1.
+  c.train_steps = 1600
   c.optimizer.update(lr=2e-3, b2=0.99, weight_decay=0.1)
   c.schedule.update(warmup_steps=100, min_lr_ratio=0.1)
-  c.eval.update(eval_every=250, eval_batches=20)
-  c.checkpoint.update(save_every=500)
+  c.eval.update(eval_every=200, eval_batches=20)
+  c.checkpoint.update(save_every=400)
   c.logging.log_every = 100
   return c

@@ -1,6 +1,7 @@
 """Topology never changes the math: a run split over two OS processes (gloo, fake CPU devices),
 over 4 or 8 devices in one process, or over 1 device trains the same losses; a checkpoint moves
 between process counts, meshes and device counts; an impossible mesh is refused up front."""
+import json
 import os
 import subprocess
 import sys
@@ -190,11 +191,14 @@ def test_load_for_eval_from_8_devices_in_1_device_process(prepared_data, fsdp_8)
   assert recorded == pytest.approx(measured, rel=1e-5)
   if not (helpers.REPO / "train" / "evaluate.py").exists():
     pytest.skip("train/evaluate.py does not exist yet")
+  env = {**helpers.child_env(), "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
   proc = subprocess.run([sys.executable, "-m", "train.evaluate", f"--checkpoint={fsdp_8}"],
-                        cwd=helpers.REPO, env=helpers.child_env(), capture_output=True,
-                        text=True, timeout=120)
+                        cwd=helpers.REPO, env=env, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert f"{recorded:.4f}" in proc.stdout, proc.stdout[-3000:]
+  results = [json.loads(line.removeprefix("RESULT "))
+             for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+  assert len(results) == 1, proc.stdout[-3000:]
+  assert results[0]["loss"] == pytest.approx(recorded, rel=1e-5), results[0]
 
 
 @pytest.mark.parametrize("devices, mesh, message", [

@@ -25,7 +25,18 @@ TRAIN_FLAGS = [
     "--config.model.d_ff=64", "--config.batch.global_batch=4", "--config.batch.seq_len=32"]
 FINAL_STEP = 20
 PROMPT = "First Citizen:\nBefore we proceed"
+REF_LEN = 64
+N_NEW = 16  # one length for every generate() call: fewer compiles
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def exact_matmuls():
+  """Full float32 matmuls in this process (GPUs default to TF32), so cached and full passes
+  agree to 1e-5 and greedy argmaxes do not flip on rounding."""
+  import jax
+  with jax.default_matmul_precision("highest"):
+    yield
 
 
 @pytest.fixture(scope="module")
@@ -63,57 +74,80 @@ def _one_line_error(res: helpers.Result, *needles: str) -> str:
   return line
 
 
-def _full_logits(model, ids) -> np.ndarray:
-  return np.asarray(model(np.asarray(ids, np.int32)[None]))[0]
+@pytest.fixture(scope="module")
+def full_logits(restored):
+  """ids -> full-forward logits [len(ids), vocab], jitted once: inputs are right-padded to
+  REF_LEN, which causal attention makes invisible to the real positions."""
+  import jax
+  from flax import nnx
+  graphdef, state = nnx.split(restored.model)
+  forward = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))
+
+  def logits(ids) -> np.ndarray:
+    padded = np.zeros((1, REF_LEN), np.int32)
+    padded[0, :len(ids)] = ids
+    return np.asarray(forward(state, padded))[0, :len(ids)]
+  return logits
 
 
-def test_prefill_logits_equal_full_forward(restored):
+@pytest.fixture(scope="module")
+def decode(restored):
+  """The model's cached decode, jitted (one compile per token-block shape)."""
+  import jax
+  from flax import nnx
+  graphdef, state = nnx.split(restored.model)
+  step = jax.jit(lambda state, tokens, caches, index: nnx.merge(graphdef, state).decode(
+      tokens, caches=caches, cache_index=index))
+  return lambda tokens, caches, index: step(state, tokens, caches, index)
+
+
+def test_prefill_logits_equal_full_forward(restored, full_logits):
   from train.sample import prefill_logits
   ids = restored.tokenizer.encode(PROMPT)
   got = np.asarray(prefill_logits(restored.model, ids))
-  np.testing.assert_allclose(got, _full_logits(restored.model, ids)[-1], atol=1e-5, rtol=0)
+  np.testing.assert_allclose(got, full_logits(ids)[-1], atol=1e-5, rtol=0)
 
 
-def test_incremental_decode_equals_full_forward_at_every_position(restored):
-  import jax.numpy as jnp
-  model, ids = restored.model, restored.tokenizer.encode(TEXT)[:40]
-  full = _full_logits(model, ids)
-  tokens = jnp.asarray(ids, jnp.int32)[None]
-  logits, caches = model.decode(tokens[:, :8], caches=model.init_cache(1, len(ids)),
-                                cache_index=0)
+def test_incremental_decode_equals_full_forward_at_every_position(restored, full_logits,
+                                                                   decode):
+  """A prefill of 8 tokens, then one token at a time into the same cache."""
+  ids = restored.tokenizer.encode(TEXT)[:40]
+  tokens = np.asarray(ids, np.int32)[None]
+  logits, caches = decode(tokens[:, :8], restored.model.init_cache(1, len(ids)), 0)
   steps = [np.asarray(logits[0])]
   for t in range(8, len(ids)):
-    logits, caches = model.decode(tokens[:, t:t + 1], caches=caches, cache_index=t)
+    logits, caches = decode(tokens[:, t:t + 1], caches, t)
     steps.append(np.asarray(logits[0]))
-  np.testing.assert_allclose(np.concatenate(steps), full, atol=1e-5, rtol=0)
+  np.testing.assert_allclose(np.concatenate(steps), full_logits(ids), atol=1e-5, rtol=0)
 
 
-def test_greedy_is_deterministic_and_equals_repeated_full_forward_argmax(restored):
+def test_greedy_is_deterministic_and_equals_repeated_full_forward_argmax(restored,
+                                                                         full_logits):
   from train.sample import generate
   model, tok = restored.model, restored.tokenizer
-  text = generate(model, tok, PROMPT, 8, temperature=0.0)
-  assert generate(model, tok, PROMPT, 8, temperature=0.0, seed=123) == text
+  text = generate(model, tok, PROMPT, N_NEW, temperature=0.0)
+  assert generate(model, tok, PROMPT, N_NEW, temperature=0.0, seed=123) == text
   ids = list(tok.encode(PROMPT))
-  for _ in range(8):
-    ids.append(int(np.argmax(_full_logits(model, ids)[-1])))
+  for _ in range(N_NEW):
+    ids.append(int(np.argmax(full_logits(ids)[-1])))
   assert text == tok.decode(ids[len(tok.encode(PROMPT)):])
 
 
 def test_seeds(restored):
   from train.sample import generate
   model, tok = restored.model, restored.tokenizer
-  a = generate(model, tok, PROMPT, 32, temperature=1.0, seed=0)
-  assert len(a) == 32
-  assert generate(model, tok, PROMPT, 32, temperature=1.0, seed=0) == a
-  others = {generate(model, tok, PROMPT, 32, temperature=1.0, seed=s) for s in (1, 2, 3)}
+  a = generate(model, tok, PROMPT, N_NEW, temperature=1.0, seed=0)
+  assert len(a) == N_NEW
+  assert generate(model, tok, PROMPT, N_NEW, temperature=1.0, seed=0) == a
+  others = {generate(model, tok, PROMPT, N_NEW, temperature=1.0, seed=s) for s in (1, 2, 3)}
   assert others - {a}, "different seeds gave the same text"
 
 
 def test_top_k_1_is_greedy(restored):
   from train.sample import generate
   model, tok = restored.model, restored.tokenizer
-  greedy = generate(model, tok, PROMPT, 16, temperature=0.0)
-  assert generate(model, tok, PROMPT, 16, temperature=1.0, top_k=1, seed=7) == greedy
+  greedy = generate(model, tok, PROMPT, N_NEW, temperature=0.0)
+  assert generate(model, tok, PROMPT, N_NEW, temperature=1.0, top_k=1, seed=7) == greedy
 
 
 def test_prompt_too_long_is_one_line_error(workdir):
@@ -138,7 +172,8 @@ def test_evaluate_cli_reproduces_recorded_val_loss(workdir):
   assert "perplexity" in res.stdout and "recorded" in res.stdout
 
 
-def test_evaluate_text_file_scores_every_token(workdir, restored, tmp_path):
+def test_evaluate_text_file_scores_every_token(workdir, restored, full_logits, tmp_path):
+  """Non-overlapping 32-token windows plus the short tail, each target scored once."""
   import optax
   from train.evaluate import evaluate_checkpoint
   path = tmp_path / "text.txt"
@@ -149,7 +184,7 @@ def test_evaluate_text_file_scores_every_token(workdir, restored, tmp_path):
   nats = []
   for start in range(0, len(ids) - 1, 32):
     window = ids[start:start + 33]
-    logits = _full_logits(restored.model, window[:-1])
+    logits = full_logits(window[:-1])
     nats.append(optax.softmax_cross_entropy_with_integer_labels(logits, window[1:]))
   expected = float(np.mean(np.concatenate(nats)))
   assert result["loss"] == pytest.approx(expected, rel=1e-5)

@@ -7,8 +7,8 @@ import pytest
 from flax import nnx
 
 from models.config import ModelConfig, ModelConfigError
-from models.params import build_model
-from models.transformer import apply_rope, attend, rope_tables
+from models.params import abstract_model
+from models.transformer import Transformer, apply_rope, attend, rope_tables
 
 BASE = dict(vocab_size=61, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64,
             max_seq_len=32)
@@ -17,6 +17,34 @@ B, T = 2, 12
 
 def _cfg(**over) -> ModelConfig:
   return ModelConfig(**{**BASE, **over})
+
+
+def build_model(cfg: ModelConfig, seed: int = 0) -> Transformer:
+  """The real module graph with numpy-random weights: no init compiles (CPU time matters)."""
+  graphdef, state = nnx.split(abstract_model(cfg))
+  rng = np.random.default_rng(seed)
+  pd = jax.tree.map(
+      lambda s: jnp.asarray((1.0 if len(s.shape) == 1 else 0.0)
+                            + rng.normal(0.0, 0.1, s.shape), s.dtype),
+      nnx.to_pure_dict(state))
+  nnx.replace_by_pure_dict(state, pd)
+  return nnx.merge(graphdef, state)
+
+
+@jax.jit
+def _forward(m, tokens):
+  return m(tokens)
+
+
+@jax.jit
+def _decode(m, tokens, caches, idx):
+  return m.decode(tokens, caches=caches, cache_index=idx)
+
+
+@jax.jit
+def _rotate(x, positions):
+  cos, sin = rope_tables(positions, x.shape[-1], 10000.0)
+  return apply_rope(x, cos, sin)
 
 
 def _tokens(seed=0, b=B, t=T, vocab=BASE["vocab_size"]):
@@ -31,20 +59,20 @@ def model():
 def test_causality(model):
   """Changing token t+1 must leave logits at positions <= t unchanged (and change t+1)."""
   tokens = _tokens()
-  base = model(tokens)
+  base = _forward(model, tokens)
   for t in (0, 3, 7, T - 2):
     changed = tokens.at[:, t + 1].set((tokens[:, t + 1] + 17) % BASE["vocab_size"])
-    out = model(changed)
+    out = _forward(model, changed)
     np.testing.assert_allclose(out[:, :t + 1], base[:, :t + 1], rtol=0, atol=1e-6)
     assert np.abs(np.asarray(out[:, t + 1] - base[:, t + 1])).max() > 1e-4
 
 
 def _score(q, k, m, n, hd):
   """Dot product of q rotated to position m and k rotated to position n."""
-  def rot(x, pos):
-    cos, sin = rope_tables(jnp.array([[pos]]), hd, 10000.0)
-    return apply_rope(x[None, None, None, :], cos, sin)[0, 0, 0]
-  return float(jnp.dot(rot(q, m), rot(k, n)))
+  del hd
+  qm = _rotate(q[None, None, None, :], jnp.array([[m]]))[0, 0, 0]
+  kn = _rotate(k[None, None, None, :], jnp.array([[n]]))[0, 0, 0]
+  return float(np.dot(np.asarray(qm, np.float64), np.asarray(kn, np.float64)))
 
 
 def test_rope_depends_only_on_relative_position():
@@ -60,12 +88,10 @@ def test_rope_depends_only_on_relative_position():
 
 def test_rope_position_zero_is_identity_and_preserves_norm():
   """Angle 0 rotates nothing; other positions rotate but keep each vector's length."""
-  x = jax.random.normal(jax.random.key(1), (2, 5, 3, 8))
-  cos, sin = rope_tables(jnp.zeros((2, 5), jnp.int32), 8, 10000.0)
-  np.testing.assert_array_equal(apply_rope(x, cos, sin), x)
-  cos, sin = rope_tables(jnp.broadcast_to(jnp.arange(5), (2, 5)), 8, 10000.0)
-  y = apply_rope(x, cos, sin)
-  np.testing.assert_allclose(jnp.linalg.norm(y, axis=-1), jnp.linalg.norm(x, axis=-1),
+  x = np.random.default_rng(1).normal(size=(2, 5, 3, 8)).astype(np.float32)
+  np.testing.assert_array_equal(_rotate(x, jnp.zeros((2, 5), jnp.int32)), x)
+  y = np.asarray(_rotate(x, jnp.broadcast_to(jnp.arange(5), (2, 5))))
+  np.testing.assert_allclose(np.linalg.norm(y, axis=-1), np.linalg.norm(x, axis=-1),
                              rtol=1e-5)
   assert not np.allclose(y[:, 1:], x[:, 1:], atol=1e-3)
 
@@ -89,13 +115,14 @@ def _reference_attention(q, k, v, mask):
 def test_attend_grouped_equals_expanded_and_reference(kv):
   """Shared KV heads equal explicitly repeated heads and a per-head reference."""
   h, d, t = 4, 8, 6
-  kq, kk, kvv = jax.random.split(jax.random.key(kv), 3)
-  q = jax.random.normal(kq, (B, t, h, d))
-  k = jax.random.normal(kk, (B, t, kv, d))
-  v = jax.random.normal(kvv, (B, t, kv, d))
-  mask = jnp.tril(jnp.ones((t, t), bool))[None]
-  grouped = attend(q, k, v, mask)
-  expanded = attend(q, jnp.repeat(k, h // kv, axis=2), jnp.repeat(v, h // kv, axis=2), mask)
+  rng = np.random.default_rng(kv)
+  q = rng.normal(size=(B, t, h, d)).astype(np.float32)
+  k = rng.normal(size=(B, t, kv, d)).astype(np.float32)
+  v = rng.normal(size=(B, t, kv, d)).astype(np.float32)
+  mask = np.tril(np.ones((t, t), bool))[None]
+  attend_jit = jax.jit(attend)
+  grouped = attend_jit(q, k, v, mask)
+  expanded = attend_jit(q, np.repeat(k, h // kv, axis=2), np.repeat(v, h // kv, axis=2), mask)
   np.testing.assert_allclose(grouped, expanded, atol=1e-6)
   np.testing.assert_allclose(grouped, _reference_attention(q, k, v, mask), atol=1e-5)
 
@@ -105,7 +132,7 @@ def test_gqa_models_run(kv):
   """MQA (1 KV head) and MHA (KV = heads) build, have the right KV shapes, and run."""
   m = build_model(_cfg(n_kv_heads=kv))
   assert m.blocks[0].attn.wk.kernel[...].shape == (32, kv * 8)
-  logits = m(_tokens())
+  logits = _forward(m, _tokens())
   assert logits.shape == (B, T, BASE["vocab_size"])
   assert bool(jnp.all(jnp.isfinite(logits)))
 
@@ -114,12 +141,12 @@ def test_logits_float32_with_bf16_compute():
   """Loss/softmax need float32 logits even when activations are bfloat16."""
   m = build_model(_cfg(dtype="bfloat16", param_dtype="bfloat16"))
   assert m.embed[...].dtype == jnp.bfloat16
-  logits = m(_tokens())
+  logits = _forward(m, _tokens())
   assert logits.dtype == jnp.float32
   assert bool(jnp.all(jnp.isfinite(logits)))
   caches = m.init_cache(B, T)
   assert caches[0][0].dtype == jnp.bfloat16
-  assert m.decode(_tokens(), caches=caches, cache_index=0)[0].dtype == jnp.float32
+  assert _decode(m, _tokens(), caches, 0)[0].dtype == jnp.float32
 
 
 def test_tied_head_equals_untied_head_set_to_embedding_transpose():
@@ -129,7 +156,7 @@ def test_tied_head_equals_untied_head_set_to_embedding_transpose():
   assert not hasattr(tied, "lm_head")
   assert untied.lm_head.kernel[...].shape == (32, BASE["vocab_size"])
   tokens = _tokens()
-  before = untied(tokens)
+  before = _forward(untied, tokens)
   state = nnx.state(untied)
   pd = nnx.to_pure_dict(state)
   tied_pd = nnx.to_pure_dict(nnx.state(tied))
@@ -137,40 +164,23 @@ def test_tied_head_equals_untied_head_set_to_embedding_transpose():
   pd["lm_head"]["kernel"] = tied_pd["embed"].T
   nnx.replace_by_pure_dict(state, pd)
   nnx.update(untied, state)
-  after = untied(tokens)
-  np.testing.assert_allclose(after, tied(tokens), atol=1e-6)
+  after = _forward(untied, tokens)
+  np.testing.assert_allclose(after, _forward(tied, tokens), atol=1e-6)
   assert not np.allclose(before, after, atol=1e-4)
   untied.lm_head.kernel[...] = jnp.zeros_like(untied.lm_head.kernel[...])
-  np.testing.assert_array_equal(untied(tokens), 0.0)
+  np.testing.assert_array_equal(_forward(untied, tokens), 0.0)
 
 
 @pytest.mark.parametrize("prefix", [1, 5])
 def test_kv_cache_decode_matches_full_forward(model, prefix):
   """Prefill + one-token-at-a-time decoding equals the full causal pass at every position."""
   tokens = _tokens(seed=prefix)
-  full = model(tokens)
-  caches = model.init_cache(B, T)
-  logits, caches = model.decode(tokens[:, :prefix], caches=caches, cache_index=0)
+  full = _forward(model, tokens)
+  logits, caches = _decode(model, tokens[:, :prefix], model.init_cache(B, T), 0)
   np.testing.assert_allclose(logits, full[:, :prefix], atol=1e-5)
   for i in range(prefix, T):
-    step_logits, caches = model.decode(tokens[:, i:i + 1], caches=caches, cache_index=i)
+    step_logits, caches = _decode(model, tokens[:, i:i + 1], caches, jnp.int32(i))
     np.testing.assert_allclose(step_logits[:, 0], full[:, i], atol=1e-5, err_msg=f"pos {i}")
-
-
-def test_kv_cache_decode_under_jit_with_traced_index(model):
-  """The sampler jits decode with a traced cache_index; results must still match."""
-  graphdef, state = nnx.split(model)
-
-  @jax.jit
-  def step(state, tok, caches, idx):
-    return nnx.merge(graphdef, state).decode(tok, caches=caches, cache_index=idx)
-
-  tokens = _tokens(seed=9)
-  full = model(tokens)
-  caches = model.init_cache(B, T)
-  for i in range(T):
-    logits, caches = step(state, tokens[:, i:i + 1], caches, jnp.int32(i))
-    np.testing.assert_allclose(logits[:, 0], full[:, i], atol=1e-5, err_msg=f"pos {i}")
 
 
 @pytest.mark.parametrize("over, field", [

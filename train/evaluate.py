@@ -25,6 +25,7 @@ from models.transformer import Transformer
 from train import data as data_lib
 from train import provenance, restore
 from train.metrics_log import quiet_libraries
+from train.tokenizer import Tokenizer
 
 EvalFn = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[jax.Array, jax.Array]]
 
@@ -35,7 +36,8 @@ def make_eval_fn(model: Transformer) -> EvalFn:
   graphdef, state = nnx.split(model)
 
   @jax.jit
-  def loss(state, inputs, targets, mask):
+  def loss(state: nnx.State, inputs: jax.Array, targets: jax.Array, mask: jax.Array
+           ) -> tuple[jax.Array, jax.Array]:
     logits = nnx.merge(graphdef, state)(inputs)
     nats = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
     count = jnp.sum(mask)
@@ -67,7 +69,8 @@ def file_windows(ids: np.ndarray, seq_len: int, batch_size: int
   return list(zip(inputs, targets, mask))
 
 
-def _read_text(path: str, tokenizer) -> np.ndarray:
+def _read_text(path: str, tokenizer: Tokenizer) -> np.ndarray:
+  """The file's token ids; unknown characters fail in the tokenizer, naming the first one."""
   try:
     with open(path, encoding="utf-8") as f:
       text = f.read()

@@ -1,17 +1,14 @@
 """`python -m train.inspect PATH [--step=latest|best|N] [--json] [--quality]`: what a checkpoint
-says about itself, and how far that can be trusted, before anyone spends compute loading it.
+says about itself and how far that can be trusted, before anyone spends compute loading it.
+PATH: a run's workdir, its checkpoints dir or a step dir. Only JSON metadata and orbax's array
+metadata are read, never array data, so it is fast and safe on damaged checkpoints (unreadable
+metadata or a missing step is one `ERROR:` line, exit 2).
 
-PATH is a run's workdir, its checkpoints dir, or one step dir (`<ckptdir>/<step>`). Only the JSON
-metadata and orbax's array metadata (paths, shapes, dtypes) are read, never array data, so it is
-fast at any size and safe on damaged checkpoints. Unreadable metadata or a missing step is one
-`ERROR:` line (exit 2); a checkpoint without metadata is reported (exit 0) with the fix.
-
-`--quality` scores 0-100 in six sub-scores. Loadability (can the model be rebuilt from the
-metadata alone, and do the stored tensors agree) weighs most, provenance the rest; every lost
-point is listed with what is missing or wrong:
+`--quality` scores 0-100 in six sub-scores; loadability (the model rebuilds from the metadata
+alone and the stored tensors agree) weighs most. Every lost point says what is missing or wrong:
   identity 10             schema 4; architecture family, hf_class, model_type 2 each
-  model_config 25         each of the 12 ModelConfig fields present with its type 2; the whole
-                          is a valid ModelConfig 1
+  model_config 25         each architecture field (arch_match.ARCH_FIELDS) present with its
+                          type 2; execution-only fields (dtype, remat) 2; a valid ModelConfig 1
   tokenizer 15            embedded 5, known type 3, rebuilds 3, size == model.vocab_size 4
   data_provenance 15      manifest fingerprint: source_sha256 3; train_sha256, val_sha256,
                           tokenizer_fingerprint 2 each; train_tokens, val_tokens, val_fraction,
@@ -29,7 +26,7 @@ import math
 import os
 import re
 import sys
-from typing import Any, NamedTuple, NoReturn
+from typing import Any, NoReturn
 
 from absl import app, flags
 
@@ -44,6 +41,7 @@ from train.sharding import AXES
 from train.tokenizer import KINDS, tokenizer_from_json
 
 Signature = dict[str, tuple[tuple[int, ...], str]]
+Check = tuple[int, bool, str]  # (points, passed, what is missing or wrong if not)
 STAMP_HINT = "python -m train.stamp {path} --config=<the config it was trained with>"
 SUBSCORES = {"identity": 10, "model_config": 25, "tokenizer": 15, "data_provenance": 15,
              "training_provenance": 15, "signature": 20}
@@ -59,7 +57,7 @@ def fail(err: BaseException) -> NoReturn:
 def locate(path: str, step: str | None) -> tuple[str, str]:
   """PATH (workdir, checkpoints dir or a step dir) and --step -> (checkpoints dir, step spec)."""
   path = os.path.abspath(path)
-  name = os.path.basename(path)
+  name = os.path.basename(path)  # A step dir is named by its step.
   if not (name.isdigit() and not os.path.isdir(os.path.join(path, "checkpoints")) and any(
       os.path.exists(os.path.join(path, f)) for f in ("_CHECKPOINT_METADATA", "params", "meta"))):
     return checkpoint_dir(path), step or "latest"
@@ -70,56 +68,12 @@ def locate(path: str, step: str | None) -> tuple[str, str]:
 
 
 def stored_signature(ckpt: Checkpointer, step: int) -> Signature:
-  """orbax's array signature; a failure to read it is a CheckpointError."""
+  """orbax's array signature; a failure to read it is a CheckpointError (damaged checkpoint)."""
   try:
     return ckpt.array_signature(step)
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise CheckpointError(f"checkpoint {ckpt.directory}/{step}: stored array metadata is "
                           f"unreadable ({type(e).__name__}: {str(e).splitlines()[0]})") from e
-
-
-class Loaded(NamedTuple):
-  directory: str
-  step: int
-  steps: list[int]
-  meta: dict[str, Any] | None
-  stored: Signature | None
-  stored_error: str | None
-
-
-def load(path: str, step: str | None) -> Loaded:
-  """Resolve the step, read its metadata (must parse if present) and stored signature."""
-  directory, spec = locate(path, step)
-  ckpt = Checkpointer(directory, read_only=True)
-  try:
-    resolved = ckpt.resolve(spec)
-    meta = ckpt.read_meta(resolved)
-    if meta is not None and not isinstance(meta, dict):
-      raise CheckpointError(f"checkpoint {directory}/{resolved}: metadata is not a JSON object; "
-                            + STAMP_HINT.format(path=f"{directory}/{resolved}"))
-    try:
-      stored, error = stored_signature(ckpt, resolved), None
-    except CheckpointError as e:
-      stored, error = None, str(e)
-    return Loaded(directory, resolved, ckpt.steps(), meta, stored, error)
-  finally:
-    ckpt.close()
-
-
-class _Sub:
-  """One sub-score: starts full; every failed check records its points and the reason."""
-
-  def __init__(self, weight: int):
-    self.weight, self.lost = weight, []
-
-  def need(self, ok: bool, points: int, reason: str) -> bool:
-    if not ok:
-      self.lost.append({"points": points, "reason": reason})
-    return ok
-
-  def result(self) -> dict[str, Any]:
-    return {"score": self.weight - sum(x["points"] for x in self.lost), "max": self.weight,
-            "lost": self.lost}
 
 
 def _d(x: Any) -> dict[str, Any]:
@@ -130,74 +84,71 @@ def _int(x: Any, low: float = 0) -> bool:
   return isinstance(x, int) and not isinstance(x, bool) and x >= low
 
 
-def _num(x: Any) -> bool:
-  return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
 def _sha(x: Any) -> bool:
   return isinstance(x, str) and bool(_SHA.fullmatch(x))
 
 
 _DATA_FIELDS = {"source_sha256": (3, _sha), "train_sha256": (2, _sha), "val_sha256": (2, _sha),
                 "tokenizer_fingerprint": (2, _sha), "train_tokens": (1, _int),
-                "val_tokens": (1, _int), "val_fraction": (1, lambda x: _num(x) and 0 < x < 1),
-                "format_version": (1, _int)}
+                "val_tokens": (1, _int), "format_version": (1, _int),
+                "val_fraction": (1, lambda x: isinstance(x, float) and 0 < x < 1)}
 
 
-def _identity(meta: dict[str, Any], s: _Sub) -> None:
-  s.need(meta.get("schema") == META_SCHEMA, 4,
-         f"schema is {meta.get('schema', '<missing>')!r}, expected {META_SCHEMA!r}")
+def _identity(meta: dict[str, Any]) -> list[Check]:
   arch = _d(meta.get("architecture"))
-  for key, want in ARCHITECTURE.items():
-    s.need(arch.get(key) == want, 2,
-           f"architecture.{key} is {arch.get(key, '<missing>')!r}, expected {want!r}")
+  return [(4, meta.get("schema") == META_SCHEMA,
+           f"schema is {meta.get('schema', '<missing>')!r}, expected {META_SCHEMA!r}")] + [
+      (2, arch.get(k) == want, f"architecture.{k} is {arch.get(k, '<missing>')!r}, expected "
+       f"{want!r}") for k, want in ARCHITECTURE.items()]
 
 
-def _model_config(meta: dict[str, Any], s: _Sub) -> None:
+def _model_config(meta: dict[str, Any]) -> list[Check]:
+  """2 points per architecture field; execution-only fields (dtype, remat) share the rest."""
   model = _d(meta.get("model"))
-  valid = {"int": _int, "float": _num, "bool": lambda x: isinstance(x, bool),
-           "str": lambda x: isinstance(x, str)}
-  for f in dataclasses.fields(ModelConfig):
-    value = model.get(f.name)
-    s.need(valid[f.type](value), 2, f"model.{f.name} is missing" if f.name not in model else
-           f"model.{f.name}={value!r} is not a {f.type}")
+  valid = {"int": _int, "float": lambda x: _int(x, -math.inf) or isinstance(x, float),
+           "bool": lambda x: isinstance(x, bool), "str": lambda x: isinstance(x, str)}
+  bad = {f.name: "missing" if f.name not in model else f"{model[f.name]!r}, not a {f.type}"
+         for f in dataclasses.fields(ModelConfig) if not valid[f.type](model.get(f.name))}
+  out = [(2, name not in bad, f"model.{name} is {bad.get(name)}")
+         for name in arch_match.ARCH_FIELDS]
+  execution = {k: v for k, v in bad.items() if k not in arch_match.ARCH_FIELDS}
+  out.append((24 - 2 * len(arch_match.ARCH_FIELDS), not execution, "execution fields: " +
+              ", ".join(f"model.{k} is {v}" for k, v in execution.items())))
   try:
     ModelConfig.from_dict(model)
   except (ModelConfigError, TypeError) as e:
-    s.need(False, 1, f"the model config is not a valid ModelConfig: {e}")
+    out.append((1, False, f"the model config is not a valid ModelConfig: {e}"))
+  return out
 
 
-def _tokenizer(meta: dict[str, Any], s: _Sub) -> Any:
-  raw = meta.get("tokenizer")
-  s.need(isinstance(raw, dict), 5, "no tokenizer embedded")
-  s.need(_d(raw).get("type") in KINDS, 3,
-         f"tokenizer type is {_d(raw).get('type', '<missing>')!r}, not one of {KINDS}")
-  tok = None
+def _tokenizer(meta: dict[str, Any]) -> tuple[list[Check], Any]:
+  raw, tok, error = meta.get("tokenizer"), None, "there is none"
   try:
     tok = tokenizer_from_json(raw)
   except PregateError as e:
-    s.need(False, 3, f"the tokenizer does not rebuild ({e})")
+    error = str(e) if raw is not None else error
   vocab = _d(meta.get("model")).get("vocab_size")
-  s.need(tok is not None and tok.vocab_size == vocab, 4,
-         f"tokenizer size {tok.vocab_size if tok else '<unknown>'} is not model.vocab_size "
-         f"{vocab!r}")
-  return tok
+  return [(5, isinstance(raw, dict), "no tokenizer embedded"),
+          (3, _d(raw).get("type") in KINDS,
+           f"tokenizer type is {_d(raw).get('type', '<missing>')!r}, not one of {KINDS}"),
+          (3, tok is not None, f"the tokenizer does not rebuild ({error})"),
+          (4, tok is not None and tok.vocab_size == vocab, f"tokenizer size "
+           f"{tok.vocab_size if tok else '<unknown>'} is not model.vocab_size {vocab!r}")], tok
 
 
-def _data(meta: dict[str, Any], tok: Any, s: _Sub) -> None:
+def _data(meta: dict[str, Any], tok: Any) -> list[Check]:
   data = _d(meta.get("data"))
-  if not data:
-    s.need(False, 13, "no data fingerprint (manifest fields " + ", ".join(_DATA_FIELDS) + ")")
-  for key, (points, valid) in _DATA_FIELDS.items() if data else ():
-    s.need(valid(data.get(key)), points, f"data.{key} is {data.get(key, '<missing>')!r}")
   fp = data.get("tokenizer_fingerprint")
-  s.need(tok is not None and fp == tok.fingerprint(), 2,
-         "data.tokenizer_fingerprint differs from the embedded tokenizer's" if tok and fp else
-         "data.tokenizer_fingerprint cannot be checked (no usable tokenizer or fingerprint)")
+  out = [(points, valid(data.get(k)), f"data.{k} is {data.get(k, '<missing>')!r}")
+         for k, (points, valid) in _DATA_FIELDS.items()] if data else [
+      (13, False, "no data fingerprint (manifest fields " + ", ".join(_DATA_FIELDS) + ")")]
+  return out + [(2, tok is not None and fp == tok.fingerprint(), "data.tokenizer_fingerprint "
+                 + ("differs from the embedded tokenizer's" if tok and fp else
+                    "cannot be checked (no usable tokenizer or fingerprint)"))]
 
 
-def _training(meta: dict[str, Any], step: int | None, s: _Sub) -> None:
-  m, config = meta, _d(meta.get("config"))
+def _training(m: dict[str, Any], step: int | None) -> list[Check]:
+  config = _d(m.get("config"))
   checks = [("step", 2, _int(m.get("step")) and step in (None, m.get("step"))),
             ("tokens_seen", 2, _int(m.get("tokens_seen"))),
             ("planned_tokens", 2, _int(m.get("planned_tokens"), 1)),
@@ -206,56 +157,52 @@ def _training(meta: dict[str, Any], step: int | None, s: _Sub) -> None:
             ("libraries", 2, bool(_d(m.get("libraries")))),
             ("mesh", 1, all(_int(_d(m.get("mesh")).get(a), 1) for a in AXES)),
             ("config", 1, bool(config))]
-  for key, points, ok in checks:
-    value = repr(m[key]) if key in m else "missing"
-    s.need(ok, points, f"{key} is {value if len(value) < 80 else value[:77] + '...'}" +
-           (f" (the checkpoint dir is step {step})" if key == "step" else ""))
-  s.need(bool(config) and config.get("model") == m.get("model"), 1,
-         "config.model differs from model" if config else "no config.model to compare")
+  return [(points, ok, f"{k} is {repr(m[k])[:60] if k in m else 'missing'}" + (
+      f" (checkpoint dir: step {step})" if k == "step" and step is not None else ""))
+          for k, points, ok in checks] + [
+      (1, bool(config) and config.get("model") == m.get("model"),
+       "config.model differs from model" if config else "no config.model to compare")]
 
 
-def _signature(meta: dict[str, Any], stored: Signature | None, s: _Sub) -> None:
-  if stored is None:
-    s.need(False, 20, "orbax's stored array signature is unreadable, so nothing can be checked")
-    return
+def _signature(meta: dict[str, Any], stored: Signature) -> list[Check]:
   try:
     diffs = arch_match.signature_differences(
         param_shapes(abstract_model(ModelConfig.from_dict(_d(meta.get("model"))))), stored)
-    s.need(not diffs, 12, f"the model config's tensors differ from the stored ones "
-           f"({len(diffs)}): " + "; ".join(diffs))
+    out = [(12, not diffs, f"the model config's tensors differ from the stored ones "
+            f"({len(diffs)}): " + "; ".join(diffs))]
   except (ModelConfigError, TypeError) as e:
-    s.need(False, 12, f"the model config does not build a model to compare ({e})")
+    out = [(12, False, f"the model config does not build a model to compare ({e})")]
   if "signature" in meta:
     try:
-      claimed = {p: (tuple(int(n) for n in v[0]), str(v[1]))
-                 for p, v in meta["signature"].items()}
-      diffs = arch_match.signature_differences(claimed, stored)
-      s.need(not diffs, 4, "the metadata's signature differs from the stored one: "
-             + "; ".join(diffs))
-    except (AttributeError, TypeError, ValueError, IndexError) as e:
-      s.need(False, 4, f"the metadata's signature is malformed ({e})")
+      diffs = arch_match.signature_differences(
+          {p: (tuple(v[0]), str(v[1])) for p, v in meta["signature"].items()}, stored)
+      out.append((4, not diffs, "the metadata's signature differs from the stored one: "
+                  + "; ".join(diffs)))
+    except (AttributeError, TypeError, IndexError) as e:
+      out.append((4, False, f"the metadata's signature is malformed ({e})"))
   total = sum(math.prod(shape) for shape, _ in stored.values())
-  claimed_total = _d(meta.get("param_counts")).get("total")
-  s.need(claimed_total == total, 4, f"param_counts.total is {claimed_total!r} but the stored "
-         f"tensors hold {total:,} parameters")
+  claimed = _d(meta.get("param_counts")).get("total")
+  return out + [(4, claimed == total, f"param_counts.total is {claimed!r} but the stored "
+                 f"tensors hold {total:,} parameters")]
 
 
-def quality(meta: dict[str, Any] | None, stored_signature: Signature | None,
+def quality(meta: dict[str, Any] | None, stored_signature: Signature,
             step: int | None = None) -> dict[str, Any]:
   """The 0-100 score of the module docstring. Pure: reads nothing, traces an abstract model."""
-  subs = {name: _Sub(weight) for name, weight in SUBSCORES.items()}
   if not isinstance(meta, dict):
-    for s in subs.values():
-      s.need(False, s.weight, "no pregate metadata; stamp it: " + STAMP_HINT.format(path="PATH"))
+    no_meta = "no pregate metadata; stamp it: " + STAMP_HINT.format(path="PATH")
+    checks = {name: [(w, False, no_meta)] for name, w in SUBSCORES.items()}
   else:
-    _identity(meta, subs["identity"])
-    _model_config(meta, subs["model_config"])
-    tok = _tokenizer(meta, subs["tokenizer"])
-    _data(meta, tok, subs["data_provenance"])
-    _training(meta, step, subs["training_provenance"])
-    _signature(meta, stored_signature, subs["signature"])
-  results = {name: s.result() for name, s in subs.items()}
-  return {"score": sum(r["score"] for r in results.values()), "max": 100, "subscores": results}
+    tok_checks, tok = _tokenizer(meta)
+    checks = {"identity": _identity(meta), "model_config": _model_config(meta),
+              "tokenizer": tok_checks, "data_provenance": _data(meta, tok),
+              "training_provenance": _training(meta, step),
+              "signature": _signature(meta, stored_signature)}
+  subs = {}
+  for name, weight in SUBSCORES.items():
+    lost = [{"points": p, "reason": why} for p, ok, why in checks[name] if not ok]
+    subs[name] = {"score": weight - sum(x["points"] for x in lost), "max": weight, "lost": lost}
+  return {"score": sum(s["score"] for s in subs.values()), "max": 100, "subscores": subs}
 
 
 def _v(x: Any) -> str:
@@ -264,24 +211,23 @@ def _v(x: Any) -> str:
     return "<missing>"
   if _int(x, -math.inf):
     return f"{x:,}"
-  return x[:12] + "..." if _sha(x) else f"{x:.4f}" if isinstance(x, float) else str(x)
+  return x[:12] + "..." if _sha(x) else f"{x:.6g}" if isinstance(x, float) else str(x)
 
 
 def _kv(d: Any, keys: tuple[str, ...] = ()) -> str:
-  return ", ".join(f"{k}={_v(_d(d).get(k))}" for k in keys or _d(d)) or "<missing>"
+  return ", ".join(f"{k}={_v(d.get(k))}" for k in keys or d) if _d(d) else "<missing>"
 
 
-def summary(info: Loaded) -> list[str]:
+def summary(directory: str, step: int, steps: list[int], meta: dict[str, Any] | None,
+            stored: Signature) -> list[str]:
   """The metadata as labelled lines; every null or absent field shows as '<missing>'."""
-  rows = [("checkpoint", f"{info.directory}/{info.step} (steps on disk: {info.steps})"),
-          ("stored", info.stored_error or f"{len(info.stored)} tensors, {sum(
-              math.prod(s) for s, _ in info.stored.values()):,} parameters (orbax metadata)")]
-  m = info.meta
-  if m is None:
-    rows += [("metadata", "NONE: no meta/metadata, so the architecture, tokenizer and "
-                          "provenance are unknown and the checkpoint cannot be loaded"),
-             ("fix", STAMP_HINT.format(path=f"{info.directory}/{info.step}"))]
-    return [f"{k:<13} {v}" for k, v in rows]
+  n_stored = sum(math.prod(shape) for shape, _ in stored.values())
+  rows = [("checkpoint", f"{directory}/{step} (steps on disk: {steps})"),
+          ("stored", f"{len(stored)} tensors, {n_stored:,} parameters (orbax metadata)")]
+  if meta is None:
+    rows.append(("metadata", "NONE, so architecture, tokenizer and provenance are unknown and "
+                 "it cannot be loaded; fix: " + STAMP_HINT.format(path=f"{directory}/{step}")))
+  m = meta or {}
   tok, gate = _d(m.get("tokenizer")), _d(m.get("gate"))
   vocab = len(tok["vocab"]) if isinstance(tok.get("vocab"), str) else (
       256 if tok.get("type") == "byte" else None)
@@ -294,8 +240,8 @@ def summary(info: Loaded) -> list[str]:
       ("val loss", _kv(m, ("val_loss", "best_val_loss"))),
       ("eval batches", _kv(m.get("eval_batches"))),
       ("gate", _kv(gate, ("contract", "contract_version", "zone", "ratio", "floor_ratio",
-                          "passed", "bypassed")) +
-       ("; BYPASSED with --force_under_provisioned" if gate.get("bypassed") else "")),
+                          "passed", "bypassed")) + ("; BYPASSED (--force_under_provisioned)"
+                                                    if gate.get("bypassed") else "")),
       ("mesh at save", _kv(m.get("mesh"))), ("git commit", _v(m.get("git_commit"))),
       ("libraries", _kv(m.get("libraries")))]
   if "stamped" in m:
@@ -304,25 +250,29 @@ def summary(info: Loaded) -> list[str]:
   return [f"{k:<13} {v}" for k, v in rows]
 
 
-def quality_lines(q: dict[str, Any]) -> list[str]:
-  out = [f"quality       {q['score']}/{q['max']}"]
-  for name, r in q["subscores"].items():
-    out.append(f"  {name:<21} {r['score']:>2}/{r['max']}")
-    out += [f"    -{x['points']} {x['reason']}" for x in r["lost"]]
-  return out
-
-
 def report(path: str, step: str | None = None, as_json: bool = False,
            with_quality: bool = False) -> str:
   """What the CLI prints; raises PregateError for a damaged checkpoint or a missing step."""
-  info = load(path, step)
-  q = quality(info.meta, info.stored, info.step) if with_quality else None
+  directory, spec = locate(path, step)
+  ckpt = Checkpointer(directory, read_only=True)
+  try:
+    step = ckpt.resolve(spec)
+    meta, stored, steps = ckpt.read_meta(step), stored_signature(ckpt, step), ckpt.steps()
+  finally:
+    ckpt.close()
+  if meta is not None and not isinstance(meta, dict):
+    raise CheckpointError(f"checkpoint {directory}/{step}: metadata is not a JSON object")
+  q = quality(meta, stored, step) if with_quality else None
   if as_json:
-    if info.meta is None and q is None:
-      raise arch_match.MissingMetadataError(f"{info.directory}/{info.step}")
-    return json.dumps(info.meta if q is None else {"metadata": info.meta, "quality": q},
-                      indent=2)
-  return "\n".join(summary(info) + (quality_lines(q) if q else []))
+    if meta is None and q is None:
+      raise arch_match.MissingMetadataError(f"{directory}/{step}")
+    return json.dumps(meta if q is None else {"metadata": meta, "quality": q}, indent=2)
+  lines = summary(directory, step, steps, meta, stored)
+  lines += [f"quality       {q['score']}/{q['max']}"] if q else []
+  for name, r in (q or {}).get("subscores", {}).items():
+    lines.append(f"  {name:<21} {r['score']:>2}/{r['max']}")
+    lines += [f"    -{x['points']} {x['reason']}" for x in r["lost"]]
+  return "\n".join(lines)
 
 
 def main(argv: list[str]) -> None:
@@ -338,10 +288,9 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
   """Entry point; the flags are defined here, so importing this module adds none."""
-  flags.DEFINE_string("step", None, "latest | best | N (default latest; a step dir implies its "
-                      "own).")
-  flags.DEFINE_bool("json", False, "Print the raw metadata JSON (with --quality: {metadata, "
-                    "quality}).")
+  flags.DEFINE_string("step", None, "latest | best | N (default latest, or the step dir's).")
+  flags.DEFINE_bool("json", False, "Print the raw metadata JSON ({metadata, quality} with "
+                    "--quality).")
   flags.DEFINE_bool("quality", False, "Add the 0-100 metadata quality score with reasons.")
   app.run(main)
 

@@ -24,12 +24,18 @@ from train.metrics_log import quiet_libraries
 from train.tokenizer import Tokenizer
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _prefill(graphdef: nnx.GraphDef, state: nnx.State, tokens: jax.Array) -> jax.Array:
+  model = nnx.merge(graphdef, state)
+  logits, _ = model.decode(tokens, caches=model.init_cache(1, tokens.shape[1]), cache_index=0)
+  return logits[0, -1]
+
+
 def prefill_logits(model: Transformer, tokens: Sequence[int] | np.ndarray) -> jax.Array:
   """Last-position logits [vocab] of `tokens` via the KV-cache path (one prefill at index 0),
   the logits the first generated token is drawn from."""
-  tokens = jnp.asarray(tokens, jnp.int32).reshape(1, -1)
-  logits, _ = model.decode(tokens, caches=model.init_cache(1, tokens.shape[1]), cache_index=0)
-  return logits[0, -1]
+  graphdef, state = nnx.split(model)
+  return _prefill(graphdef, state, jnp.asarray(tokens, jnp.int32).reshape(1, -1))
 
 
 def _pick(logits: jax.Array, key: jax.Array, temperature: jax.Array, top_k: int,
@@ -54,7 +60,7 @@ def _generate(graphdef: nnx.GraphDef, state: nnx.State, prompt: jax.Array, key: 
   logits, caches = model.decode(prompt, caches=model.init_cache(1, p + max_new_tokens),
                                 cache_index=0)
 
-  def step(carry, index):
+  def step(carry: tuple, index: jax.Array) -> tuple[tuple, jax.Array]:
     caches, last, key = carry
     key, sub = jax.random.split(key)
     token = _pick(last, sub, temperature, top_k, greedy)

@@ -1,0 +1,199 @@
+"""Sharding never changes the math and FSDP really splits memory.
+
+Mesh arithmetic is checked in-process; the multi-device checks run in one child process with 8
+fake CPU devices (XLA_FLAGS must be set before JAX initializes its backend).
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from ml_collections import ConfigDict
+
+from gates.errors import ConfigError
+from train import sharding
+
+REPO = Path(__file__).resolve().parents[1]
+MESHES = {"data8": (8, 1, 1), "fsdp8": (1, 8, 1), "d2f2t2": (2, 2, 2), "f4t2": (1, 4, 2)}
+
+_SCRIPT = r"""
+import json, sys
+import jax, jax.numpy as jnp, numpy as np
+from configs import base
+from models.config import ModelConfig
+from train import sharding, step as step_lib
+from train.run_state import TrainSetup
+
+MESHES = json.loads(sys.argv[1])
+assert jax.device_count() == 8, jax.device_count()
+c = base.get_config()
+c.model.update(vocab_size=64, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128,
+               max_seq_len=16)
+c.optimizer.update(lr=1e-2)
+c.schedule.update(warmup_steps=2)
+cfg = ModelConfig.from_dict(c.model.to_dict())
+tx = step_lib.make_optimizer(c)
+rng = np.random.default_rng(0)
+toks = rng.integers(0, 64, (5, 8, 17))
+BATCHES = [{"inputs": t[:, :-1].astype(np.int32), "targets": t[:, 1:].astype(np.int32)}
+           for t in toks]
+
+def flat(tree):
+  return {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+def spec(x):
+  return [list(a) if isinstance(a, tuple) else a for a in x.sharding.spec]
+
+def dev0_bytes(tree):
+  d0 = jax.devices()[0]
+  return sum(s.data.nbytes for x in jax.tree.leaves(tree)
+             for s in x.addressable_shards if s.device == d0)
+
+def run(shape, devices=None):
+  mesh = sharding.make_mesh(shape, devices)
+  setup = TrainSetup.build(cfg, tx, 0, mesh)
+  bs = sharding.batch_sharding(mesh)
+  step = jax.jit(step_lib.make_train_step(setup.graphdef, tx, step_lib.lr_schedule(c)),
+                 in_shardings=(setup.shardings, bs), donate_argnums=0)
+  state = setup.fresh_state()
+  out = {"init_param_specs": {k: spec(v) for k, v in flat(state.params).items()},
+         "param_bytes_dev0": dev0_bytes(state.params)}
+  mu0 = state.opt_state[1][0].mu
+  out["init_mu_specs"] = {k: spec(v) for k, v in flat(mu0).items()}
+  losses, norms = [], []
+  for b in BATCHES:
+    state, m = step(state, jax.tree.map(lambda x: jax.device_put(x, bs), b))
+    losses.append(float(m["loss"]))
+    norms.append(float(m["grad_norm"]))
+  adam = state.opt_state[1][0]
+  out.update(losses=losses, grad_norms=norms,
+             param_specs={k: spec(v) for k, v in flat(state.params).items()},
+             mu_specs={k: spec(v) for k, v in flat(adam.mu).items()},
+             nu_specs={k: spec(v) for k, v in flat(adam.nu).items()},
+             embed_sum=float(jnp.sum(state.params["embed"])))
+  return out
+
+results = {"single": run((1, 1, 1), jax.devices()[:1])}
+for name, shape in MESHES.items():
+  results[name] = run(tuple(shape))
+print("RESULT " + json.dumps(results))
+"""
+
+
+@pytest.fixture(scope="module")
+def results():
+  """All mesh runs in one 8-fake-device child (one JAX startup)."""
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+         "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
+  proc = subprocess.run([sys.executable, "-c", _SCRIPT, json.dumps(MESHES)], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
+  return json.loads(line[len("RESULT "):])
+
+
+def _mesh_cfg(data, fsdp, tensor):
+  return ConfigDict(dict(data=data, fsdp=fsdp, tensor=tensor))
+
+
+def test_mesh_shape_resolves_minus_one():
+  """One -1 axis takes the remaining devices."""
+  assert sharding.mesh_shape(_mesh_cfg(-1, 1, 1), 8) == (8, 1, 1)
+  assert sharding.mesh_shape(_mesh_cfg(2, -1, 2), 8) == (2, 2, 2)
+  assert sharding.mesh_shape(_mesh_cfg(1, 4, -1), 8) == (1, 4, 2)
+  assert sharding.mesh_shape(_mesh_cfg(1, 1, 1), 1) == (1, 1, 1)
+
+
+@pytest.mark.parametrize("data, fsdp, tensor, n", [
+    (2, 2, 1, 8), (4, 4, 1, 8), (1, 1, 1, 2), (-1, -1, 1, 8), (3, -1, 1, 8), (0, 8, 1, 8),
+    (-2, 1, 1, 8)])
+def test_mesh_shape_rejects_bad_meshes(data, fsdp, tensor, n):
+  """A mesh that does not exactly cover the devices is a ConfigError, not a crash later."""
+  with pytest.raises(ConfigError, match="mesh"):
+    sharding.mesh_shape(_mesh_cfg(data, fsdp, tensor), n)
+
+
+def test_check_divisibility():
+  """Batch must split over data x fsdp (per microbatch) and heads over tensor."""
+  sharding.check_divisibility((2, 2, 2), global_batch=8, grad_accum=1, n_heads=4, n_kv_heads=2)
+  sharding.check_divisibility((1, 4, 1), global_batch=16, grad_accum=4, n_heads=3, n_kv_heads=1)
+  with pytest.raises(ConfigError, match="data x fsdp"):
+    sharding.check_divisibility((2, 4, 1), global_batch=12, grad_accum=1, n_heads=4,
+                                n_kv_heads=2)
+  with pytest.raises(ConfigError, match="grad_accum"):
+    sharding.check_divisibility((1, 8, 1), global_batch=16, grad_accum=4, n_heads=4,
+                                n_kv_heads=2)
+  with pytest.raises(ConfigError, match="n_heads"):
+    sharding.check_divisibility((1, 1, 4), global_batch=8, grad_accum=1, n_heads=6,
+                                n_kv_heads=2)
+  with pytest.raises(ConfigError, match="n_kv_heads"):
+    sharding.check_divisibility((1, 1, 2), global_batch=8, grad_accum=1, n_heads=4,
+                                n_kv_heads=1)
+
+
+@pytest.mark.parametrize("mesh", sorted(MESHES))
+def test_sharded_run_matches_single_device(results, mesh):
+  """First 5 losses and grad norms equal the 1-device run within 1e-5 relative (fp32)."""
+  ref, got = results["single"], results[mesh]
+  assert ref["losses"][4] < ref["losses"][0]  # the reference actually trained
+  for key in ("losses", "grad_norms"):
+    for i, (a, b) in enumerate(zip(got[key], ref[key])):
+      assert abs(a - b) <= 1e-5 * abs(b), f"{mesh} {key}[{i}]: {a} vs {b}"
+  assert abs(got["embed_sum"] - ref["embed_sum"]) <= 1e-4 * max(1.0, abs(ref["embed_sum"]))
+
+
+# Which dimension of each parameter is the model ('embed') dimension.
+_EMBED_DIM = {"['embed']": 1, "['wq']": 0, "['wk']": 0, "['wv']": 0, "['wo']": 1,
+              "['w_gate']": 0, "['w_up']": 0, "['w_down']": 1}
+
+
+def _embed_dim(path):
+  for key, dim in _EMBED_DIM.items():
+    if key in path:
+      return dim
+  return None
+
+
+@pytest.mark.parametrize("which", ["init_param_specs", "param_specs"])
+def test_fsdp_shards_matrices_along_embed(results, which):
+  """Under fsdp=8 every matrix is split over 'fsdp' on its embed dim, at init and after steps;
+  norm scales stay replicated."""
+  specs = results["fsdp8"][which]
+  matrices = [p for p in specs if _embed_dim(p) is not None]
+  assert len(matrices) == 1 + 2 * 7
+  for path in matrices:
+    spec = specs[path] + [None] * (2 - len(specs[path]))
+    want = [None, None]
+    want[_embed_dim(path)] = "fsdp"
+    assert spec == want, f"{which} {path}: {specs[path]}"
+  for path in specs:
+    if "norm" in path:
+      assert all(a is None for a in specs[path]), f"{path}: {specs[path]}"
+
+
+@pytest.mark.parametrize("mesh", ["fsdp8", "d2f2t2", "f4t2"])
+def test_adam_moments_sharded_like_params(results, mesh):
+  """AdamW mu/nu carry exactly their parameter's sharding (ZeRO: no replicated moments)."""
+  r = results[mesh]
+  assert r["init_mu_specs"] == r["init_param_specs"]
+  assert r["mu_specs"] == r["param_specs"]
+  assert r["nu_specs"] == r["param_specs"]
+  assert any(any(a is not None for a in s) for s in r["param_specs"].values())
+
+
+def test_tensor_axis_used_for_heads_and_mlp(results):
+  """With tensor=2, the attention-head and MLP dims are split over 'tensor'."""
+  specs = results["f4t2"]["init_param_specs"]
+  assert specs["['blocks'][0]['attn']['wq']['kernel']"] == ["fsdp", "tensor"]
+  assert specs["['blocks'][0]['mlp']['w_down']['kernel']"] == ["tensor", "fsdp"]
+
+
+def test_fsdp_shrinks_per_device_param_bytes(results):
+  """FSDP over 8 devices keeps ~1/8 of the parameter bytes on device 0 (norms replicated)."""
+  replicated = results["data8"]["param_bytes_dev0"]
+  fsdp = results["fsdp8"]["param_bytes_dev0"]
+  assert replicated == results["single"]["param_bytes_dev0"]
+  ratio = fsdp / replicated
+  assert 1 / 8 <= ratio < 0.14, ratio
