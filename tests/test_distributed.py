@@ -204,7 +204,8 @@ def test_load_for_eval_from_8_devices_in_1_device_process(prepared_data, fsdp_8)
 @pytest.mark.parametrize("devices, mesh, message", [
     (1, {"mesh.data": 2}, "has 2 devices but 1 are present"),
     (3, {"mesh.data": 3}, "is not divisible by data x fsdp = 3"),
-    (2, {"mesh.data": 1, "mesh.tensor": 2}, "model.n_kv_heads=1 is not divisible by mesh.tensor=2"),
+    (2, {"mesh.data": 1, "mesh.tensor": 2},
+     "model.n_kv_heads=1 is not divisible by mesh.tensor=2"),
 ], ids=["product", "batch", "heads"])
 def test_invalid_mesh_refused_before_compile(tmp_path, prepared_data, devices, mesh, message):
   """A mesh the devices, batch or heads cannot fill is a config error: one line, exit 2, and

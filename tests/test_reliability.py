@@ -181,7 +181,7 @@ def test_sigterm_and_sigint_preempt_cleanly(flags, whole, tmp_path):
   """Each signal finishes the step, saves it and exits 75; a second SIGTERM while that save
   is being written changes nothing. Re-running then completes exactly as if never stopped."""
   workdir, reached = tmp_path / "run", 0
-  for sigs in ([signal.SIGTERM], [signal.SIGINT], [signal.SIGTERM, signal.SIGTERM]):
+  for sigs in ([signal.SIGINT], [signal.SIGTERM, signal.SIGTERM]):
     n = len(_lines(workdir))
     proc = _launch(workdir, flags, env=DELAY)
     _wait_for(proc, _trained_to(workdir, n, reached + 3), "training")
@@ -205,3 +205,203 @@ def test_sigterm_and_sigint_preempt_cleanly(flags, whole, tmp_path):
   assert res.rc == 0, res.stderr[-3000:]
   _assert_same_trajectory(workdir, whole)
   _assert_same_params(workdir, whole)
+
+
+def _finite_checkpoints(workdir):
+  """Every saved checkpoint holds finite params and records a finite val loss."""
+  steps = helpers.checkpoint_steps(workdir)
+  for step in steps:
+    assert np.isfinite(helpers.checkpoint_meta(workdir, step)["val_loss"]), step
+    for path, leaf in helpers.flat(helpers.load_params(workdir, step)).items():
+      assert np.isfinite(leaf).all(), f"checkpoint {step}: {path} is not finite"
+  return steps
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("skip", [0, 1])
+def test_divergence_stops_before_saving_poison(flags, tmp_path, skip):
+  """lr 3e3 with weight decay multiplies the weights by ~-300 a step: the forward pass
+  overflows at step 8. skip=0 stops there; skip=1 skips one update and stops at the second."""
+  workdir = tmp_path / "run"
+  res = helpers.run_main(*flags, "--config.optimizer.lr=3e3", "--config.optimizer.grad_clip=0",
+                         f"--config.optimizer.skip_nonfinite={skip}", workdir=workdir)
+  assert res.rc == 4, res.stderr[-3000:]
+  errors = [x for x in res.error_lines if x.startswith("ERROR:")]
+  assert len(errors) == 1 and errors[0].startswith("ERROR: NonFiniteLossError: "), errors
+  _assert_no_pregate_traceback(res.stderr)
+  records = helpers.read_jsonl(workdir / "metrics.jsonl")
+  end = _end(records)
+  assert end["termination"] == "NONFINITE" and f"step {end['step']}" in errors[0], end
+  trained = helpers.events(records, "train")
+  bad = [r["step"] for r in trained if not np.isfinite(r["loss"])]
+  if skip:  # one update skipped (logged as a NaN loss), stopped once past the limit
+    assert len(bad) == skip and end["step"] > bad[0] and "skipped" in errors[0], (bad, end)
+  else:
+    assert not bad and end["step"] == trained[-1]["step"] + 1
+  assert 5 in _finite_checkpoints(workdir)
+  assert max(helpers.checkpoint_steps(workdir)) < end["step"]
+
+
+def test_skipped_updates_leave_params_unchanged_and_finite(prepared_data):
+  """In-process: the diverging config's steps, with skipping on. A skipped step is a no-op."""
+  import jax
+  from models.config import ModelConfig
+  from train import data as data_lib
+  from train import step as step_lib
+  cfg = helpers.tiny_config(prepared_data, {"optimizer.lr": 3e3, "optimizer.grad_clip": 0,
+                                            "optimizer.skip_nonfinite": 1})
+  tx = step_lib.make_optimizer(cfg)
+  graphdef, init = step_lib.init_fn(ModelConfig.from_dict(cfg.model.to_dict()), tx, cfg.seed)
+  step = jax.jit(step_lib.make_train_step(graphdef, tx, step_lib.lr_schedule(cfg),
+                                          skip_nonfinite=True))
+  it = data_lib.make_train_iter(data_lib.open_split(prepared_data, "train"), global_batch=4,
+                                seq_len=32, seed=0, num_batches=12, process_index=0,
+                                process_count=1)
+  state, skipped = jax.jit(init)(), 0
+  for _ in range(10):
+    before = helpers.flat(jax.device_get(state.params))
+    state, m = step(state, next(it))
+    if int(m["skipped"]):
+      skipped += 1
+      after = helpers.flat(jax.device_get(state.params))
+      assert all(np.array_equal(after[k], v) and np.isfinite(v).all() for k, v in before.items())
+  assert skipped  # the config does diverge, so the skipping path ran
+
+
+def _assert_no_pregate_traceback(stderr):
+  """orbax/tensorstore threads may print their own tracebacks; none may come from ours."""
+  frames = [x for x in stderr.splitlines() if x.strip().startswith("File \"")
+            and str(helpers.REPO) in x and "site-packages" not in x]
+  assert not frames, frames
+
+
+def _damage(workdir, step, how):
+  d = workdir / "checkpoints" / str(step)
+  arrays = sorted((d / "params" / "ocdbt.process_0" / "d").iterdir())
+  assert arrays
+  for f in arrays:
+    if how == "truncate":
+      os.truncate(f, f.stat().st_size // 2)
+    elif how == "delete":
+      f.unlink()
+  if how == "metadata":
+    (d / "meta" / "metadata").write_text('{"schema": "pregate.chec')
+
+
+@pytest.mark.slow
+def test_damaged_checkpoints_are_skipped(flags, whole, tmp_path):
+  """Truncated arrays (20), deleted arrays (15), torn metadata (10) and a leftover incomplete
+  save: resume warns about each, sets them aside, restarts from 5 and ends as if intact."""
+  workdir = tmp_path / "run"
+  shutil.copytree(whole, workdir)
+  ckpts = workdir / "checkpoints"
+  for step, how in ((20, "truncate"), (15, "delete"), (10, "metadata")):
+    _damage(workdir, step, how)
+  shutil.copytree(ckpts / "5", ckpts / "15.orbax-checkpoint-tmp")
+  (ckpts / "15.orbax-checkpoint-tmp" / "commit_success.txt").unlink()
+  n = len(helpers.read_jsonl(workdir / "metrics.jsonl"))
+  res = helpers.run_main(*flags, workdir=workdir)
+  assert res.rc == 0, res.stderr[-3000:]
+  warnings = [x for x in res.error_lines if " is damaged, skipped" in x]
+  assert [x.split(" is damaged")[0].rsplit("/", 1)[1] for x in warnings] == ["20", "15", "10"]
+  _assert_no_pregate_traceback(res.stderr)
+  assert {p.name for p in ckpts.iterdir() if ".damaged-" in p.name} == \
+      {"20.damaged-0", "15.damaged-0", "10.damaged-0"}
+  assert helpers.events(helpers.read_jsonl(workdir / "metrics.jsonl")[n:], "train")[0][
+      "step"] == 6
+  _assert_same_params(workdir, whole)
+
+
+@pytest.mark.slow
+def test_no_intact_checkpoint_refuses(flags, whole, tmp_path):
+  """Every checkpoint damaged: refuse (exit 2) rather than train from scratch over them;
+  --init from a damaged one is one line too, and train.inspect flags torn metadata."""
+  workdir = tmp_path / "run"
+  shutil.copytree(whole, workdir)
+  for step in (5, 10, 15, 20):
+    _damage(workdir, step, "truncate")
+  _damage(workdir, 20, "metadata")
+  before = helpers.snapshot(workdir / "checkpoints")
+  trained = helpers.events(helpers.read_jsonl(workdir / "metrics.jsonl"), "train")
+  for target, init, needle in ((workdir, "", "no usable checkpoint"),
+                               (tmp_path / "fresh", f"--init={workdir}:15", "damaged")):
+    res = helpers.run_main(*flags, *([init] if init else []), workdir=target)
+    errors = [x for x in res.error_lines if x.startswith("ERROR:")]
+    assert res.rc == 2 and len(errors) == 1 and needle in errors[0], res.stderr[-3000:]
+    assert errors[0].startswith("ERROR: CheckpointError: ")
+    _assert_no_pregate_traceback(res.stderr)
+  assert helpers.snapshot(workdir / "checkpoints") == before
+  assert helpers.events(helpers.read_jsonl(workdir / "metrics.jsonl"), "train") == trained
+  if not (helpers.REPO / "train" / "inspect.py").exists():
+    pytest.skip("train.inspect is not there")
+  res = subprocess.run([sys.executable, "-m", "train.inspect", str(workdir), "--step=20"],
+                       cwd=helpers.REPO, env=helpers.child_env(), capture_output=True,
+                       text=True, timeout=120)
+  assert res.returncode == 2 and res.stderr.startswith("ERROR: ") and "20" in res.stderr, \
+      res.stderr[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("change", ["--config.model.d_ff=48", "--config.data.val_fraction=0.2"])
+def test_other_experiment_in_workdir_refused(flags, whole, change):
+  before = helpers.snapshot(whole)
+  res = helpers.run_main(*flags, change, workdir=whole)
+  field = change.split("--config.")[1].split("=")[0]
+  assert res.rc == 2 and len(res.error_lines) == 1, res.stderr[-3000:]
+  assert "belongs to a different experiment" in res.error_lines[0]
+  assert f"{field}: " in res.error_lines[0] and "Traceback" not in res.stderr
+  assert helpers.snapshot(whole) == before
+
+
+@pytest.mark.slow
+def test_config_changes_safe_allowed_schedule_opt_in(flags, whole, tmp_path):
+  """eval_every is safe (allowed, logged, recorded in run.json); train_steps changes the
+  schedule: refused untouched without --allow_config_change, and recorded in the next
+  checkpoint's metadata with it."""
+  safe, longer = tmp_path / "safe", tmp_path / "longer"
+  shutil.copytree(whole, safe)
+  shutil.copytree(whole, longer)
+  res = helpers.run_main(*flags, "--config.eval.eval_every=5", workdir=safe)
+  assert res.rc == 0, res.stderr[-3000:]
+  assert "eval.eval_every: 10 -> 5" in res.stderr
+  owner = json.loads((safe / "run.json").read_text())
+  assert owner["changes"][-1]["safe"] == ["eval.eval_every: 10 -> 5"]
+
+  before = helpers.snapshot(longer)
+  res = helpers.run_main(*flags, "--config.train_steps=25", workdir=longer)
+  assert res.rc == 2 and len(res.error_lines) == 1, res.stderr[-3000:]
+  assert "train_steps: 20 -> 25" in res.error_lines[0] and "--allow_config_change" in \
+      res.error_lines[0]
+  assert helpers.snapshot(longer) == before
+  res = helpers.run_main(*flags, "--config.train_steps=25", "--allow_config_change",
+                         workdir=longer)
+  assert res.rc == 0, res.stderr[-3000:]
+  assert helpers.checkpoint_steps(longer)[-1] == 25
+  assert "train_steps: 20 -> 25" in helpers.checkpoint_meta(longer, 25)["config_changes"]
+
+
+def test_check_disk_refuses_what_does_not_fit(monkeypatch, tmp_path):
+  from train import guards
+  usage = lambda free: lambda path: shutil._ntuple_diskusage(10 * 2**30, 0, free)
+  monkeypatch.setattr(guards.shutil, "disk_usage", usage(2**20))
+  with pytest.raises(guards.DiskSpaceError, match="free disk space") as err:
+    guards.check_disk(str(tmp_path), 2**20)  # needs 1 MiB + 20% margin
+  assert err.value.exit_code == 4 and "\n" not in str(err.value)
+  monkeypatch.setattr(guards.shutil, "disk_usage", usage(2 * 2**20))
+  guards.check_disk(str(tmp_path), 2**20)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("env", [{"PREGATE_TEST_ENOSPC_AT": "10"},
+                                 {"PREGATE_TEST_DISK_FULL": "1"}], ids=["enospc", "disk-full"])
+def test_full_disk_stops_with_one_line_and_keeps_checkpoints(flags, tmp_path, env):
+  """The second save fails: ENOSPC from the write itself, or the free-space check before it.
+  One typed line, exit 4, DISK_FULL recorded, and the first checkpoint intact."""
+  workdir = tmp_path / "run"
+  rc, out = _finish(_launch(workdir, flags, env=env))
+  errors = [x for x in out.splitlines() if x.startswith("ERROR:")]
+  assert rc == 4 and len(errors) == 1, out[-3000:]
+  assert errors[0].startswith("ERROR: DiskSpaceError: ") and "Traceback" not in out
+  end = _end(helpers.read_jsonl(workdir / "metrics.jsonl"))
+  assert (end["termination"], end["step"]) == ("DISK_FULL", 10), end
+  assert _finite_checkpoints(workdir) == [5] and not _tmp_dirs(workdir)

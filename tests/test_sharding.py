@@ -44,12 +44,19 @@ def flat(tree):
   return {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(tree)}
 
 def spec(x):
-  return [list(a) if isinstance(a, tuple) else a for a in x.sharding.spec]
+  # Trailing Nones are equivalent (P('fsdp') == P('fsdp', None)); drop them.
+  out = [list(a) if isinstance(a, tuple) else a for a in x.spec]
+  while out and out[-1] is None:
+    out.pop()
+  return out
 
 def dev0_bytes(tree):
   d0 = jax.devices()[0]
   return sum(s.data.nbytes for x in jax.tree.leaves(tree)
              for s in x.addressable_shards if s.device == d0)
+
+def specs_of(tree):
+  return {k: spec(v.sharding) for k, v in flat(tree).items()}
 
 def run(shape, devices=None):
   mesh = sharding.make_mesh(shape, devices)
@@ -58,21 +65,25 @@ def run(shape, devices=None):
   step = jax.jit(step_lib.make_train_step(setup.graphdef, tx, step_lib.lr_schedule(c)),
                  in_shardings=(setup.shardings, bs), donate_argnums=0)
   state = setup.fresh_state()
-  out = {"init_param_specs": {k: spec(v) for k, v in flat(state.params).items()},
-         "param_bytes_dev0": dev0_bytes(state.params)}
-  mu0 = state.opt_state[1][0].mu
-  out["init_mu_specs"] = {k: spec(v) for k, v in flat(mu0).items()}
-  losses, norms = [], []
-  for b in BATCHES:
-    state, m = step(state, jax.tree.map(lambda x: jax.device_put(x, bs), b))
-    losses.append(float(m["loss"]))
-    norms.append(float(m["grad_norm"]))
+  put = lambda b: jax.tree.map(lambda x: jax.device_put(x, bs), b)
+  compiled = step.lower(state, put(BATCHES[0])).compile()  # as train/loop.py does
+  want = {k: spec(v) for k, v in flat(setup.shardings).items()}
+  got = {k: spec(v) for k, v in flat(compiled.output_shardings[0]).items()}
+  out = {"init_param_specs": specs_of(state.params),
+         "init_mu_specs": specs_of(state.opt_state[1][0].mu),
+         "param_bytes_dev0": dev0_bytes(state.params),
+         "state_sharding_drift": {k: [want[k], got[k]] for k in want if want[k] != got[k]},
+         "losses": [], "grad_norms": [], "error": None}
+  try:
+    for b in BATCHES:
+      state, m = compiled(state, put(b))
+      out["losses"].append(float(m["loss"]))
+      out["grad_norms"].append(float(m["grad_norm"]))
+  except Exception as e:
+    out["error"] = f"step {len(out['losses']) + 1}: {type(e).__name__}: {str(e)[:600]}"
   adam = state.opt_state[1][0]
-  out.update(losses=losses, grad_norms=norms,
-             param_specs={k: spec(v) for k, v in flat(state.params).items()},
-             mu_specs={k: spec(v) for k, v in flat(adam.mu).items()},
-             nu_specs={k: spec(v) for k, v in flat(adam.nu).items()},
-             embed_sum=float(jnp.sum(state.params["embed"])))
+  out.update(param_specs=specs_of(state.params), mu_specs=specs_of(adam.mu),
+             nu_specs=specs_of(adam.nu), embed_sum=float(jnp.sum(state.params["embed"])))
   return out
 
 results = {"single": run((1, 1, 1), jax.devices()[:1])}
@@ -137,11 +148,22 @@ def test_check_divisibility():
 def test_sharded_run_matches_single_device(results, mesh):
   """First 5 losses and grad norms equal the 1-device run within 1e-5 relative (fp32)."""
   ref, got = results["single"], results[mesh]
+  assert ref["error"] is None and len(ref["losses"]) == 5, ref["error"]
   assert ref["losses"][4] < ref["losses"][0]  # the reference actually trained
+  assert got["error"] is None, f"{mesh}: {got['error']}"
+  assert len(got["losses"]) == 5
   for key in ("losses", "grad_norms"):
     for i, (a, b) in enumerate(zip(got[key], ref[key])):
       assert abs(a - b) <= 1e-5 * abs(b), f"{mesh} {key}[{i}]: {a} vs {b}"
   assert abs(got["embed_sum"] - ref["embed_sum"]) <= 1e-4 * max(1.0, abs(ref["embed_sum"]))
+
+
+@pytest.mark.parametrize("mesh", sorted(MESHES))
+def test_step_keeps_state_shardings(results, mesh):
+  """The compiled step must return the state with the shardings it takes (setup.shardings):
+  otherwise step 2 is refused ('compiled for input shardings that disagree')."""
+  drift = results[mesh]["state_sharding_drift"]
+  assert not drift, f"{mesh}: {len(drift)} leaves change sharding, e.g. {sorted(drift.items())[:3]}"
 
 
 # Which dimension of each parameter is the model ('embed') dimension.
@@ -164,13 +186,14 @@ def test_fsdp_shards_matrices_along_embed(results, which):
   matrices = [p for p in specs if _embed_dim(p) is not None]
   assert len(matrices) == 1 + 2 * 7
   for path in matrices:
-    spec = specs[path] + [None] * (2 - len(specs[path]))
     want = [None, None]
     want[_embed_dim(path)] = "fsdp"
-    assert spec == want, f"{which} {path}: {specs[path]}"
+    while want[-1] is None:
+      want.pop()
+    assert specs[path] == want, f"{which} {path}: {specs[path]}"
   for path in specs:
     if "norm" in path:
-      assert all(a is None for a in specs[path]), f"{path}: {specs[path]}"
+      assert specs[path] == [], f"{which} {path}: {specs[path]}"
 
 
 @pytest.mark.parametrize("mesh", ["fsdp8", "d2f2t2", "f4t2"])

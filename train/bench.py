@@ -67,7 +67,9 @@ def bench(config) -> dict[str, float | str]:
 
     batch_sharding = sharding.batch_sharding(mesh)
     step_fn = jax.jit(step_lib.make_train_step(setup.graphdef, tx, schedule, bcfg.grad_accum),
-                      in_shardings=(setup.shardings, batch_sharding), donate_argnums=0)
+                      in_shardings=(setup.shardings, batch_sharding),
+                      out_shardings=(setup.shardings, sharding.replicated(mesh)),
+                      donate_argnums=0)
     state = setup.fresh_state()
     it = make_iter()
     put = lambda b: jax.tree.map(lambda x: jax.device_put(x, batch_sharding), b)

@@ -1,8 +1,7 @@
 """`python -m train.inspect PATH [--step=latest|best|N] [--json] [--quality]`: what a checkpoint
-says about itself and how far that can be trusted, before anyone spends compute loading it.
-PATH: a run's workdir, its checkpoints dir or a step dir. Only JSON metadata and orbax's array
-metadata are read, never array data, so it is fast and safe on damaged checkpoints (unreadable
-metadata or a missing step is one `ERROR:` line, exit 2).
+says about itself and how far to trust it. PATH: a run's workdir, its checkpoints dir or a step
+dir. Reads JSON metadata and orbax's array metadata only, never array data (fast, and safe on
+damaged checkpoints: unreadable metadata or a missing step is one `ERROR:` line, exit 2).
 
 `--quality` scores 0-100 in six sub-scores; loadability (the model rebuilds from the metadata
 alone and the stored tensors agree) weighs most. Every lost point says what is missing or wrong:
@@ -108,7 +107,8 @@ def _model_config(meta: dict[str, Any]) -> list[Check]:
   valid = {"int": _int, "float": lambda x: _int(x, -math.inf) or isinstance(x, float),
            "bool": lambda x: isinstance(x, bool), "str": lambda x: isinstance(x, str)}
   bad = {f.name: "missing" if f.name not in model else f"{model[f.name]!r}, not a {f.type}"
-         for f in dataclasses.fields(ModelConfig) if not valid[f.type](model.get(f.name))}
+         for f in dataclasses.fields(ModelConfig)
+         if not valid.get(f.type, lambda x: x is not None)(model.get(f.name))}
   out = [(2, name not in bad, f"model.{name} is {bad.get(name)}")
          for name in arch_match.ARCH_FIELDS]
   execution = {k: v for k, v in bad.items() if k not in arch_match.ARCH_FIELDS}
@@ -256,18 +256,18 @@ def report(path: str, step: str | None = None, as_json: bool = False,
   directory, spec = locate(path, step)
   ckpt = Checkpointer(directory, read_only=True)
   try:
-    step = ckpt.resolve(spec)
-    meta, stored, steps = ckpt.read_meta(step), stored_signature(ckpt, step), ckpt.steps()
+    at = ckpt.resolve(spec)
+    meta, stored, steps = ckpt.read_meta(at), stored_signature(ckpt, at), ckpt.steps()
   finally:
     ckpt.close()
   if meta is not None and not isinstance(meta, dict):
-    raise CheckpointError(f"checkpoint {directory}/{step}: metadata is not a JSON object")
-  q = quality(meta, stored, step) if with_quality else None
+    raise CheckpointError(f"checkpoint {directory}/{at}: metadata is not a JSON object")
+  q = quality(meta, stored, at) if with_quality else None
   if as_json:
     if meta is None and q is None:
-      raise arch_match.MissingMetadataError(f"{directory}/{step}")
+      raise arch_match.MissingMetadataError(f"{directory}/{at}")
     return json.dumps(meta if q is None else {"metadata": meta, "quality": q}, indent=2)
-  lines = summary(directory, step, steps, meta, stored)
+  lines = summary(directory, at, steps, meta, stored)
   lines += [f"quality       {q['score']}/{q['max']}"] if q else []
   for name, r in (q or {}).get("subscores", {}).items():
     lines.append(f"  {name:<21} {r['score']:>2}/{r['max']}")
@@ -277,7 +277,7 @@ def report(path: str, step: str | None = None, as_json: bool = False,
 
 def main(argv: list[str]) -> None:
   if len(argv) != 2:
-    raise app.UsageError("pass one PATH: a run's workdir, its checkpoints dir or a step dir")
+    raise app.UsageError("pass one PATH: a workdir, checkpoints dir or step dir", exitcode=2)
   from train.metrics_log import quiet_libraries
   quiet_libraries()
   try:

@@ -87,7 +87,10 @@ def _data(config, workdir: str, model_cfg) -> tuple[dict, Any, Any, Any]:
 
 def run(config, workdir: str, model_cfg, counts, verdict: chinchilla.Verdict, *,
         stop_after: int = 0, init: str = "", changes: dict | None = None) -> RunResult:
-  # Data first: a corpus or tokenizer refusal must leave no run directory behind.
+  # Mesh and data first: such refusals must leave no run directory behind (no compile needed).
+  shape = sharding.mesh_shape(config.mesh, jax.device_count())
+  sharding.check_divisibility(shape, config.batch.global_batch, config.batch.grad_accum,
+                              model_cfg.n_heads, model_cfg.n_kv_heads)
   manifest, tokenizer, train_arr, val_arr = _data(config, workdir, model_cfg)
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
@@ -97,9 +100,6 @@ def run(config, workdir: str, model_cfg, counts, verdict: chinchilla.Verdict, *,
   log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), enabled=is_main)
   log.write_gate(verdict)
 
-  shape = sharding.mesh_shape(config.mesh, jax.device_count())
-  sharding.check_divisibility(shape, config.batch.global_batch, config.batch.grad_accum,
-                              model_cfg.n_heads, model_cfg.n_kv_heads)
   mesh = sharding.make_mesh(shape)
   tx, schedule = step_lib.make_optimizer(config), step_lib.lr_schedule(config)
   setup = run_state.TrainSetup.build(model_cfg, tx, config.seed, mesh)
@@ -134,7 +134,8 @@ def run(config, workdir: str, model_cfg, counts, verdict: chinchilla.Verdict, *,
   train_step = jax.jit(
       step_lib.make_train_step(setup.graphdef, tx, schedule, bcfg.grad_accum,
                                skip_nonfinite=config.optimizer.skip_nonfinite > 0),
-      in_shardings=(setup.shardings, batch_sharding), donate_argnums=0)
+      in_shardings=(setup.shardings, batch_sharding),
+      out_shardings=(setup.shardings, sharding.replicated(mesh)), donate_argnums=0)
   abstract_batch = {k: jax.ShapeDtypeStruct((bcfg.global_batch, bcfg.seq_len), np.int32,
                                             sharding=batch_sharding)
                     for k in ("inputs", "targets")}

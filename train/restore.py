@@ -59,7 +59,7 @@ def load_for_eval(path: str, step: str | int = "latest", mesh: jax.sharding.Mesh
     meta = ckpt.read_meta(resolved)
     source = f"checkpoint {ckpt.directory}/{resolved}"
     if not meta or "model" not in meta:
-      raise arch_match.MissingMetadataError(f"{ckpt.directory} (step {resolved})")
+      raise arch_match.MissingMetadataError(f"{ckpt.directory}/{resolved}")
     if expected is not None:
       diffs = arch_match.config_differences(expected.to_dict(), meta["model"])
       if diffs:

@@ -68,7 +68,7 @@ class TrainSetup:
     meta = checkpointer.read_meta(step)
     source = f"checkpoint {checkpointer.directory}/{step}"
     if not meta or "model" not in meta:
-      raise arch_match.MissingMetadataError(f"{checkpointer.directory} (step {step})")
+      raise arch_match.MissingMetadataError(f"{checkpointer.directory}/{step}")
     arch_match.check(source, expected_config=self.model_cfg.to_dict(),
                      expected_signature=self.expected_signature(),
                      found_signature=checkpointer.array_signature(step), meta=meta,

@@ -107,8 +107,12 @@ def state_shardings(abstract_state: Any, p_specs: dict[str, Any], tx: optax.Grad
   params = jax.tree.map(to_named, p_specs, is_leaf=lambda x: isinstance(x, P))
   opt = optax.tree_map_params(
       tx, lambda _, s: s, abstract_state.opt_state, params,
-      transform_non_params=lambda _: NamedSharding(mesh, P()))
-  return type(abstract_state)(NamedSharding(mesh, P()), params, opt)
+      transform_non_params=lambda _: replicated(mesh))
+  return type(abstract_state)(replicated(mesh), params, opt)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -18,6 +18,7 @@ the save loads with `train.restore.load_for_eval` like any other (tests/test_ins
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 import shutil
@@ -83,11 +84,8 @@ def write_atomic(meta_dir: str, meta: dict[str, Any]) -> str | None:
   try:
     os.makedirs(meta_dir, exist_ok=True)
     if os.path.exists(target):
-      backup = f"{target}.bak-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
-      n = 0
-      while os.path.exists(backup + (f"-{n}" if n else "")):
-        n += 1
-      backup += f"-{n}" if n else ""
+      now = datetime.datetime.now(datetime.timezone.utc)
+      backup = f"{target}.bak-{now:%Y%m%dT%H%M%S.%fZ}"
       shutil.copy2(target, backup)
     fd, tmp = tempfile.mkstemp(prefix="metadata.tmp-", dir=meta_dir)
     try:
@@ -182,7 +180,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def main(argv: list[str]) -> None:
   if len(argv) != 2:
-    raise app.UsageError("pass one PATH: a run's workdir, its checkpoints dir or a step dir")
+    raise app.UsageError("pass one PATH: a workdir, checkpoints dir or step dir", exitcode=2)
   from train.metrics_log import quiet_libraries
   quiet_libraries()
   f = flags.FLAGS
