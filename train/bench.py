@@ -36,7 +36,6 @@ def _median_ms(times: list[float]) -> float:
 
 def bench(config) -> dict[str, float | str]:
   import jax
-  import numpy as np
 
   from models.config import ModelConfig
   from models.params import count_params

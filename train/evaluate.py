@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 from typing import Any, Callable
 
 import jax
@@ -23,7 +22,7 @@ from flax import nnx
 from gates.errors import ConfigError, DataError, PregateError
 from models.transformer import Transformer
 from train import data as data_lib
-from train import provenance, restore
+from train import cli, provenance, restore
 from train.metrics_log import quiet_libraries
 from train.tokenizer import Tokenizer
 
@@ -153,37 +152,16 @@ def format_table(result: dict[str, Any]) -> str:
   return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl parsing with bad or missing flags as one line and exit 2, not a usage dump."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    print(f"ERROR: flags: {' '.join(str(e).split())}", file=sys.stderr)
-    sys.exit(2)
-
-
-def fail(err: PregateError) -> None:
-  """`ERROR: <Type>: message` on one line and the error's exit code, as train.main does."""
-  print(f"ERROR: {type(err).__name__}: {' '.join(str(err).split())}", file=sys.stderr,
-        flush=True)
-  sys.exit(getattr(err, "exit_code", 2))
-
-
-def step_arg(value: str) -> str | int:
-  """'latest' | 'best' | N from a flag string."""
-  return int(value) if value.strip().isdigit() else value.strip()
-
-
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
-    fail(ConfigError(f"unexpected arguments {argv[1:]}; pass only --flags"))
+    cli.fail(ConfigError(f"unexpected arguments {argv[1:]}; pass only --flags"))
   f = flags.FLAGS
   quiet_libraries()
   try:
-    result = evaluate_checkpoint(f.checkpoint, step_arg(f.step), f.data or None,
+    result = evaluate_checkpoint(f.checkpoint, cli.step_arg(f.step), f.data or None,
                                  f.batches or None)
   except PregateError as e:
-    fail(e)
+    cli.fail(e)
   print(format_table(result))
   print("RESULT " + json.dumps(result, sort_keys=True), flush=True)
 
@@ -202,7 +180,7 @@ def _define_flags() -> None:
 def run() -> None:
   """Console-script entry point."""
   _define_flags()
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":

@@ -24,8 +24,7 @@ import json
 import math
 import os
 import re
-import sys
-from typing import Any, NoReturn
+from typing import Any
 
 from absl import app, flags
 
@@ -33,6 +32,7 @@ from gates import arch_match
 from gates.errors import ConfigError, PregateError
 from models.config import ModelConfig, ModelConfigError
 from models.params import abstract_model, param_shapes
+from train import cli
 from train.checkpoint import META_SCHEMA, Checkpointer, CheckpointError
 from train.restore import checkpoint_dir
 from train.run_state import ARCHITECTURE
@@ -45,12 +45,6 @@ STAMP_HINT = "python -m train.stamp {path} --config=<the config it was trained w
 SUBSCORES = {"identity": 10, "model_config": 25, "tokenizer": 15, "data_provenance": 15,
              "training_provenance": 15, "signature": 20}
 _SHA = re.compile(r"[0-9a-f]{64}")
-
-
-def fail(err: BaseException) -> NoReturn:
-  """One `ERROR: <Type>: msg` line on stderr and the error's exit code (as train.main does)."""
-  print(f"ERROR: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
-  sys.exit(getattr(err, "exit_code", 2))
 
 
 def locate(path: str, step: str | None) -> tuple[str, str]:
@@ -283,7 +277,7 @@ def main(argv: list[str]) -> None:
   try:
     print(report(argv[1], flags.FLAGS.step, flags.FLAGS.json, flags.FLAGS.quality))
   except PregateError as e:
-    fail(e)
+    cli.fail(e)
 
 
 def run() -> None:

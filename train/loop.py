@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import signal
@@ -206,7 +207,10 @@ def run(config, workdir: str, model_cfg, counts, verdict: chinchilla.Verdict, *,
       raise guards.NonFiniteLossError(
           f"validation loss {loss} at step {step}: the parameters are poisoned and were not "
           f"saved; the last good checkpoint is intact. Lower optimizer.lr or raise warmup")
-    checkpointer.save(step, state.params, state.opt_state, it, meta, loss)
+    try:
+      checkpointer.save(step, state.params, state.opt_state, it, meta, loss)
+    except OSError as e:  # A failed write (or an earlier async one) stops as one typed line.
+      raise _write_error(e, checkpointer.directory, step) from None
     log.write({"event": "save", "step": step, "blocking_s": time.perf_counter() - t})
 
   step = start
@@ -266,7 +270,10 @@ def run(config, workdir: str, model_cfg, counts, verdict: chinchilla.Verdict, *,
       idle += time.perf_counter() - edge_t
     if step > start:  # A resume of a finished run trains nothing and saves nothing.
       save(step, None if termination == PREEMPTED else val_loss, termination)
-    checkpointer.close()
+    try:
+      checkpointer.close()
+    except OSError as e:
+      raise _write_error(e, checkpointer.directory, step) from None
   log.write({"event": "end", "step": step, "termination": termination, "val_loss": val_loss,
              "best_val_loss": best, "elapsed_s": time.perf_counter() - run_t0})
   if is_main:
@@ -285,12 +292,29 @@ def _record_failure(log: MetricsLog, checkpointer: ckpt_lib.Checkpointer, step_f
   still commit before the error propagates."""
   try:
     yield
-  except (guards.NonFiniteLossError, guards.DiskSpaceError) as e:
-    reason = "NONFINITE" if isinstance(e, guards.NonFiniteLossError) else "DISK_FULL"
+  except (guards.NonFiniteLossError, guards.DiskSpaceError, ckpt_lib.CheckpointError) as e:
+    reason = {guards.NonFiniteLossError: "NONFINITE", guards.DiskSpaceError: "DISK_FULL"}.get(
+        type(e), "CHECKPOINT_FAILED")
     log.write({"event": "end", "step": step_fn(), "termination": reason, "error": str(e)})
-    checkpointer.close()
+    try:
+      checkpointer.close()
+    except Exception as close_err:  # pylint: disable=broad-except
+      logging.warning("an in-flight checkpoint write failed too: %s", close_err)
     log.close()
     raise
+
+
+def _write_error(err: OSError, directory: str, step: int) -> Exception:
+  """A full disk or quota is a DiskSpaceError (exit 4); any other write failure a
+  CheckpointError. Either way the last complete checkpoint is what a re-run resumes from."""
+  if err.errno in (errno.ENOSPC, errno.EDQUOT):
+    return guards.DiskSpaceError(
+        f"checkpoint step {step} could not be written under {directory} ({err.strerror}); "
+        f"free disk space, then re-run the same command to resume from the last complete "
+        f"checkpoint")
+  return ckpt_lib.CheckpointError(
+      f"checkpoint step {step} could not be written under {directory} ({err}); fix the "
+      f"filesystem, then re-run the same command to resume from the last complete checkpoint")
 
 
 def _record_owner(workdir: str, cfg: dict, verdict: chinchilla.Verdict, changes: dict) -> None:

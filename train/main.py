@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import traceback
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -18,7 +17,7 @@ from gates import chinchilla, config_sanity, ownership
 from gates.errors import ConfigError, DataError, GateRefusal, PregateError
 from models.config import ModelConfig, ModelConfigError
 from models.params import count_params
-from train import provenance
+from train import cli, provenance
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, e.g. configs/shakespeare_char.py.", lock_config=True)
@@ -54,30 +53,8 @@ def _is_primary() -> bool:
 def _fail(err: BaseException) -> None:
   """One line on stderr and the error's exit code; tracebacks only with --verbose. Every
   process exits with the same code; a gate refusal is printed by process 0 only."""
-  if _VERBOSE.present and _VERBOSE.value:
-    traceback.print_exception(err)
-  name = type(err).__name__
-  if _is_primary() or not isinstance(err, GateRefusal):
-    print(f"ERROR: {name}: {err}", file=sys.stderr, flush=True)
-  sys.exit(getattr(err, "exit_code", 2))
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl parsing, with config-override mistakes (a misspelled field raises AttributeError from
-  deep in ml_collections) turned into one-line errors instead of tracebacks."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    print(f"ERROR: flags: {e}", file=sys.stderr)
-    sys.exit(2)
-  except (AttributeError, KeyError, TypeError, ValueError) as e:
-    # ml_collections wraps a KeyError (whose str() is a repr) in an AttributeError: unwrap it.
-    while e.args and isinstance(e.args[0], BaseException):
-      e = e.args[0]
-    msg = " ".join(str(e.args[0] if e.args else e).split())
-    print(f"ERROR: ConfigError: bad --config override: {msg}. Check the field name and type "
-          f"against the config file (configs/base.py declares every field)", file=sys.stderr)
-    sys.exit(2)
+  cli.fail(err, verbose=_VERBOSE.value,
+           quiet=isinstance(err, GateRefusal) and not _is_primary())
 
 
 def preflight(config, workdir: str, force: bool, init: str = "", allow_change: bool = False
@@ -183,7 +160,7 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
   """Console-script entry point."""
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":

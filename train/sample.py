@@ -18,8 +18,7 @@ from flax import nnx
 
 from gates.errors import ConfigError, DataError, PregateError
 from models.transformer import Transformer
-from train import restore
-from train.evaluate import fail, parse_flags, step_arg
+from train import cli, restore
 from train.metrics_log import quiet_libraries
 from train.tokenizer import Tokenizer
 
@@ -113,15 +112,15 @@ def generate(model: Transformer, tokenizer: Tokenizer, prompt: str, max_new_toke
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
-    fail(ConfigError(f"unexpected arguments {argv[1:]}; pass only --flags"))
+    cli.fail(ConfigError(f"unexpected arguments {argv[1:]}; pass only --flags"))
   f = flags.FLAGS
   quiet_libraries()
   try:
-    restored = restore.load_for_eval(f.checkpoint, step_arg(f.step))
+    restored = restore.load_for_eval(f.checkpoint, cli.step_arg(f.step))
     text = generate(restored.model, restored.tokenizer, f.prompt, f.max_new_tokens,
                     f.temperature, f.top_k, f.seed)
   except PregateError as e:
-    fail(e)
+    cli.fail(e)
   print(f.prompt + text, flush=True)
 
 
@@ -140,7 +139,7 @@ def _define_flags() -> None:
 def run() -> None:
   """Console-script entry point."""
   _define_flags()
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":

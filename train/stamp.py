@@ -22,7 +22,6 @@ import datetime
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from typing import Any
@@ -35,7 +34,7 @@ from gates.errors import ConfigError, DataError, PregateError
 from models.config import ModelConfig, ModelConfigError
 from models.params import abstract_model, count_params, param_shapes
 from train import inspect as inspect_lib
-from train import prepare_data, provenance
+from train import cli, prepare_data, provenance
 from train.checkpoint import META_SCHEMA, Checkpointer, CheckpointError
 from train.run_state import ARCHITECTURE
 from train.tokenizer import KINDS, Tokenizer, build_tokenizer
@@ -163,21 +162,6 @@ def _previous(path: str) -> dict[str, Any] | str | None:
   return old if isinstance(old, dict) else "not a JSON object"
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl parsing with a bad --config override as one `ERROR:` line (as train.main does)."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    print(f"ERROR: flags: {e}", file=sys.stderr)
-    sys.exit(2)
-  except (AttributeError, KeyError, TypeError, ValueError) as e:
-    while e.args and isinstance(e.args[0], BaseException):
-      e = e.args[0]
-    msg = " ".join(str(e.args[0] if e.args else e).split())
-    print(f"ERROR: ConfigError: bad --config override: {msg}", file=sys.stderr)
-    sys.exit(2)
-
-
 def main(argv: list[str]) -> None:
   if len(argv) != 2:
     raise app.UsageError("pass one PATH: a workdir, checkpoints dir or step dir", exitcode=2)
@@ -187,7 +171,7 @@ def main(argv: list[str]) -> None:
   try:
     print("\n".join(stamp(argv[1], f.config, f.step, f.tokenizer, f.corpus)))
   except PregateError as e:
-    inspect_lib.fail(e)
+    cli.fail(e)
 
 
 def run() -> None:
@@ -198,7 +182,7 @@ def run() -> None:
   flags.DEFINE_string("step", None, "latest | N (default latest, or the step dir's).")
   flags.DEFINE_enum("tokenizer", None, list(KINDS), "Tokenizer kind (default: config's).")
   flags.DEFINE_string("corpus", None, "Corpus for the char tokenizer (default: config's).")
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":
