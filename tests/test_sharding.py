@@ -62,8 +62,7 @@ def run(shape, devices=None):
   mesh = sharding.make_mesh(shape, devices)
   setup = TrainSetup.build(cfg, tx, 0, mesh)
   bs = sharding.batch_sharding(mesh)
-  step = jax.jit(step_lib.make_train_step(setup.graphdef, tx, step_lib.lr_schedule(c)),
-                 in_shardings=(setup.shardings, bs), donate_argnums=0)
+  step = setup.jit_step(step_lib.make_train_step(setup.graphdef, tx, step_lib.lr_schedule(c)))
   state = setup.fresh_state()
   put = lambda b: jax.tree.map(lambda x: jax.device_put(x, bs), b)
   compiled = step.lower(state, put(BATCHES[0])).compile()  # as train/loop.py does

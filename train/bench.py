@@ -65,10 +65,8 @@ def bench(config) -> dict[str, float | str]:
     out["data_tokens_per_s"] = data_lib.measure_throughput(make_iter(), 500)
 
     batch_sharding = sharding.batch_sharding(mesh)
-    step_fn = jax.jit(step_lib.make_train_step(setup.graphdef, tx, schedule, bcfg.grad_accum),
-                      in_shardings=(setup.shardings, batch_sharding),
-                      out_shardings=(setup.shardings, sharding.replicated(mesh)),
-                      donate_argnums=0)
+    step_fn = setup.jit_step(
+        step_lib.make_train_step(setup.graphdef, tx, schedule, bcfg.grad_accum))
     state = setup.fresh_state()
     it = make_iter()
     put = lambda b: jax.tree.map(lambda x: jax.device_put(x, batch_sharding), b)

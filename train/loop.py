@@ -132,11 +132,9 @@ def run(config, workdir: str, model_cfg, counts, verdict: chinchilla.Verdict, *,
       lambda x: jax.make_array_from_process_local_data(batch_sharding, x), b)
 
   t0 = time.perf_counter()
-  train_step = jax.jit(
-      step_lib.make_train_step(setup.graphdef, tx, schedule, bcfg.grad_accum,
-                               skip_nonfinite=config.optimizer.skip_nonfinite > 0),
-      in_shardings=(setup.shardings, batch_sharding),
-      out_shardings=(setup.shardings, sharding.replicated(mesh)), donate_argnums=0)
+  train_step = setup.jit_step(step_lib.make_train_step(
+      setup.graphdef, tx, schedule, bcfg.grad_accum,
+      skip_nonfinite=config.optimizer.skip_nonfinite > 0))
   abstract_batch = {k: jax.ShapeDtypeStruct((bcfg.global_batch, bcfg.seq_len), np.int32,
                                             sharding=batch_sharding)
                     for k in ("inputs", "targets")}

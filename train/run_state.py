@@ -49,6 +49,14 @@ class TrainSetup:
     shardings = sharding.state_shardings(abstract, specs, tx, mesh)
     return cls(model_cfg, graphdef, init, abstract, shardings, mesh)
 
+  def jit_step(self, train_step: Any) -> Any:
+    """jit a pure step with the state's shardings on BOTH sides: left to XLA, outputs such as
+    norm scales came back split over fsdp and the second call was refused."""
+    batch = sharding.batch_sharding(self.mesh)
+    return jax.jit(train_step, in_shardings=(self.shardings, batch),
+                   out_shardings=(self.shardings, sharding.replicated(self.mesh)),
+                   donate_argnums=0)
+
   def expected_signature(self) -> dict[str, tuple[tuple[int, ...], str]]:
     return param_shapes(abstract_model(self.model_cfg))
 
