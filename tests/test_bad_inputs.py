@@ -2,7 +2,6 @@
 traceback, no XLA compile, and the workdir exactly as it was (absent stays absent). One row per
 input; the rows that reach the loop (data, vocabulary, mesh) run against an existing workdir
 holding a file, so any write there shows up."""
-import os
 
 import pytest
 

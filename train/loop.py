@@ -291,8 +291,8 @@ def _record_failure(log: MetricsLog, checkpointer: ckpt_lib.Checkpointer, step_f
   try:
     yield
   except (guards.NonFiniteLossError, guards.DiskSpaceError, ckpt_lib.CheckpointError) as e:
-    reason = {guards.NonFiniteLossError: "NONFINITE", guards.DiskSpaceError: "DISK_FULL"}.get(
-        type(e), "CHECKPOINT_FAILED")
+    reason = ("NONFINITE" if isinstance(e, guards.NonFiniteLossError) else
+              "DISK_FULL" if isinstance(e, guards.DiskSpaceError) else "CHECKPOINT_FAILED")
     log.write({"event": "end", "step": step_fn(), "termination": reason, "error": str(e)})
     try:
       checkpointer.close()
