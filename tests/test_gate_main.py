@@ -22,7 +22,7 @@ DEGENERATE_STEPS, PLATEAU_STEPS = 10, 1000
 def _expected_verdict(data_dir, steps, tmp_path):
   """The verdict preflight computes in-process for the same config (bypassed, so it returns)."""
   config = helpers.tiny_config(data_dir, {"train_steps": steps})
-  _, counts, verdict = preflight(config, str(tmp_path / "in-process-probe"), force=True)
+  _, counts, verdict, _ = preflight(config, str(tmp_path / "in-process-probe"), force=True)
   assert verdict.n_params == counts.total and verdict.n_non_embedding == counts.non_embedding
   return verdict
 
@@ -113,7 +113,7 @@ def test_bypass_trains_and_records_verdict(prepared_data, tmp_path):
 def test_compute_optimal_config_passes_without_bypass(tmp_path):
   """configs/shakespeare_char.py is sized to pass: it must never need the flag."""
   workdir = tmp_path / "run"
-  _, counts, verdict = preflight(shakespeare_char.get_config(), str(workdir), force=False)
+  _, counts, verdict, _ = preflight(shakespeare_char.get_config(), str(workdir), force=False)
   assert verdict.passed and not verdict.bypassed
   assert verdict.zone == COMPUTE_OPTIMAL
   assert verdict.tokens >= 20 * counts.total
@@ -129,7 +129,7 @@ def test_nanogpt_config_refused_unless_forced(tmp_path):
   assert info.value.exit_code == 3
   assert info.value.verdict.zone == DEGENERATION
   assert DEGENERATION in str(info.value) and helpers.FORCE in str(info.value)
-  _, _, verdict = preflight(config, str(workdir), force=True)
+  _, _, verdict, _ = preflight(config, str(workdir), force=True)
   assert verdict.bypassed and verdict.proceeds and verdict.zone == DEGENERATION
   assert not workdir.exists()
 

@@ -40,16 +40,29 @@ class RunResult:
 
 
 class _Signals:
-  """SIGTERM/SIGINT ask the loop to finish the current step, checkpoint and stop."""
+  """SIGTERM/SIGINT ask the loop to finish the current step, checkpoint and stop.
 
-  def __init__(self):
+  Multi-process, the decision must be the same step on every process, so SIGTERM is left to
+  JAX's preemption notifier and the loop asks the coordination service (orbax's
+  `reached_preemption`) each step; only SIGINT is handled here.
+  """
+
+  def __init__(self, checkpointer: ckpt_lib.Checkpointer):
     self.requested = False
     self._old = {}
+    self._multi = jax.process_count() > 1
+    self._ckpt = checkpointer
 
   def __enter__(self):
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGINT,) if self._multi else (signal.SIGTERM, signal.SIGINT):
       self._old[sig] = signal.signal(sig, self._handle)
     return self
+
+  def stop_at(self, step: int) -> bool:
+    """True on every process at the same step once a preemption was signalled."""
+    if self._multi and self._ckpt.manager.reached_preemption(step):
+      self.requested = True
+    return self.requested
 
   def _handle(self, signum, frame):
     del frame
@@ -214,7 +227,7 @@ def run(config, workdir: str, model_cfg, counts, verdict: chinchilla.Verdict, *,
   step = start
   window_t, window_steps, idle = time.perf_counter(), 0, 0.0
   run_t0 = time.perf_counter()
-  with _Signals() as signals, _record_failure(log, checkpointer, lambda: step):
+  with _Signals(checkpointer) as signals, _record_failure(log, checkpointer, lambda: step):
     while step < config.train_steps:
       batch = to_global(next(it))
       state, metrics = compiled(state, batch)
@@ -255,7 +268,7 @@ def run(config, workdir: str, model_cfg, counts, verdict: chinchilla.Verdict, *,
         edge_t = now  # this edge's time so far (eval, log) belongs to the window just closed
       patience = config.eval.early_stop_patience
       stop_early = is_eval and patience > 0 and bad_evals >= patience
-      preempt = signals.requested or (stop_after and step - start >= stop_after)
+      preempt = signals.stop_at(step) or (stop_after and step - start >= stop_after)
       if stop_early:
         termination = EARLY_STOP
       elif preempt and step < config.train_steps:
