@@ -191,3 +191,16 @@ def flat(tree: Any) -> dict[str, Any]:
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
   return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): leaf
           for path, leaf in leaves}
+
+
+def assert_one_line_error(res: Result, *needles: str) -> str:
+  """Exit 2, no traceback, exactly one `ERROR:` line on stderr containing every needle."""
+  out = res.stdout + res.stderr
+  assert res.rc == 2, out[-3000:]
+  assert "Traceback" not in out
+  assert len(res.error_lines) == 1, res.stderr[-3000:]
+  line = res.error_lines[0]
+  assert line.startswith("ERROR:"), line
+  for needle in needles:
+    assert needle in line, f"{needle!r} missing from: {line}"
+  return line

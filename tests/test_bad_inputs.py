@@ -101,6 +101,6 @@ def test_bad_input_is_refused_cleanly(prepared_data, tmp_path, row):
   finally:
     if kind == "readonly":
       workdir.chmod(0o700)
-  test_main_cli._assert_one_line_error(res, *map(fill, needles))
+  helpers.assert_one_line_error(res, *map(fill, needles))
   assert res.compiles == 0, f"{res.compiles} XLA compiles before refusing"
   assert _state(workdir) == before, "the refused run changed its workdir"

@@ -63,18 +63,6 @@ def _cli(module: str, *args: str) -> helpers.Result:
   return helpers.Result(proc.returncode, proc.stdout, proc.stderr, 0.0)
 
 
-def _one_line_error(res: helpers.Result, *needles: str) -> str:
-  assert res.rc == 2, res.stdout[-2000:] + res.stderr[-2000:]
-  assert "Traceback" not in res.stderr
-  assert len(res.error_lines) == 1, res.stderr[-3000:]
-  line = res.error_lines[0]
-  assert line.startswith("ERROR: "), line
-  for needle in needles:
-    assert needle in line, f"{needle!r} missing from: {line}"
-  return line
-
-
-@pytest.fixture(scope="module")
 def full_logits(restored):
   """ids -> full-forward logits [len(ids), vocab], jitted once: inputs are right-padded to
   REF_LEN, which causal attention makes invisible to the real positions."""
@@ -153,7 +141,7 @@ def test_top_k_1_is_greedy(restored):
 def test_prompt_too_long_is_one_line_error(workdir):
   res = _cli("train.sample", f"--checkpoint={workdir}", f"--prompt={PROMPT}",
              "--max_new_tokens=120")
-  _one_line_error(res, "ConfigError", "max_seq_len=128")
+  helpers.assert_one_line_error(res, "ConfigError", "max_seq_len=128")
 
 
 def test_evaluate_cli_reproduces_recorded_val_loss(workdir):
@@ -195,4 +183,4 @@ def test_evaluate_text_outside_vocabulary_is_one_line_error(workdir, tmp_path):
   path = tmp_path / "accents.txt"
   path.write_text("Café au lait\n", encoding="utf-8")
   res = _cli("train.evaluate", f"--checkpoint={workdir}", f"--data={path}")
-  _one_line_error(res, "DataError", "'é'")
+  helpers.assert_one_line_error(res, "DataError", "'é'")

@@ -9,25 +9,13 @@ import helpers
 PASSING = {"train_steps": 2000}
 
 
-def _assert_one_line_error(res, *needles):
-  out = res.stdout + res.stderr
-  assert res.rc == 2, out[-3000:]
-  assert "Traceback" not in out
-  assert len(res.error_lines) == 1, res.stderr[-3000:]
-  line = res.error_lines[0]
-  assert line.startswith("ERROR:"), line
-  for needle in needles:
-    assert needle in line, f"{needle!r} missing from: {line}"
-  return line
-
-
 def _run(tmp_path, data_dir, overrides, *extra, needles, may_leave=()):
   """Run with the TINY config plus overrides; the error must leave no workdir behind (or only
   the entries in may_leave)."""
   workdir = tmp_path / "run"
   res = helpers.run_main(*helpers.tiny_flags(data_dir, {**PASSING, **overrides}), *extra,
                          workdir=workdir)
-  line = _assert_one_line_error(res, *needles)
+  line = helpers.assert_one_line_error(res, *needles)
   if may_leave:
     assert {p.name for p in workdir.iterdir()} <= set(may_leave), line
   else:
@@ -68,20 +56,20 @@ def test_binary_corpus(tmp_path):
 def test_missing_config_flag(tmp_path):
   workdir = tmp_path / "run"
   res = helpers.run_main(workdir=workdir, config=None)
-  _assert_one_line_error(res, "--config")
+  helpers.assert_one_line_error(res, "--config")
   assert not workdir.exists()
 
 
 def test_missing_workdir_flag(prepared_data):
   res = helpers.run_main(*helpers.tiny_flags(prepared_data, PASSING))
-  _assert_one_line_error(res, "--workdir")
+  helpers.assert_one_line_error(res, "--workdir")
 
 
 def test_workdir_is_a_file(prepared_data, tmp_path):
   target = tmp_path / "a-file"
   target.write_bytes(b"not a directory\n")
   res = helpers.run_main(*helpers.tiny_flags(prepared_data, PASSING), workdir=target)
-  _assert_one_line_error(res, str(target), "is a file")
+  helpers.assert_one_line_error(res, str(target), "is a file")
   assert target.read_bytes() == b"not a directory\n"
 
 

@@ -257,6 +257,10 @@ def test_damaged_checkpoints(flags, whole, tmp_path):
                        cwd=helpers.REPO, env=helpers.child_env(), capture_output=True,
                        text=True, timeout=120)
   assert res.returncode == 2 and "unreadable" in _one_error(res.stderr, "CheckpointError")
+  res = subprocess.run([sys.executable, "-m", "train.inspect", str(workdir), "--step=15"],
+                       cwd=helpers.REPO, env=helpers.child_env(), capture_output=True,
+                       text=True, timeout=120)  # truncated arrays: found by reading them once
+  assert res.returncode == 2 and "is damaged" in _one_error(res.stderr, "CheckpointError")
 
 
 @pytest.mark.slow

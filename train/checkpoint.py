@@ -103,6 +103,19 @@ class Checkpointer:
       os.rename(src, dst)
     self.manager.reload()
 
+  def verify_arrays(self, step: int) -> int:
+    """Read every stored array (onto one device) to prove the files are whole; returns the
+    bytes read. A truncated or missing array file raises CheckpointError naming the step."""
+    one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    items = {k: ocp.args.StandardRestore(fallback_sharding=one) for k in ("params", "opt_state")}
+    try:
+      got = self.manager.restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:  # pylint: disable=broad-except
+      first = str(e).splitlines()[0] if str(e) else type(e).__name__
+      raise CheckpointError(f"checkpoint {self.directory}/{step} is damaged: its arrays cannot "
+                            f"be read ({first[:300]})") from None
+    return sum(x.nbytes for x in jax.tree.leaves([got[k] for k in items]))
+
   def read_meta(self, step: int) -> dict[str, Any] | None:
     """The JSON metadata item, read from its file (no arrays, no manager state); None if absent."""
     path = os.path.join(self.directory, str(step), "meta", "metadata")

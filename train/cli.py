@@ -40,3 +40,10 @@ def parse_flags(argv: list[str]) -> list[str]:
 def step_arg(value: str) -> str | int:
   """'latest' | 'best' | N from a flag string."""
   return int(value) if value.strip().isdigit() else value.strip()
+
+
+def define_checkpoint_flags() -> None:
+  """--checkpoint and --step, shared by the commands that read one checkpoint."""
+  flags.DEFINE_string("checkpoint", None, "A run's workdir or its checkpoints/ directory.")
+  flags.DEFINE_string("step", "latest", "Checkpoint step: latest, best or a number.")
+  flags.mark_flag_as_required("checkpoint")

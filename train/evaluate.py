@@ -168,13 +168,11 @@ def main(argv: list[str]) -> None:
 
 def _define_flags() -> None:
   """Defined only when run as a script, so importing this module adds no global flags."""
-  flags.DEFINE_string("checkpoint", None, "A run's workdir or its checkpoints/ directory.")
-  flags.DEFINE_string("step", "latest", "Checkpoint step: latest, best or a number.")
+  cli.define_checkpoint_flags()
   flags.DEFINE_string("data", "", "A UTF-8 text file to score instead of the recorded eval "
                       "batches (every token, in non-overlapping windows).")
   flags.DEFINE_integer("batches", 0, "Batches to score; 0 = the recorded count (which "
                        "reproduces val_loss) or, with --data, the whole file.")
-  flags.mark_flag_as_required("checkpoint")
 
 
 def run() -> None:

@@ -245,13 +245,15 @@ def summary(directory: str, step: int, steps: list[int], meta: dict[str, Any] | 
 
 
 def report(path: str, step: str | None = None, as_json: bool = False,
-           with_quality: bool = False) -> str:
-  """What the CLI prints; raises PregateError for a damaged checkpoint or a missing step."""
+           with_quality: bool = False, verify: bool = True) -> str:
+  """What the CLI prints; raises PregateError for a damaged checkpoint or a missing step.
+  verify reads every array once, so truncated or missing array files are reported too."""
   directory, spec = locate(path, step)
   ckpt = Checkpointer(directory, read_only=True)
   try:
     at = ckpt.resolve(spec)
     meta, stored, steps = ckpt.read_meta(at), stored_signature(ckpt, at), ckpt.steps()
+    verified = ckpt.verify_arrays(at) if verify else None
   finally:
     ckpt.close()
   if meta is not None and not isinstance(meta, dict):
@@ -262,6 +264,8 @@ def report(path: str, step: str | None = None, as_json: bool = False,
       raise arch_match.MissingMetadataError(f"{directory}/{at}")
     return json.dumps(meta if q is None else {"metadata": meta, "quality": q}, indent=2)
   lines = summary(directory, at, steps, meta, stored)
+  if verified is not None:
+    lines.append(f"arrays        all readable ({verified / 2**20:.1f} MiB)")
   lines += [f"quality       {q['score']}/{q['max']}"] if q else []
   for name, r in (q or {}).get("subscores", {}).items():
     lines.append(f"  {name:<21} {r['score']:>2}/{r['max']}")
@@ -275,7 +279,8 @@ def main(argv: list[str]) -> None:
   from train.metrics_log import quiet_libraries
   quiet_libraries()
   try:
-    print(report(argv[1], flags.FLAGS.step, flags.FLAGS.json, flags.FLAGS.quality))
+    f = flags.FLAGS
+    print(report(argv[1], f.step, f.json, f.quality, f.verify))
   except PregateError as e:
     cli.fail(e)
 
@@ -286,6 +291,8 @@ def run() -> None:
   flags.DEFINE_bool("json", False, "Print the raw metadata JSON ({metadata, quality} with "
                     "--quality).")
   flags.DEFINE_bool("quality", False, "Add the 0-100 metadata quality score with reasons.")
+  flags.DEFINE_bool("verify", True, "Read every array once to detect truncated or missing "
+                    "array files (--noverify: metadata only, for very large checkpoints).")
   app.run(main)
 
 

@@ -126,14 +126,12 @@ def main(argv: list[str]) -> None:
 
 def _define_flags() -> None:
   """Defined only when run as a script, so importing this module adds no global flags."""
-  flags.DEFINE_string("checkpoint", None, "A run's workdir or its checkpoints/ directory.")
-  flags.DEFINE_string("step", "latest", "Checkpoint step: latest, best or a number.")
+  cli.define_checkpoint_flags()
   flags.DEFINE_string("prompt", "\n", "Text to continue (characters the tokenizer knows).")
   flags.DEFINE_integer("max_new_tokens", 100, "Tokens to generate after the prompt.")
   flags.DEFINE_float("temperature", 1.0, "Softmax temperature; 0 = greedy (argmax).")
   flags.DEFINE_integer("top_k", 0, "Sample only from the k most likely tokens; 0 = all.")
   flags.DEFINE_integer("seed", 0, "PRNG seed: the same seed gives the same text.")
-  flags.mark_flag_as_required("checkpoint")
 
 
 def run() -> None:
