@@ -63,6 +63,7 @@ def _cli(module: str, *args: str) -> helpers.Result:
   return helpers.Result(proc.returncode, proc.stdout, proc.stderr, 0.0)
 
 
+@pytest.fixture(scope="module")
 def full_logits(restored):
   """ids -> full-forward logits [len(ids), vocab], jitted once: inputs are right-padded to
   REF_LEN, which causal attention makes invisible to the real positions."""
