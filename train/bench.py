@@ -55,7 +55,7 @@ def bench(config) -> dict[str, float | str]:
   out: dict[str, float | str] = {"config_params": counts.total, "mesh": sharding.describe(mesh)}
 
   with tempfile.TemporaryDirectory() as tmp:
-    data_dir = provenance.resolve_path(config.data.data_dir) or os.path.join(tmp, "data")
+    data_dir = provenance.data_dirs(config.data, tmp)[0]
     prepare_data.ensure_prepared(provenance.resolve_path(config.data.corpus), data_dir,
                                  config.data.tokenizer, config.data.val_fraction)
     train_arr = data_lib.open_split(data_dir, "train")

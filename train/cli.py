@@ -47,3 +47,13 @@ def define_checkpoint_flags() -> None:
   flags.DEFINE_string("checkpoint", None, "A run's workdir or its checkpoints/ directory.")
   flags.DEFINE_string("step", "latest", "Checkpoint step: latest, best or a number.")
   flags.mark_flag_as_required("checkpoint")
+
+
+def start(argv: list[str]) -> flags.FlagValues:
+  """Common start of a `--flags`-only command: refuse stray arguments, quiet library logs."""
+  from gates.errors import ConfigError
+  from train.metrics_log import quiet_libraries
+  if len(argv) > 1:
+    fail(ConfigError(f"unexpected arguments {argv[1:]}; pass only --flags"))
+  quiet_libraries()
+  return flags.FLAGS

@@ -23,7 +23,6 @@ from gates.errors import ConfigError, DataError, PregateError
 from models.transformer import Transformer
 from train import data as data_lib
 from train import cli, provenance, restore
-from train.metrics_log import quiet_libraries
 from train.tokenizer import Tokenizer
 
 EvalFn = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[jax.Array, jax.Array]]
@@ -48,9 +47,7 @@ def make_eval_fn(model: Transformer) -> EvalFn:
 def val_dir(meta: dict[str, Any], ckpt_dir: str) -> str:
   """Where the run read its val split: as train.loop resolves it ('' = WORKDIR/data)."""
   dcfg = (meta.get("config") or {}).get("data") or {}
-  data_dir = (provenance.resolve_path(dcfg.get("data_dir", "")) or
-              os.path.join(os.path.dirname(ckpt_dir), "data"))
-  return provenance.resolve_path(dcfg.get("val_dir", "")) or data_dir
+  return provenance.data_dirs(dcfg, os.path.dirname(ckpt_dir))[1]
 
 
 def file_windows(ids: np.ndarray, seq_len: int, batch_size: int
@@ -153,10 +150,7 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    cli.fail(ConfigError(f"unexpected arguments {argv[1:]}; pass only --flags"))
-  f = flags.FLAGS
-  quiet_libraries()
+  f = cli.start(argv)
   try:
     result = evaluate_checkpoint(f.checkpoint, cli.step_arg(f.step), f.data or None,
                                  f.batches or None)

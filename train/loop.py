@@ -78,7 +78,7 @@ class _Signals:
 def _data(config, workdir: str, model_cfg) -> tuple[dict, Any, Any, Any]:
   """Prepare (once, cached) and open the train/val token arrays; check the tokenizer fits."""
   dcfg = config.data
-  data_dir = provenance.resolve_path(dcfg.data_dir) or os.path.join(workdir, "data")
+  data_dir, val_dir = provenance.data_dirs(dcfg, workdir)
   if jax.process_index() == 0:  # One writer; the others read what it wrote (shared FS).
     manifest = prepare_data.ensure_prepared(provenance.resolve_path(dcfg.corpus), data_dir,
                                             dcfg.tokenizer, dcfg.val_fraction)
@@ -91,7 +91,6 @@ def _data(config, workdir: str, model_cfg) -> tuple[dict, Any, Any, Any]:
         f"tokenizer vocabulary has {tokenizer.vocab_size} symbols but model.vocab_size="
         f"{model_cfg.vocab_size}; set --config.model.vocab_size={tokenizer.vocab_size}")
   train_arr = data_lib.open_split(data_dir, "train")
-  val_dir = provenance.resolve_path(dcfg.val_dir) or data_dir
   val_arr = data_lib.open_split(val_dir, "val")
   need = config.batch.seq_len + 1
   train_arr.require(need, "training windows of batch.seq_len + 1 tokens")
@@ -109,7 +108,7 @@ def run(config, workdir: str, model_cfg, counts, verdict: chinchilla.Verdict, *,
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
   if is_main:
-    _write_json_atomic(os.path.join(workdir, "gate.json"), verdict.to_dict())
+    ckpt_lib.write_json_atomic(os.path.join(workdir, "gate.json"), verdict.to_dict())
     _record_owner(workdir, config.to_dict(), verdict, changes or {})
   log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), enabled=is_main)
   log.write_gate(verdict)
@@ -340,16 +339,7 @@ def _record_owner(workdir: str, cfg: dict, verdict: chinchilla.Verdict, changes:
   else:
     owner = {"config": cfg, "config_hash": ownership.config_hash(cfg), "gate": verdict.to_dict(),
              "created": time.time()}
-  _write_json_atomic(path, owner)
-
-
-def _write_json_atomic(path: str, obj: dict) -> None:
-  """Readers see the old file or the new one, never a partial write."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2)
-    f.write("\n")
-  os.replace(tmp, path)
+  ckpt_lib.write_json_atomic(path, owner)
 
 
 def _step0_check(meta: dict, source: str, val_arr, eval_loss, compute_dtype: str,

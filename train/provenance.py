@@ -5,6 +5,7 @@ import functools
 import importlib.metadata
 import os
 import subprocess
+from typing import Any, Mapping
 
 _LIBS = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorstore", "grain",
          "absl-py", "ml_collections")
@@ -40,3 +41,9 @@ def resolve_path(path: str) -> str:
   if not path or os.path.isabs(path) or "://" in path:
     return path
   return os.path.join(REPO_ROOT, path)
+
+
+def data_dirs(data_cfg: Mapping[str, Any], workdir: str) -> tuple[str, str]:
+  """(prepared data dir, val split dir) of a run: config paths, or WORKDIR/data when unset."""
+  data_dir = resolve_path(data_cfg.get("data_dir", "")) or os.path.join(workdir, "data")
+  return data_dir, resolve_path(data_cfg.get("val_dir", "")) or data_dir

@@ -19,7 +19,6 @@ from flax import nnx
 from gates.errors import ConfigError, DataError, PregateError
 from models.transformer import Transformer
 from train import cli, restore
-from train.metrics_log import quiet_libraries
 from train.tokenizer import Tokenizer
 
 
@@ -111,10 +110,7 @@ def generate(model: Transformer, tokenizer: Tokenizer, prompt: str, max_new_toke
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    cli.fail(ConfigError(f"unexpected arguments {argv[1:]}; pass only --flags"))
-  f = flags.FLAGS
-  quiet_libraries()
+  f = cli.start(argv)
   try:
     restored = restore.load_for_eval(f.checkpoint, cli.step_arg(f.step))
     text = generate(restored.model, restored.tokenizer, f.prompt, f.max_new_tokens,

@@ -17,12 +17,10 @@ the save loads with `train.restore.load_for_eval` like any other (tests/test_ins
 """
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import os
 import shutil
-import tempfile
 import time
 from typing import Any
 
@@ -35,7 +33,7 @@ from models.config import ModelConfig, ModelConfigError
 from models.params import abstract_model, count_params, param_shapes
 from train import inspect as inspect_lib
 from train import cli, prepare_data, provenance
-from train.checkpoint import META_SCHEMA, Checkpointer, CheckpointError
+from train.checkpoint import META_SCHEMA, Checkpointer, CheckpointError, write_json_atomic
 from train.run_state import ARCHITECTURE
 from train.tokenizer import KINDS, Tokenizer, build_tokenizer
 
@@ -86,18 +84,7 @@ def write_atomic(meta_dir: str, meta: dict[str, Any]) -> str | None:
       now = datetime.datetime.now(datetime.timezone.utc)
       backup = f"{target}.bak-{now:%Y%m%dT%H%M%S.%fZ}"
       shutil.copy2(target, backup)
-    fd, tmp = tempfile.mkstemp(prefix="metadata.tmp-", dir=meta_dir)
-    try:
-      with os.fdopen(fd, "w") as f:
-        json.dump(meta, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-      os.chmod(tmp, 0o644)  # mkstemp makes 0600; orbax's own files are world-readable.
-      os.replace(tmp, target)
-    finally:
-      with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
+    write_json_atomic(target, meta)
   except OSError as e:
     raise CheckpointError(f"cannot write {target}: {e}") from e
   return backup
