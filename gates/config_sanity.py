@@ -58,6 +58,9 @@ def problems(cfg: Mapping[str, Any]) -> list[str]:
     out.append(f"data.val_fraction={cfg['data']['val_fraction']} must lie in (0, 1)")
   if cfg["eval"]["early_stop_patience"] < 0 or cfg["eval"]["batch_size"] < 0:
     out.append("eval.early_stop_patience and eval.batch_size must be >= 0")
+  cpu = cfg["mesh"].get("cpu_devices", 0)
+  if not isinstance(cpu, int) or isinstance(cpu, bool) or cpu < 0:
+    out.append(f"mesh.cpu_devices={cpu!r} must be an integer >= 0 (0 = one per core)")
   return out
 
 

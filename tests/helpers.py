@@ -171,15 +171,17 @@ def checkpoint_meta(workdir: Path, step: int) -> dict[str, Any]:
 
 
 def load_params(workdir: Path, step: int) -> dict[str, Any]:
-  """A checkpoint's params as numpy arrays, restored by orbax as saved (no target needed on
-  the single device it was saved from)."""
+  """A checkpoint's params as numpy arrays, restored by orbax onto one local device whatever
+  mesh saved them (runs split a CPU host into several devices)."""
   import jax
   import numpy as np
   import orbax.checkpoint as ocp
   from train.checkpoint import Checkpointer
   ckpt = Checkpointer(str(Path(workdir) / "checkpoints"), read_only=True)
+  one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   try:
-    got = ckpt.manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore()))
+    got = ckpt.manager.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(fallback_sharding=one)))
     return jax.tree.map(np.asarray, got["params"])
   finally:
     ckpt.close()

@@ -48,6 +48,11 @@ ROWS = {
     "workdir_is_a_file": ({}, [], "file", ["is a file"]),
     "workdir_not_writable": ({}, [], "readonly", ["not writable"]),
     "mesh_not_matching_devices": ({"mesh.data": 3}, [], "existing", ["mesh", "devices"]),
+    "cpu_devices_negative": (
+        {"mesh.cpu_devices": -1}, [], "new", ["mesh.cpu_devices=-1", ">= 0"]),
+    "eval_batch_not_divisible_by_mesh": (
+        {"mesh.cpu_devices": 2, "eval.batch_size": 3}, [], "existing",
+        ["eval.batch_size=3", "data x fsdp = 2"]),
 }
 
 CORPORA = {"empty.txt": b"", "blob.txt": b"some text\n" * 100 + b"\x00\x01\x02\xff" * 64,

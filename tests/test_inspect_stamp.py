@@ -106,7 +106,8 @@ def test_inspect_prints_summary_and_json_round_trips(trained):
   for needle in ("schema        pregate.checkpoint/v1", "hf_class=LlamaForCausalLM",
                  "d_model=32", "total=11,392", "type=char, vocab_size=65", "source_sha256=",
                  "step=20", "tokens_seen=2,560, planned_tokens=2,560", "n_batches=2",
-                 "bypassed=True; BYPASSED", "mesh at save  data=1", f"jax={jax.__version__}",
+                 "bypassed=True; BYPASSED", f"mesh at save  data={meta['mesh']['data']}, fsdp=1",
+                 f"jax={jax.__version__}",
                  f"val_loss={meta['val_loss']:.6g}", str(meta["git_commit"])):
     assert needle in res.stdout, f"{needle!r} not in:\n{res.stdout}"
   as_json = inspect.report(str(trained / "checkpoints" / "10"), as_json=True)

@@ -8,7 +8,7 @@ from flax import nnx
 
 from models.config import ModelConfig, ModelConfigError
 from models.params import abstract_model
-from models.transformer import Transformer, apply_rope, attend, rope_tables
+from models.transformer import Transformer, apply_rope, attend, rope_table
 
 BASE = dict(vocab_size=61, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64,
             max_seq_len=32)
@@ -43,8 +43,8 @@ def _decode(m, tokens, caches, idx):
 
 @jax.jit
 def _rotate(x, positions):
-  cos, sin = rope_tables(positions, x.shape[-1], 10000.0)
-  return apply_rope(x, cos, sin)
+  cos, sin = rope_table(32, x.shape[-1], 10000.0)
+  return apply_rope(x, jnp.take(cos, positions, axis=0), jnp.take(sin, positions, axis=0))
 
 
 def _tokens(seed=0, b=B, t=T, vocab=BASE["vocab_size"]):

@@ -141,6 +141,9 @@ def test_check_divisibility():
   with pytest.raises(ConfigError, match="n_kv_heads"):
     sharding.check_divisibility((1, 1, 2), global_batch=8, grad_accum=1, n_heads=4,
                                 n_kv_heads=1)
+  with pytest.raises(ConfigError, match="eval.batch_size=6"):
+    sharding.check_divisibility((4, 1, 1), global_batch=8, grad_accum=1, n_heads=4,
+                                n_kv_heads=1, eval_batch=6)
 
 
 @pytest.mark.parametrize("mesh", sorted(MESHES))

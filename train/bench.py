@@ -41,14 +41,16 @@ def bench(config) -> dict[str, float | str]:
   from models.params import count_params
   from train import checkpoint as ckpt_lib
   from train import data as data_lib
-  from train import flops, prepare_data, provenance, run_state, sharding, step as step_lib
+  from train import distributed, flops, prepare_data, provenance, run_state, sharding
+  from train import step as step_lib
 
   model_cfg = ModelConfig.from_dict(config.model.to_dict())
+  distributed.split_cpu_cores(config, model_cfg, multi_process=False)
   counts = count_params(model_cfg)
   bcfg = config.batch
   shape = sharding.mesh_shape(config.mesh, jax.device_count())
   sharding.check_divisibility(shape, bcfg.global_batch, bcfg.grad_accum, model_cfg.n_heads,
-                              model_cfg.n_kv_heads)
+                              model_cfg.n_kv_heads, config.eval.batch_size or bcfg.global_batch)
   mesh = sharding.make_mesh(shape)
   tx, schedule = step_lib.make_optimizer(config), step_lib.lr_schedule(config)
   setup = run_state.TrainSetup.build(model_cfg, tx, config.seed, mesh)
@@ -97,7 +99,7 @@ def bench(config) -> dict[str, float | str]:
                xla_gflops_per_step=(compiled.cost_analysis() or {}).get("flops", 0) / 1e9)
     for dt in ("float32", "bfloat16"):
       peak, src = flops.device_peak(dt)
-      out[f"peak_{dt}_gflops"] = peak / 1e9
+      out[f"peak_{dt}_gflops"] = peak * jax.device_count() / 1e9
       out[f"mfu_vs_{dt}"] = tokens * fpt / step_s / (peak * jax.device_count())
     out["peak_source"] = src
     out["data_vs_step_demand"] = out["data_tokens_per_s"] / out["tokens_per_s"]
@@ -121,7 +123,9 @@ def main(argv: list[str]) -> None:
   if _CONFIG.value is None:
     print("ERROR: pass --config=configs/<name>.py", file=sys.stderr)
     sys.exit(2)
+  from train import host_memory
   from train.metrics_log import quiet_libraries
+  host_memory.reexec_with_tunables()
   quiet_libraries()
   res = bench(_CONFIG.value)
   width = max(len(k) for k in res)

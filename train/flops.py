@@ -47,10 +47,11 @@ def measured_matmul_peak(dtype: str = "float32", n: int = 2048, reps: int = 8) -
 
 
 def device_peak(dtype: str = "float32") -> tuple[float, str]:
-  """(peak FLOP/s per device, where the figure came from)."""
+  """(peak FLOP/s per device, where the figure came from). CPU devices of one process share
+  the host's cores, so each gets its share of the host's measured peak."""
   dev = jax.devices()[0]
   if dev.platform == "cpu":
-    return measured_matmul_peak(dtype), "measured matmul"
+    return measured_matmul_peak(dtype) / jax.local_device_count(), "measured matmul"
   for kind, peaks in _PEAKS.items():
     if kind.lower() in dev.device_kind.lower():
       return peaks.get(dtype, peaks["bfloat16"]), f"spec sheet ({kind})"

@@ -17,7 +17,7 @@ from gates import chinchilla, config_sanity, ownership
 from gates.errors import ConfigError, DataError, GateRefusal, PregateError
 from models.config import ModelConfig, ModelConfigError
 from models.params import count_params
-from train import cli, provenance
+from train import cli, host_memory, provenance
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, e.g. configs/shakespeare_char.py.", lock_config=True)
@@ -99,11 +99,7 @@ def _check_ownership(workdir: str, cfg: dict, allow_change: bool) -> dict:
   except (OSError, ValueError, KeyError) as e:
     raise ConfigError(f"{path} is unreadable ({e}); it records which experiment owns "
                       f"--workdir={workdir}: restore it or use a new workdir") from None
-  diff = ownership.check(workdir, recorded, cfg, allow_change)
-  if diff["safe"] and _is_primary():
-    logging.info("config changes since this workdir's first run (safe): %s",
-                 "; ".join(diff["safe"]))
-  return diff
+  return ownership.check(workdir, recorded, cfg, allow_change)
 
 
 def _init_path(spec: str) -> str:
@@ -144,10 +140,17 @@ def main(argv: list[str]) -> None:
   try:
     model_cfg, counts, verdict, changes = preflight(config, workdir, _FORCE.value, _INIT.value,
                                                     _ALLOW_CHANGE.value)
+    host_memory.reexec_with_tunables()  # The run will start: once, before anything is logged.
+    if changes.get("safe") and _is_primary():
+      logging.info("config changes since this workdir's first run (safe): %s",
+                   "; ".join(changes["safe"]))
     if verdict.bypassed and _is_primary():
       logging.warning(chinchilla.warning_line(verdict))
     from train import distributed, loop  # Heavy imports only once the run may start.
-    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    process_flags = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    distributed.split_cpu_cores(config, model_cfg,
+                                distributed.wants_multi_process(*process_flags))
+    distributed.initialize(*process_flags)
     from train.metrics_log import quiet_libraries
     quiet_libraries()
     result = loop.run(config, workdir, model_cfg, counts, verdict,

@@ -46,7 +46,7 @@ def mesh_shape(mesh_cfg: ConfigDict, n_devices: int) -> tuple[int, ...]:
 
 
 def check_divisibility(shape: Sequence[int], global_batch: int, grad_accum: int,
-                       n_heads: int, n_kv_heads: int) -> None:
+                       n_heads: int, n_kv_heads: int, eval_batch: int = 0) -> None:
   """Refuse meshes the model or batch cannot be split over, before anything compiles."""
   sizes = dict(zip(AXES, shape))
   batch_ways = sizes["data"] * sizes["fsdp"]
@@ -55,6 +55,9 @@ def check_divisibility(shape: Sequence[int], global_batch: int, grad_accum: int,
     raise ConfigError(f"microbatch {micro} (global_batch {global_batch} / grad_accum "
                       f"{grad_accum}) is not divisible by data x fsdp = {batch_ways}; "
                       f"change batch.global_batch or the mesh")
+  if eval_batch % batch_ways:
+    raise ConfigError(f"eval.batch_size={eval_batch} is not divisible by data x fsdp = "
+                      f"{batch_ways}; change eval.batch_size or the mesh")
   for name, heads in (("n_heads", n_heads), ("n_kv_heads", n_kv_heads)):
     if heads % sizes["tensor"]:
       raise ConfigError(f"model.{name}={heads} is not divisible by mesh.tensor="
