@@ -11,7 +11,7 @@ import pytest
 import helpers
 from configs import base
 from models.config import ModelConfig
-from train import distributed
+from train import distributed, host_memory
 
 
 def _config(**over):
@@ -86,3 +86,16 @@ def test_explicit_choices_win():
 def test_multi_process_keeps_one_device_per_process():
   assert _devices("multi") == 1
   assert _devices("multi", cpu_devices=2) == 2
+
+
+@pytest.mark.slow
+def test_training_run_uses_the_split_and_huge_pages(prepared_data, tmp_path):
+  """`train.main` itself applies both before JAX starts (the start-up log says so)."""
+  res = helpers.run_main(*helpers.tiny_flags(prepared_data, {"train_steps": 10}),
+                         "--force_under_provisioned", workdir=tmp_path / "run")
+  assert res.rc == 0, res.stderr[-3000:]
+  config = _config(**{"batch.global_batch": helpers.TINY["batch.global_batch"]})
+  n = distributed.cpu_device_count(config, _model(), len(os.sched_getaffinity(0)))
+  assert f"mesh: data={n} x fsdp=1 x tensor=1 ({n} devices)" in res.stderr
+  if host_memory.wants_reexec():
+    assert "malloc: huge pages" in res.stderr

@@ -37,6 +37,14 @@ def wants_reexec() -> bool:
           and platform.libc_ver()[0] == "glibc" and _cpu_host())
 
 
+def describe() -> str:
+  """For the start-up log: which malloc this process runs with."""
+  tunables = os.environ.get("GLIBC_TUNABLES")
+  if tunables == TUNABLES:
+    return "huge pages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1)"
+  return "default" if tunables is None else f"GLIBC_TUNABLES={tunables!r} (set by the caller)"
+
+
 def reexec_with_tunables() -> None:
   """Replace this process with the same command under TUNABLES (no-op once applied)."""
   if not wants_reexec():
