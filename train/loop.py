@@ -23,7 +23,7 @@ from absl import logging
 from gates import arch_match, chinchilla, ownership
 from train import checkpoint as ckpt_lib
 from train import data as data_lib
-from train import flops, guards, prepare_data, provenance, run_state, sharding
+from train import flops, guards, host_memory, prepare_data, provenance, run_state, sharding
 from train import step as step_lib
 from train.metrics_log import MetricsLog, format_line
 from train.tokenizer import tokenizer_from_json
@@ -172,9 +172,9 @@ def run(config, workdir: str, model_cfg, counts, verdict: chinchilla.Verdict, *,
   logging.info("N = %s parameters (%s non-embedding); D = %s planned tokens (D/N = %s, %s)",
                f"{counts.total:,}", f"{counts.non_embedding:,}", f"{verdict.tokens:,}",
                chinchilla.ratio_text(verdict.tokens, verdict.n_params), verdict.zone)
-  logging.info("mesh: %s; compile %.2fs; peak %.1f TFLOP/s/device (%s); start step %d/%d",
-               sharding.describe(mesh), compile_s, peak / 1e12, peak_src, start,
-               config.train_steps)
+  logging.info("mesh: %s; compile %.2fs; peak %.1f TFLOP/s/device (%s); start step %d/%d; "
+               "malloc: %s", sharding.describe(mesh), compile_s, peak / 1e12, peak_src, start,
+               config.train_steps, host_memory.describe())
 
   meta_common = dict(
       schema=ckpt_lib.META_SCHEMA, model=model_cfg.to_dict(), param_counts=counts.to_dict(),

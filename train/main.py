@@ -141,8 +141,6 @@ def main(argv: list[str]) -> None:
     model_cfg, counts, verdict, changes = preflight(config, workdir, _FORCE.value, _INIT.value,
                                                     _ALLOW_CHANGE.value)
     host_memory.reexec_with_tunables()  # The run will start: once, before anything is logged.
-    if _is_primary():
-      logging.info("malloc: %s", host_memory.describe())
     if changes.get("safe") and _is_primary():
       logging.info("config changes since this workdir's first run (safe): %s",
                    "; ".join(changes["safe"]))
