@@ -184,15 +184,14 @@ class Transformer(nnx.Module):
     cos, sin = rope_table(max(cfg.max_seq_len, t), cfg.head_dim, cfg.rope_theta)
     if positions is None and caches is None:
       cos, sin = cos[None, :t], sin[None, :t]
-      mask = np.tril(np.ones((t, t), dtype=bool))[None]
     else:
       if positions is None:
         positions = jnp.broadcast_to(cache_index + jnp.arange(t), (b, t))
       cos, sin = jnp.take(cos, positions, axis=0), jnp.take(sin, positions, axis=0)
-      if caches is None:
-        mask = np.tril(np.ones((t, t), dtype=bool))[None]
-      else:
-        mask = jnp.arange(caches[0][0].shape[1])[None, None, :] <= positions[:, :, None]
+    if caches is None:
+      mask = np.tril(np.ones((t, t), dtype=bool))[None]
+    else:
+      mask = jnp.arange(caches[0][0].shape[1])[None, None, :] <= positions[:, :, None]
     new_caches = None if caches is None else []
     for i, block in enumerate(self.blocks):
       if caches is None and self.cfg.remat != "none":

@@ -48,9 +48,7 @@ def bench(config) -> dict[str, float | str]:
   distributed.split_cpu_cores(config, model_cfg, multi_process=False)
   counts = count_params(model_cfg)
   bcfg = config.batch
-  shape = sharding.mesh_shape(config.mesh, jax.device_count())
-  sharding.check_divisibility(shape, bcfg.global_batch, bcfg.grad_accum, model_cfg.n_heads,
-                              model_cfg.n_kv_heads, config.eval.batch_size or bcfg.global_batch)
+  shape = sharding.run_mesh_shape(config, model_cfg, jax.device_count())
   mesh = sharding.make_mesh(shape)
   tx, schedule = step_lib.make_optimizer(config), step_lib.lr_schedule(config)
   setup = run_state.TrainSetup.build(model_cfg, tx, config.seed, mesh)

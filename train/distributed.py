@@ -29,9 +29,15 @@ def _in_cluster() -> bool:
   return any(k in os.environ for k in _CLUSTER_ENV)
 
 
+def _explicit(coordinator_address: str, num_processes: int, process_id: int
+              ) -> tuple[bool, bool, bool]:
+  """Which of the multi-process flags were given."""
+  return bool(coordinator_address), num_processes > 1, process_id >= 0
+
+
 def initialize(coordinator_address: str, num_processes: int, process_id: int) -> bool:
   """Join the job's processes; returns True when running multi-process."""
-  explicit = (coordinator_address, num_processes > 1, process_id >= 0)
+  explicit = _explicit(coordinator_address, num_processes, process_id)
   if any(explicit):
     if not all(explicit):
       raise ConfigError("multi-process runs need all of --coordinator_address, "
@@ -54,7 +60,7 @@ def initialize(coordinator_address: str, num_processes: int, process_id: int) ->
 
 def wants_multi_process(coordinator_address: str, num_processes: int, process_id: int) -> bool:
   """Whether `initialize` will join a multi-process job (known before jax starts)."""
-  return bool(coordinator_address) or num_processes > 1 or process_id >= 0 or _in_cluster()
+  return any(_explicit(coordinator_address, num_processes, process_id)) or _in_cluster()
 
 
 def cpu_device_count(config: ConfigDict, model_cfg: ModelConfig, cores: int) -> int:
@@ -63,12 +69,9 @@ def cpu_device_count(config: ConfigDict, model_cfg: ModelConfig, cores: int) -> 
   from train import sharding  # Imports flax/optax: only once a run starts.
   if config.mesh.cpu_devices > 0:
     return int(config.mesh.cpu_devices)
-  b = config.batch
   for n in range(max(cores, 1), 1, -1):
     try:
-      shape = sharding.mesh_shape(config.mesh, n)
-      sharding.check_divisibility(shape, b.global_batch, b.grad_accum, model_cfg.n_heads,
-                                  model_cfg.n_kv_heads, config.eval.batch_size or b.global_batch)
+      sharding.run_mesh_shape(config, model_cfg, n)
     except ConfigError:
       continue
     return n

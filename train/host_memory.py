@@ -41,7 +41,7 @@ def describe() -> str:
   """For the start-up log: which malloc this process runs with."""
   tunables = os.environ.get("GLIBC_TUNABLES")
   if tunables == TUNABLES:
-    return "huge pages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1)"
+    return f"huge pages (GLIBC_TUNABLES={TUNABLES})"
   return "default" if tunables is None else f"GLIBC_TUNABLES={tunables!r} (set by the caller)"
 
 

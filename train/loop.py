@@ -101,10 +101,7 @@ def _data(config, workdir: str, model_cfg) -> tuple[dict, Any, Any, Any]:
 def run(config, workdir: str, model_cfg, counts, verdict: chinchilla.Verdict, *,
         stop_after: int = 0, init: str = "", changes: dict | None = None) -> RunResult:
   # Mesh and data first: such refusals must leave no run directory behind (no compile needed).
-  shape = sharding.mesh_shape(config.mesh, jax.device_count())
-  sharding.check_divisibility(shape, config.batch.global_batch, config.batch.grad_accum,
-                              model_cfg.n_heads, model_cfg.n_kv_heads,
-                              config.eval.batch_size or config.batch.global_batch)
+  shape = sharding.run_mesh_shape(config, model_cfg, jax.device_count())
   manifest, tokenizer, train_arr, val_arr = _data(config, workdir, model_cfg)
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0

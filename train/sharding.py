@@ -17,6 +17,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 from ml_collections import ConfigDict
 
 from gates.errors import ConfigError
+from models.config import ModelConfig
 
 AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -62,6 +63,17 @@ def check_divisibility(shape: Sequence[int], global_batch: int, grad_accum: int,
     if heads % sizes["tensor"]:
       raise ConfigError(f"model.{name}={heads} is not divisible by mesh.tensor="
                         f"{sizes['tensor']}; pick a tensor size dividing both head counts")
+
+
+def run_mesh_shape(config: ConfigDict, model_cfg: ModelConfig, n_devices: int
+                   ) -> tuple[int, ...]:
+  """The config's mesh over n_devices, refused (ConfigError) unless the run's train and eval
+  batches and its head counts split over it."""
+  shape = mesh_shape(config.mesh, n_devices)
+  b = config.batch
+  check_divisibility(shape, b.global_batch, b.grad_accum, model_cfg.n_heads,
+                     model_cfg.n_kv_heads, config.eval.batch_size or b.global_batch)
+  return shape
 
 
 def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None) -> Mesh:
