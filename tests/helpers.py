@@ -73,6 +73,18 @@ def child_env() -> dict[str, str]:
   return env
 
 
+def python_json(code: str, *args: str, env: dict[str, str | None]) -> Any:
+  """Run `python -c code args` from the repo root in a fresh process (JAX starts there, not
+  here) and return its last stdout line parsed as JSON. `env` overrides the child's
+  environment; a None value removes the variable."""
+  child = {**child_env(), "JAX_PLATFORMS": "cpu", **env}
+  child = {k: v for k, v in child.items() if v is not None}
+  proc = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, env=child,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return json.loads(proc.stdout.splitlines()[-1])
+
+
 def tiny_flags(data_dir: str | None, overrides: dict[str, Any] | None = None) -> list[str]:
   """`--config.x=v` flags for the TINY run, with `overrides` replacing or adding fields."""
   fields = {**TINY, **(overrides or {})}

@@ -1,10 +1,7 @@
 """A CPU host is split into several XLA devices (data parallel over its cores): how many, and
 that an explicit choice in the environment or the config wins. The split must happen before
 JAX starts its backend, so the start-up checks run in fresh processes."""
-import json
 import os
-import subprocess
-import sys
 
 import pytest
 
@@ -60,14 +57,8 @@ print(json.dumps(jax.device_count()))
 
 
 def _devices(mode: str, cpu_devices: int = 0, **env_over: str) -> int:
-  env = {**helpers.child_env(), "JAX_PLATFORMS": "cpu", **env_over}
-  env.pop("JAX_NUM_CPU_DEVICES", None)
-  if "XLA_FLAGS" not in env_over:
-    env.pop("XLA_FLAGS", None)
-  proc = subprocess.run([sys.executable, "-c", _PROBE, mode, str(cpu_devices)], cwd=helpers.REPO,
-                        env=env, capture_output=True, text=True, timeout=120)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return json.loads(proc.stdout.splitlines()[-1])
+  return helpers.python_json(_PROBE, mode, str(cpu_devices),
+                             env={"JAX_NUM_CPU_DEVICES": None, "XLA_FLAGS": None, **env_over})
 
 
 def test_default_splits_the_cores():

@@ -1,10 +1,7 @@
 """A CPU training process re-executes itself once with glibc's huge-page malloc tunable, so XLA's
 per-step temporaries fault in 2 MiB pages instead of 4 KiB ones. Checked by the effect that
 matters (page faults per call, counted by the kernel), not by timing."""
-import json
 import platform
-import subprocess
-import sys
 
 import pytest
 
@@ -34,13 +31,7 @@ print(json.dumps({"faults_per_call": (after - before) / 10,
 
 
 def _probe(mode: str, **env_over: str) -> dict:
-  env = {**helpers.child_env(), "JAX_PLATFORMS": "cpu", **env_over}
-  if "GLIBC_TUNABLES" not in env_over:
-    env.pop("GLIBC_TUNABLES", None)
-  proc = subprocess.run([sys.executable, "-c", _FAULTS, mode], cwd=helpers.REPO, env=env,
-                        capture_output=True, text=True, timeout=120)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return json.loads(proc.stdout.splitlines()[-1])
+  return helpers.python_json(_FAULTS, mode, env={"GLIBC_TUNABLES": None, **env_over})
 
 
 def _thp_usable() -> bool:

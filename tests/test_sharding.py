@@ -125,25 +125,23 @@ def test_mesh_shape_rejects_bad_meshes(data, fsdp, tensor, n):
     sharding.mesh_shape(_mesh_cfg(data, fsdp, tensor), n)
 
 
-def test_check_divisibility():
+def test_check_divisibility_accepts():
   """Batch must split over data x fsdp (per microbatch) and heads over tensor."""
   sharding.check_divisibility((2, 2, 2), global_batch=8, grad_accum=1, n_heads=4, n_kv_heads=2)
   sharding.check_divisibility((1, 4, 1), global_batch=16, grad_accum=4, n_heads=3, n_kv_heads=1)
-  with pytest.raises(ConfigError, match="data x fsdp"):
-    sharding.check_divisibility((2, 4, 1), global_batch=12, grad_accum=1, n_heads=4,
-                                n_kv_heads=2)
-  with pytest.raises(ConfigError, match="grad_accum"):
-    sharding.check_divisibility((1, 8, 1), global_batch=16, grad_accum=4, n_heads=4,
-                                n_kv_heads=2)
-  with pytest.raises(ConfigError, match="n_heads"):
-    sharding.check_divisibility((1, 1, 4), global_batch=8, grad_accum=1, n_heads=6,
-                                n_kv_heads=2)
-  with pytest.raises(ConfigError, match="n_kv_heads"):
-    sharding.check_divisibility((1, 1, 2), global_batch=8, grad_accum=1, n_heads=4,
-                                n_kv_heads=1)
-  with pytest.raises(ConfigError, match="eval.batch_size=6"):
-    sharding.check_divisibility((4, 1, 1), global_batch=8, grad_accum=1, n_heads=4,
-                                n_kv_heads=1, eval_batch=6)
+
+
+@pytest.mark.parametrize("shape, batch, accum, heads, kv_heads, eval_batch, match", [
+    ((2, 4, 1), 12, 1, 4, 2, 0, "data x fsdp"),
+    ((1, 8, 1), 16, 4, 4, 2, 0, "grad_accum"),
+    ((1, 1, 4), 8, 1, 6, 2, 0, "n_heads"),
+    ((1, 1, 2), 8, 1, 4, 1, 0, "n_kv_heads"),
+    ((4, 1, 1), 8, 1, 4, 1, 6, "eval.batch_size=6"),
+])
+def test_check_divisibility_refuses(shape, batch, accum, heads, kv_heads, eval_batch, match):
+  with pytest.raises(ConfigError, match=match):
+    sharding.check_divisibility(shape, global_batch=batch, grad_accum=accum, n_heads=heads,
+                                n_kv_heads=kv_heads, eval_batch=eval_batch)
 
 
 @pytest.mark.parametrize("mesh", sorted(MESHES))
