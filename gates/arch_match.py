@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from gates.errors import PregateError
+from core.errors import PregateError
 
 # Fields of ModelConfig that define the architecture (dtype for compute does not change tensors).
 ARCH_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff",
@@ -31,7 +31,7 @@ class MissingMetadataError(PregateError):
 
   def __init__(self, source: str):
     super().__init__(f"{source} has no pregate metadata, so its architecture cannot be "
-                     f"verified; stamp it with `python -m train.stamp {source} "
+                     f"verified; stamp it with `pregate-stamp {source} "
                      f"--config=<the config it was trained with>`")
 
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from core.errors import ConfigError, GateRefusal
 from gates import contract_store as contracts
-from gates.errors import ConfigError, GateRefusal
 
 CONTRACT = "chinchilla-gate-v1"
 DEGENERATION = "DEGENERATION"

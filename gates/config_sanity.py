@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from gates.errors import ConfigError
+from core.errors import ConfigError
 
 TOKENIZERS = ("char", "byte")
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from gates.errors import PregateError
+from core.errors import PregateError
 
 CONTRACT_DIR = pathlib.Path(__file__).resolve().parent / "contracts"
 _VERSION = re.compile(r"^\d+\.\d+\.\d+$")
@@ -77,7 +77,7 @@ def falsifier_tests(falsifier: dict[str, Any]) -> list[str]:
   return []
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cached(path: pathlib.Path) -> dict[str, Any]:
   return load_contract(path)
 

@@ -10,7 +10,7 @@ import hashlib
 import json
 from typing import Any, Mapping
 
-from gates.errors import ConfigError
+from core.errors import ConfigError
 
 IDENTITY = ("model.", "data.", "seed")
 SCHEDULE = ("train_steps", "batch.", "optimizer.", "schedule.")

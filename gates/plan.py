@@ -14,18 +14,18 @@ from __future__ import annotations
 
 import json
 import pathlib
-import sys
 from typing import Any
 
-from absl import app, flags
+from absl import flags
 from ml_collections import ConfigDict, config_flags
 
+from core import cli
+from core.errors import ConfigError
+from core.paths import REPO_ROOT
 from gates import chinchilla, repetition
-from gates.errors import ConfigError, PregateError
 from models import params
-from models.config import ModelConfig, ModelConfigError
+from models.config import ModelConfig
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 FLAGS = flags.FLAGS
 
 
@@ -52,7 +52,7 @@ def human_duration(seconds: float) -> str:
 def _config_path(value: str) -> pathlib.Path:
   # Paths inside a config resolve against the repo root, as configs/base.py documents.
   path = pathlib.Path(value).expanduser()
-  return path if path.is_absolute() else REPO_ROOT / path
+  return path if path.is_absolute() else pathlib.Path(REPO_ROOT) / path
 
 
 def _manifest_tokens(data_dir: pathlib.Path) -> tuple[int | None, str]:
@@ -108,10 +108,7 @@ def plan(config: ConfigDict, *, tokens_per_sec: float | None = None, data_dir: s
   """Report lines (the verdict's line last) and the verdict for one config."""
   if tokens_per_sec is not None and not tokens_per_sec > 0:
     raise ConfigError(f"--tokens_per_sec must be > 0, got {tokens_per_sec!r}")
-  try:
-    model_cfg = ModelConfig.from_dict(dict(config.model))
-  except ModelConfigError as e:
-    raise ConfigError(str(e)) from e
+  model_cfg = ModelConfig.from_dict(dict(config.model))
   counts = params.count_params(model_cfg)
   steps, batch, seq = config.train_steps, config.batch.global_batch, config.batch.seq_len
   tokens = chinchilla.planned_tokens(steps, batch, seq)
@@ -144,26 +141,18 @@ def plan(config: ConfigDict, *, tokens_per_sec: float | None = None, data_dir: s
 
 
 def main(argv: list[str]) -> int:
-  if len(argv) > 1:
-    print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
-    return 2
+  del argv
   if FLAGS.config is None:
-    print("error: --config=configs/<experiment>.py is required", file=sys.stderr)
-    return 2
-  try:
-    lines, verdict = plan(FLAGS.config, tokens_per_sec=FLAGS.tokens_per_sec,
-                          data_dir=FLAGS.data_dir, bypass=FLAGS.force_under_provisioned)
-  except PregateError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return e.exit_code
+    raise ConfigError("no experiment config: pass --config=configs/<experiment>.py")
+  lines, verdict = plan(FLAGS.config, tokens_per_sec=FLAGS.tokens_per_sec,
+                        data_dir=FLAGS.data_dir, bypass=FLAGS.force_under_provisioned)
   print("\n".join(lines))
   return 0 if verdict.proceeds else chinchilla.ChinchillaGateError.exit_code
 
 
 def run() -> None:
   """Console-script entry point."""
-  _define_flags()
-  app.run(main)
+  cli.run_command(main, _define_flags)
 
 
 if __name__ == "__main__":

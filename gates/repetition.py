@@ -1,4 +1,4 @@
-"""Data repetition report: how many epochs a run makes over its unique tokens, and what they are worth.
+"""Data repetition report: how many epochs a run makes over its unique tokens, and their worth.
 
 Not a gate: the Chinchilla gate counts every planned token, but a token seen for the fifth time
 teaches less than a fresh one. Muennighoff et al. (2023, "Scaling Data-Constrained Language

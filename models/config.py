@@ -10,12 +10,15 @@ from typing import Any, Mapping
 
 import jax.numpy as jnp
 
+from core.checks import is_int
+from core.errors import ConfigError
+
 _DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots_saveable")
 
 
-class ModelConfigError(ValueError):
-  """A model config that cannot describe a valid transformer."""
+class ModelConfigError(ConfigError):
+  """A model config that cannot describe a valid transformer (a ConfigError: exit 2)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +50,7 @@ class ModelConfig:
     for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff",
                  "max_seq_len"):
       value = getattr(self, name)
-      if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+      if not is_int(value, 1):
         out.append(f"model.{name} must be a positive integer, got {value!r}")
     if out:
       return out
@@ -84,7 +87,7 @@ class ModelConfig:
     return dataclasses.asdict(self)
 
   @classmethod
-  def from_dict(cls, d: Mapping[str, Any]) -> "ModelConfig":
+  def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
     """Build from a plain mapping (a ConfigDict section or checkpoint JSON); unknown keys fail."""
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - names)

@@ -9,7 +9,6 @@ import dataclasses
 import math
 from typing import Any
 
-import jax
 from flax import nnx
 
 from models.config import ModelConfig
@@ -28,15 +27,6 @@ class ParamCounts:
   def to_dict(self) -> dict[str, int]:
     return {"total": self.total, "non_embedding": self.non_embedding,
             "embedding": self.embedding}
-
-
-def build_model(cfg: ModelConfig, seed: int = 0) -> Transformer:
-  """An unsharded model on the default device (tests, single-device tools).
-
-  Sharded training builds through `train.sharding` instead, under a mesh and axis rules.
-  """
-  with nnx.use_eager_sharding(False):
-    return Transformer(cfg, rngs=nnx.Rngs(seed))
 
 
 def abstract_model(cfg: ModelConfig) -> Transformer:
@@ -67,7 +57,3 @@ def count_params(cfg: ModelConfig) -> ParamCounts:
   embedding = sum(math.prod(s) for p, (s, _) in shapes.items() if _is_embedding(p, cfg))
   return ParamCounts(total=total, embedding=embedding)
 
-
-def total_size(tree: Any) -> int:
-  """Number of scalars in a pytree of arrays (used to cross-check the abstract count)."""
-  return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))

@@ -2,7 +2,7 @@
 
 Runs are real subprocesses (what a user runs), kept tiny so the whole suite stays fast on a
 2-core CPU. XLA compiles are counted INSIDE the child, with the jax.monitoring event that fires
-only on a real backend compile (STACK_NOTES §2: the jax_log_compiles line also fires on lower).
+only on a real backend compile (BUILD_NOTES, stack facts: jax_log_compiles also fires on lower).
 """
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO / "data" / "tinyshakespeare.txt"
 CONFIG = "configs/shakespeare_char.py"
 FORCE = "--force_under_provisioned"
-COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 COUNT_ENV = "PREGATE_TEST_COMPILE_COUNT_FILE"
 
 # A 1-layer model small enough that a 30-step run takes seconds; N = 11,392 (vocab 65), so any
@@ -34,24 +33,7 @@ TINY: dict[str, Any] = {
     "model.d_ff": 64, "batch.global_batch": 4, "batch.seq_len": 32,
 }
 
-# Runs train.main.run() as `python -m train.main` would, and writes the number of backend
-# compiles to $COUNT_ENV at exit: atexit also runs when absl's app.run raises SystemExit.
-_COUNTING_MAIN = f"""
-import atexit, os, sys
-from jax import monitoring
-_n = [0]
-def _on_event(event, duration_secs, **kwargs):
-  if event == {COMPILE_EVENT!r}:
-    _n[0] += 1
-monitoring.register_event_duration_secs_listener(_on_event)
-def _dump():
-  with open(os.environ[{COUNT_ENV!r}], "w") as f:
-    f.write(str(_n[0]))
-atexit.register(_dump)
-sys.argv = ["train.main"] + sys.argv[1:]
-from train import main
-main.run()
-"""
+CHILDREN = REPO / "tests" / "children"
 
 
 @dataclasses.dataclass
@@ -73,13 +55,13 @@ def child_env() -> dict[str, str]:
   return env
 
 
-def python_json(code: str, *args: str, env: dict[str, str | None]) -> Any:
-  """Run `python -c code args` from the repo root in a fresh process (JAX starts there, not
-  here) and return its last stdout line parsed as JSON. `env` overrides the child's
-  environment; a None value removes the variable."""
+def python_json(program: str, *args: str, env: dict[str, str | None]) -> Any:
+  """Run `python tests/children/<program> args` from the repo root in a fresh process (JAX
+  starts there, not here) and return its last stdout line parsed as JSON. `env` overrides the
+  child's environment; a None value removes the variable."""
   child = {**child_env(), "JAX_PLATFORMS": "cpu", **env}
   child = {k: v for k, v in child.items() if v is not None}
-  proc = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, env=child,
+  proc = subprocess.run([sys.executable, str(CHILDREN / program), *args], cwd=REPO, env=child,
                         capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return json.loads(proc.stdout.splitlines()[-1])
@@ -105,7 +87,7 @@ def run_main(*args: str, workdir: str | os.PathLike | None = None, config: str |
     os.close(fd)
     count_file = Path(name)
     env[COUNT_ENV] = str(count_file)
-    cmd = [sys.executable, "-c", _COUNTING_MAIN, *argv]
+    cmd = [sys.executable, str(CHILDREN / "counting_main.py"), *argv]
   else:
     cmd = [sys.executable, "-m", "train.main", *argv]
   t0 = time.perf_counter()
@@ -131,8 +113,8 @@ def median_wall(cmd: list[str], n: int = 3) -> float:
 
 def prepare_once(out_dir: Path) -> str:
   """Tokenize Tiny Shakespeare once into out_dir (the session's shared prepared data)."""
-  from train import prepare_data
-  prepare_data.prepare(str(CORPUS), str(out_dir), "char", 0.1)
+  from train.data import prepare
+  prepare.prepare(str(CORPUS), str(out_dir), "char", 0.1)
   return str(out_dir)
 
 
@@ -188,7 +170,8 @@ def load_params(workdir: Path, step: int) -> dict[str, Any]:
   import jax
   import numpy as np
   import orbax.checkpoint as ocp
-  from train.checkpoint import Checkpointer
+
+  from train.ckpt.checkpointer import Checkpointer
   ckpt = Checkpointer(str(Path(workdir) / "checkpoints"), read_only=True)
   one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   try:

@@ -2,7 +2,7 @@
 
 One tiny real checkpoint is trained per module; each case builds the configured model that
 differs from it in one field and loads through the real code of each path: resume
-(`TrainSetup.restore_or_init`, what the loop calls), warm start (`TrainSetup.init_from`, what
+(`resume.restore_or_init`, what the loop calls), warm start (`resume.init_from`, what
 `--init` calls) and `load_for_eval(expected=...)`. End-to-end subprocess runs prove the CLI
 wiring: a refused load exits 2 before any train step.
 """
@@ -18,11 +18,19 @@ import optax
 import pytest
 
 import helpers
-from gates.arch_match import (ArchitectureMismatchError, InitEvalMismatchError,
-                              MissingMetadataError, check_init_eval)
+from gates.arch_match import (
+  ArchitectureMismatchError,
+  InitEvalMismatchError,
+  MissingMetadataError,
+  check_init_eval,
+)
 from models.config import ModelConfig
-from train import checkpoint as ckpt_lib
-from train import restore, run_state, sharding, step as step_lib
+from train.ckpt import checkpointer as ckpt_lib
+from train.ckpt import resume
+from train.restore import load_for_eval
+from train.state import setup as run_state
+from train.state import sharding
+from train.state import step as step_lib
 
 STEP = 20
 BASE = dict(vocab_size=65, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=64,
@@ -70,7 +78,7 @@ def _tokenizer(work: Path) -> dict:
 def _resume(work: Path, setup: run_state.TrainSetup, tokenizer: dict | None = None):
   ckpt = ckpt_lib.Checkpointer(str(work / "checkpoints"), read_only=True)
   try:
-    return setup.restore_or_init(ckpt, None, tokenizer or _tokenizer(work))
+    return resume.restore_or_init(setup, ckpt, None, tokenizer or _tokenizer(work))
   finally:
     ckpt.close()
 
@@ -90,23 +98,23 @@ def test_field_mismatch_refused_on_resume(trained, field):
 def test_field_mismatch_refused_on_init(trained, field):
   setup = _setup(**FIELDS[field])
   with pytest.raises(ArchitectureMismatchError) as e:
-    setup.init_from(f"{trained}:{STEP}", _tokenizer(trained), _tx())
+    resume.init_from(setup, f"{trained}:{STEP}", _tokenizer(trained), _tx())
   _names_field(e.value, field)
 
 
 @pytest.mark.parametrize("field", sorted(FIELDS))
 def test_field_mismatch_refused_by_load_for_eval(trained, field):
   with pytest.raises(ArchitectureMismatchError) as e:
-    restore.load_for_eval(str(trained), STEP, expected=ModelConfig(**{**BASE, **FIELDS[field]}))
+    load_for_eval(str(trained), STEP, expected=ModelConfig(**{**BASE, **FIELDS[field]}))
   _names_field(e.value, field)
 
 
 def test_matching_config_loads_on_every_path(trained):
   state, meta = _resume(trained, _setup())
   assert int(state.step) == STEP and meta["step"] == STEP
-  fresh, _ = _setup().init_from(str(trained), _tokenizer(trained), _tx())
+  fresh, _ = resume.init_from(_setup(), str(trained), _tokenizer(trained), _tx())
   assert int(fresh.step) == 0
-  got = restore.load_for_eval(str(trained), "latest", expected=ModelConfig(**BASE))
+  got = load_for_eval(str(trained), "latest", expected=ModelConfig(**BASE))
   want = helpers.flat(helpers.load_params(trained, STEP))
   for path, leaf in helpers.flat(jax.tree.map(np.asarray, state.params)).items():
     np.testing.assert_array_equal(leaf, want[path])
@@ -125,9 +133,9 @@ def test_masquerade_refused_on_every_path(copy):
   _edit_meta(copy, d_model=64)
   setup = _setup(d_model=64)
   for load in (lambda: _resume(copy, setup),
-               lambda: setup.init_from(str(copy), _tokenizer(copy), _tx()),
-               lambda: restore.load_for_eval(str(copy), STEP),
-               lambda: restore.load_for_eval(str(copy), STEP,
+               lambda: resume.init_from(setup, str(copy), _tokenizer(copy), _tx()),
+               lambda: load_for_eval(str(copy), STEP),
+               lambda: load_for_eval(str(copy), STEP,
                                              expected=ModelConfig(**{**BASE, "d_model": 64}))):
     with pytest.raises(ArchitectureMismatchError) as e:
       load()
@@ -150,16 +158,16 @@ def test_tokenizer_mismatch_refused(trained):
   other = dict(_tokenizer(trained))
   other["vocab"] = other["vocab"][::-1]
   with pytest.raises(ArchitectureMismatchError, match="tokenizer"):
-    _setup().init_from(str(trained), other, _tx())
+    resume.init_from(_setup(), str(trained), other, _tx())
 
 
 def test_missing_metadata_refused(copy):
   tokenizer = _tokenizer(copy)
   (copy / "checkpoints" / str(STEP) / "meta" / "metadata").unlink()
   for load in (lambda: _resume(copy, _setup(), tokenizer),
-               lambda: _setup().init_from(str(copy), None, _tx()),
-               lambda: restore.load_for_eval(str(copy), STEP)):
-    with pytest.raises(MissingMetadataError, match="train.stamp"):
+               lambda: resume.init_from(_setup(), str(copy), None, _tx()),
+               lambda: load_for_eval(str(copy), STEP)):
+    with pytest.raises(MissingMetadataError, match="pregate-stamp"):
       load()
 
 

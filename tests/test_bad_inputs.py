@@ -4,9 +4,9 @@ input; the rows that reach the loop (data, vocabulary, mesh) run against an exis
 holding a file, so any write there shows up."""
 
 import pytest
+import test_main_cli
 
 import helpers
-import test_main_cli
 
 PASSING = test_main_cli.PASSING  # long enough that the Chinchilla gate passes unbypassed
 

@@ -1,17 +1,19 @@
 """train.checkpoint.Checkpointer in-process: an exact round trip (params, optimizer state, data
-position), retention that never deletes the newest save (the orbax trap, STACK_NOTES §3), step
+position), retention that never deletes the newest save (the orbax trap in BUILD_NOTES), step
 resolution, and the stored array signature the architecture check relies on."""
 import jax
 import numpy as np
 import pytest
 
 import helpers
+from core.errors import CheckpointError
 from models.config import ModelConfig
 from models.params import abstract_model, param_shapes
-from train import data as data_lib
-from train import sharding, step as step_lib
-from train.checkpoint import CheckpointError, Checkpointer
-from train.run_state import TrainSetup
+from train.ckpt.checkpointer import Checkpointer
+from train.data import pipeline as data_lib
+from train.state import sharding
+from train.state import step as step_lib
+from train.state.setup import TrainSetup
 
 
 def _iter(train_arr, config):

@@ -6,11 +6,19 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core.errors import ConfigError, GateRefusal
 from gates import chinchilla
 from gates import contract_store as contracts
-from gates.chinchilla import (COMPUTE_OPTIMAL, DEGENERATION, PLATEAU, ChinchillaGateError,
-                              enforce, evaluate, planned_tokens, warning_line)
-from gates.errors import ConfigError, GateRefusal
+from gates.chinchilla import (
+  COMPUTE_OPTIMAL,
+  DEGENERATION,
+  PLATEAU,
+  ChinchillaGateError,
+  enforce,
+  evaluate,
+  planned_tokens,
+  warning_line,
+)
 
 N = st.integers(1, 10**12)
 FLAG = "--force_under_provisioned"

@@ -8,7 +8,7 @@ import pytest
 import helpers
 from configs import base
 from models.config import ModelConfig
-from train import distributed, host_memory
+from train.runtime import distributed, host_memory
 
 
 def _config(**over):
@@ -40,24 +40,10 @@ def test_cpu_device_count(over, cores, want):
   assert distributed.cpu_device_count(_config(**over), _model(), cores) == want
 
 
-_PROBE = """
-import json, sys
-from configs import base
-from models.config import ModelConfig
-from train import distributed
-c = base.get_config()
-c.batch.global_batch = 12
-c.mesh.cpu_devices = int(sys.argv[2])
-m = ModelConfig(vocab_size=65, d_model=32, n_layers=1, n_heads=4, n_kv_heads=2, d_ff=64,
-                max_seq_len=32)
-distributed.split_cpu_cores(c, m, multi_process=sys.argv[1] == "multi")
-import jax
-print(json.dumps(jax.device_count()))
-"""
 
 
 def _devices(mode: str, cpu_devices: int = 0, **env_over: str) -> int:
-  return helpers.python_json(_PROBE, mode, str(cpu_devices),
+  return helpers.python_json("cpu_devices.py", mode, str(cpu_devices),
                              env={"JAX_NUM_CPU_DEVICES": None, "XLA_FLAGS": None, **env_over})
 
 

@@ -6,9 +6,10 @@ import grain
 import numpy as np
 import pytest
 
-from gates.errors import DataError, PregateError
-from train import data
-from train import prepare_data as pd
+from core.errors import DataError, PregateError
+from train.data import pipeline as data
+from train.data import prepare as pd
+from train.data import store
 
 B, T = 6, 16
 
@@ -46,7 +47,7 @@ def _same(a, b):
 
 
 def test_open_tokens_reads_manifest_and_matches_storage(prepared, train_arr, all_tokens):
-  m = pd.load_manifest(str(prepared))
+  m = store.load_manifest(str(prepared))
   assert len(train_arr) == m["train_tokens"] and train_arr.split == "train"
   assert train_arr.known_sha256 == m["train_sha256"]
   assert all_tokens.dtype == np.int32 and all_tokens.max() < m["vocab_size"]
@@ -61,11 +62,11 @@ def test_sha_computed_without_manifest_equals_manifest(prepared, tmp_path):
   shutil.copytree(prepared / "train", tmp_path / "copy")
   arr = data.open_tokens(str(tmp_path / "copy"))
   assert arr.known_sha256 is None
-  assert arr.sha256 == pd.load_manifest(str(prepared))["train_sha256"]
+  assert arr.sha256 == store.load_manifest(str(prepared))["train_sha256"]
 
 
 def test_open_missing_array_is_data_error(tmp_path):
-  with pytest.raises(DataError, match="prepare_data"):
+  with pytest.raises(DataError, match="pregate-prepare"):
     data.open_tokens(str(tmp_path / "nope" / "train"))
 
 
@@ -179,7 +180,7 @@ def test_eval_batches_fixed_reproducible_and_not_training_batches(prepared, trai
   b1, desc = data.eval_batches(val, batch_size=4, seq_len=T, n_batches=3, seed=0)
   b2, _ = data.eval_batches(val, batch_size=4, seq_len=T, n_batches=3, seed=0)
   assert len(b1) == 3 and _same(b1, b2)
-  assert desc["sha256"] == pd.load_manifest(str(prepared))["val_sha256"]
+  assert desc["sha256"] == store.load_manifest(str(prepared))["val_sha256"]
   assert _same(data.reproduce_eval_batches(val, json.loads(json.dumps(desc))), b1)
   same_seed_train = data.BatchSource(val, global_batch=4, seq_len=T, seed=0, num_batches=3)
   assert not any(np.array_equal(b1[i]["inputs"], same_seed_train[i]["inputs"]) for i in range(3))

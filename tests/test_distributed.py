@@ -38,7 +38,7 @@ def _start(workdir, argv, devices, log, count_file=None):
     cmd = [sys.executable, "-m", "train.main", *args]
   else:
     env[helpers.COUNT_ENV] = str(count_file)
-    cmd = [sys.executable, "-c", helpers._COUNTING_MAIN, *args]
+    cmd = [sys.executable, str(helpers.CHILDREN / "counting_main.py"), *args]
   out, err = open(f"{log}.out", "w"), open(f"{log}.err", "w")
   proc = subprocess.Popen(cmd, cwd=helpers.REPO, env=env, stdout=out, stderr=err)
   out.close()
@@ -97,9 +97,9 @@ def _losses(workdir):
 
 def _eval_in_this_process(workdir, data_dir, step="latest"):
   """(recorded val loss, the loss this 1-device process measures on the recorded batches)."""
-  from train import data as data_lib
+  from train.data import pipeline as data_lib
   from train.restore import load_for_eval
-  from train.step import cross_entropy
+  from train.state.step import cross_entropy
   restored = load_for_eval(str(workdir), step)
   arr = data_lib.open_split(data_dir, "val")
   batches = data_lib.reproduce_eval_batches(arr, restored.meta["eval_batches"])
@@ -110,6 +110,7 @@ def _eval_in_this_process(workdir, data_dir, step="latest"):
 def _params(workdir, step=STEPS):
   """Final parameters restored onto this process's single device, whatever saved them."""
   from flax import nnx
+
   from train.restore import load_for_eval
   model = load_for_eval(str(workdir), step).model
   return helpers.flat(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
@@ -192,7 +193,7 @@ def test_load_for_eval_from_8_devices_in_1_device_process(prepared_data, fsdp_8)
   if not (helpers.REPO / "train" / "evaluate.py").exists():
     pytest.skip("train/evaluate.py does not exist yet")
   env = {**helpers.child_env(), "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-  proc = subprocess.run([sys.executable, "-m", "train.evaluate", f"--checkpoint={fsdp_8}"],
+  proc = subprocess.run([sys.executable, "-m", "train.cli.evaluate", f"--checkpoint={fsdp_8}"],
                         cwd=helpers.REPO, env=env, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = [json.loads(line.removeprefix("RESULT "))

@@ -53,8 +53,8 @@ def workdir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def restored(workdir):
-  from train import restore
-  return restore.load_for_eval(workdir, FINAL_STEP)
+  from train.restore import load_for_eval
+  return load_for_eval(workdir, FINAL_STEP)
 
 
 def _cli(module: str, *args: str) -> helpers.Result:
@@ -90,13 +90,6 @@ def decode(restored):
   return lambda tokens, caches, index: step(state, tokens, caches, index)
 
 
-def test_prefill_logits_equal_full_forward(restored, full_logits):
-  from train.sample import prefill_logits
-  ids = restored.tokenizer.encode(PROMPT)
-  got = np.asarray(prefill_logits(restored.model, ids))
-  np.testing.assert_allclose(got, full_logits(ids)[-1], atol=1e-5, rtol=0)
-
-
 def test_incremental_decode_equals_full_forward_at_every_position(restored, full_logits,
                                                                    decode):
   """A prefill of 8 tokens, then one token at a time into the same cache."""
@@ -112,7 +105,7 @@ def test_incremental_decode_equals_full_forward_at_every_position(restored, full
 
 def test_greedy_is_deterministic_and_equals_repeated_full_forward_argmax(restored,
                                                                          full_logits):
-  from train.sample import generate
+  from train.infer.generate import generate
   model, tok = restored.model, restored.tokenizer
   text = generate(model, tok, PROMPT, N_NEW, temperature=0.0)
   assert generate(model, tok, PROMPT, N_NEW, temperature=0.0, seed=123) == text
@@ -123,7 +116,7 @@ def test_greedy_is_deterministic_and_equals_repeated_full_forward_argmax(restore
 
 
 def test_seeds(restored):
-  from train.sample import generate
+  from train.infer.generate import generate
   model, tok = restored.model, restored.tokenizer
   a = generate(model, tok, PROMPT, N_NEW, temperature=1.0, seed=0)
   assert len(a) == N_NEW
@@ -133,14 +126,14 @@ def test_seeds(restored):
 
 
 def test_top_k_1_is_greedy(restored):
-  from train.sample import generate
+  from train.infer.generate import generate
   model, tok = restored.model, restored.tokenizer
   greedy = generate(model, tok, PROMPT, N_NEW, temperature=0.0)
   assert generate(model, tok, PROMPT, N_NEW, temperature=1.0, top_k=1, seed=7) == greedy
 
 
 def test_prompt_too_long_is_one_line_error(workdir):
-  res = _cli("train.sample", f"--checkpoint={workdir}", f"--prompt={PROMPT}",
+  res = _cli("train.cli.sample", f"--checkpoint={workdir}", f"--prompt={PROMPT}",
              "--max_new_tokens=120")
   helpers.assert_one_line_error(res, "ConfigError", "max_seq_len=128")
 
@@ -148,7 +141,7 @@ def test_prompt_too_long_is_one_line_error(workdir):
 def test_evaluate_cli_reproduces_recorded_val_loss(workdir):
   recorded = helpers.checkpoint_meta(workdir, FINAL_STEP)["val_loss"]
   assert recorded is not None, "the final checkpoint recorded no val_loss"
-  res = _cli("train.evaluate", f"--checkpoint={workdir}", f"--step={FINAL_STEP}")
+  res = _cli("train.cli.evaluate", f"--checkpoint={workdir}", f"--step={FINAL_STEP}")
   assert res.rc == 0, res.stderr[-3000:]
   lines = [l for l in res.stdout.splitlines() if l.startswith("RESULT ")]
   assert len(lines) == 1, res.stdout
@@ -164,7 +157,8 @@ def test_evaluate_cli_reproduces_recorded_val_loss(workdir):
 def test_evaluate_text_file_scores_every_token(workdir, restored, full_logits, tmp_path):
   """Non-overlapping 32-token windows plus the short tail, each target scored once."""
   import optax
-  from train.evaluate import evaluate_checkpoint
+
+  from train.infer.score import evaluate_checkpoint
   path = tmp_path / "text.txt"
   path.write_text(TEXT)
   result = evaluate_checkpoint(workdir, FINAL_STEP, data=str(path))
@@ -183,5 +177,5 @@ def test_evaluate_text_file_scores_every_token(workdir, restored, full_logits, t
 def test_evaluate_text_outside_vocabulary_is_one_line_error(workdir, tmp_path):
   path = tmp_path / "accents.txt"
   path.write_text("Café au lait\n", encoding="utf-8")
-  res = _cli("train.evaluate", f"--checkpoint={workdir}", f"--data={path}")
+  res = _cli("train.cli.evaluate", f"--checkpoint={workdir}", f"--data={path}")
   helpers.assert_one_line_error(res, "DataError", "'é'")

@@ -10,9 +10,8 @@ import pytest
 
 import helpers
 from configs import nanogpt_shakespeare_char_cpu, shakespeare_char
-from gates.chinchilla import (COMPUTE_OPTIMAL, DEGENERATION, PLATEAU, ChinchillaGateError,
-                              ratio_text)
-from train.main import preflight
+from gates.chinchilla import COMPUTE_OPTIMAL, DEGENERATION, PLATEAU, ChinchillaGateError, ratio_text
+from train.run.preflight import preflight
 
 # The TINY model has N = 11,392: 10 steps -> D/N = 0.11 (DEGENERATION), 1,000 steps -> D/N =
 # 11.2 (PLATEAU); the rule needs 1,780.
@@ -22,7 +21,8 @@ DEGENERATE_STEPS, PLATEAU_STEPS = 10, 1000
 def _expected_verdict(data_dir, steps, tmp_path):
   """The verdict preflight computes in-process for the same config (bypassed, so it returns)."""
   config = helpers.tiny_config(data_dir, {"train_steps": steps})
-  _, counts, verdict, _ = preflight(config, str(tmp_path / "in-process-probe"), force=True)
+  plan = preflight(config, str(tmp_path / "in-process-probe"), force=True)
+  counts, verdict = plan.counts, plan.verdict
   assert verdict.n_params == counts.total and verdict.n_non_embedding == counts.non_embedding
   return verdict
 
@@ -113,7 +113,8 @@ def test_bypass_trains_and_records_verdict(prepared_data, tmp_path):
 def test_compute_optimal_config_passes_without_bypass(tmp_path):
   """configs/shakespeare_char.py is sized to pass: it must never need the flag."""
   workdir = tmp_path / "run"
-  _, counts, verdict, _ = preflight(shakespeare_char.get_config(), str(workdir), force=False)
+  plan = preflight(shakespeare_char.get_config(), str(workdir), force=False)
+  counts, verdict = plan.counts, plan.verdict
   assert verdict.passed and not verdict.bypassed
   assert verdict.zone == COMPUTE_OPTIMAL
   assert verdict.tokens >= 20 * counts.total
@@ -129,7 +130,7 @@ def test_nanogpt_config_refused_unless_forced(tmp_path):
   assert info.value.exit_code == 3
   assert info.value.verdict.zone == DEGENERATION
   assert DEGENERATION in str(info.value) and helpers.FORCE in str(info.value)
-  _, _, verdict, _ = preflight(config, str(workdir), force=True)
+  verdict = preflight(config, str(workdir), force=True).verdict
   assert verdict.bypassed and verdict.proceeds and verdict.zone == DEGENERATION
   assert not workdir.exists()
 

@@ -6,32 +6,11 @@ import platform
 import pytest
 
 import helpers
-from train import host_memory
-
-# A jitted function whose temporaries (~64 MiB) exceed glibc's largest mmap threshold; prints
-# the minor page faults per call over calls 11-20 (once the heap has grown to its working set).
-_FAULTS = """
-import json, resource, sys
-from train import host_memory
-if sys.argv[1] == "reexec":
-  host_memory.reexec_with_tunables()
-import os
-import jax, jax.numpy as jnp
-f = jax.jit(lambda x: (jnp.sin(x @ x.T) @ x).sum())
-x = jnp.ones((4096, 64), jnp.float32)
-for _ in range(10):
-  f(x).block_until_ready()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(10):
-  f(x).block_until_ready()
-after = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-print(json.dumps({"faults_per_call": (after - before) / 10,
-                  "tunables": os.environ.get("GLIBC_TUNABLES")}))
-"""
+from train.runtime import host_memory
 
 
 def _probe(mode: str, **env_over: str) -> dict:
-  return helpers.python_json(_FAULTS, mode, env={"GLIBC_TUNABLES": None, **env_over})
+  return helpers.python_json("page_faults.py", mode, env={"GLIBC_TUNABLES": None, **env_over})
 
 
 def _thp_usable() -> bool:

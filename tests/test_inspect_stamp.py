@@ -1,5 +1,5 @@
-"""`train.inspect` and `train.stamp` on a real checkpoint from a tiny training run: inspect tells
-what a checkpoint claims and how far to trust it; stamp repairs missing or wrong metadata only
+"""`pregate-inspect` and `pregate-stamp` on a real checkpoint from a tiny training run: inspect
+tells what a checkpoint claims and how far to trust it; stamp repairs missing or wrong metadata only
 when the config provably matches the stored tensors, and never touches anything otherwise."""
 import json
 import os
@@ -70,7 +70,7 @@ def _edit_meta(workdir: Path, edit) -> None:
 
 
 def _quality(workdir: Path) -> dict:
-  from train import inspect
+  from train.cli import inspect_ckpt as inspect
   return json.loads(inspect.report(str(workdir), as_json=True, with_quality=True))["quality"]
 
 
@@ -93,14 +93,15 @@ def _config(*extra: str):
 
 def _params(workdir: Path) -> dict:
   from flax import nnx
+
   from train.restore import load_for_eval
   restored = load_for_eval(str(workdir))
   return {k: np.asarray(v) for k, v in helpers.flat(nnx.state(restored.model, nnx.Param)).items()}
 
 
 def test_inspect_prints_summary_and_json_round_trips(trained):
-  from train import inspect
-  res = _cli("train.inspect", trained)
+  from train.cli import inspect_ckpt as inspect
+  res = _cli("train.cli.inspect_ckpt", trained)
   assert res.rc == 0, res.stderr
   meta = json.loads(_meta_path(trained).read_text())
   for needle in ("schema        pregate.checkpoint/v1", "hf_class=LlamaForCausalLM",
@@ -121,7 +122,7 @@ def _git_loss(workdir: Path) -> list[str]:
 
 
 def test_quality_of_a_fresh_checkpoint_is_full(trained):
-  from train import inspect
+  from train.cli import inspect_ckpt as inspect
   q = _quality(trained)
   lost = [x["reason"] for s in q["subscores"].values() for x in s["lost"]]
   assert lost == _git_loss(trained), lost
@@ -131,7 +132,7 @@ def test_quality_of_a_fresh_checkpoint_is_full(trained):
 
 
 def test_quality_of_a_stripped_checkpoint_explains_each_lost_point(copy):
-  from train import inspect
+  from train.cli import inspect_ckpt as inspect
   _edit_meta(copy, lambda m: [m.pop("tokenizer"), m.pop("data")])
   text = inspect.report(str(copy), with_quality=True)
   assert "-5 no tokenizer embedded" in text and "-13 no data fingerprint" in text, text
@@ -147,13 +148,13 @@ def test_quality_of_a_stripped_checkpoint_explains_each_lost_point(copy):
 
 def test_no_metadata_scores_zero_and_points_to_stamp(copy):
   from gates.arch_match import MissingMetadataError
-  from train import inspect
+  from train.cli import inspect_ckpt as inspect
   os.remove(_meta_path(copy))
-  res = _cli("train.inspect", copy, "--quality")
+  res = _cli("train.cli.inspect_ckpt", copy, "--quality")
   assert res.rc == 0, res.stderr
-  assert "quality       0/100" in res.stdout and "python -m train.stamp" in res.stdout
+  assert "quality       0/100" in res.stdout and "pregate-stamp" in res.stdout
   assert all(s["score"] == 0 for s in _quality(copy)["subscores"].values())
-  with pytest.raises(MissingMetadataError, match="train.stamp") as e:
+  with pytest.raises(MissingMetadataError, match="pregate-stamp") as e:
     inspect.report(str(copy), as_json=True)
   assert e.value.exit_code == 2
 
@@ -169,10 +170,10 @@ def test_masquerade_loses_signature_points(copy):
 
 
 def test_damaged_checkpoints_are_one_line_errors(copy):
-  from train import inspect
-  from train.checkpoint import CheckpointError
+  from core.errors import CheckpointError
+  from train.cli import inspect_ckpt as inspect
   _meta_path(copy).write_text('{"schema": "pregate.checkpoint/v1", "mod')
-  _one_error_line(_cli("train.inspect", copy, "--quality"), "CheckpointError",
+  _one_error_line(_cli("train.cli.inspect_ckpt", copy, "--quality"), "CheckpointError",
                   "unreadable metadata")
   with pytest.raises(CheckpointError, match=r"step '99' not found.*available: \[10, 20\]") as e:
     inspect.report(str(copy), step="99")
@@ -181,7 +182,7 @@ def test_damaged_checkpoints_are_one_line_errors(copy):
 
 def test_stamp_repairs_deleted_metadata_and_the_checkpoint_loads(trained, copy):
   os.remove(_meta_path(copy))
-  res = _cli("train.stamp", copy, CONFIG, *OVERRIDES)
+  res = _cli("train.cli.stamp", copy, CONFIG, *OVERRIDES)
   assert res.rc == 0, res.stdout + res.stderr
   assert "(new file)" in res.stdout and "left null" in res.stdout
   meta = json.loads(_meta_path(copy).read_text())
@@ -196,7 +197,7 @@ def test_stamp_repairs_deleted_metadata_and_the_checkpoint_loads(trained, copy):
 
 
 def test_stamp_recreates_a_missing_meta_dir(copy):
-  from train import stamp
+  from train.ckpt import stamp
   from train.restore import load_for_eval
   shutil.rmtree(_meta_path(copy, 10).parent)
   stamp.stamp(str(copy / "checkpoints" / "10"), _config())
@@ -206,7 +207,7 @@ def test_stamp_recreates_a_missing_meta_dir(copy):
 def test_stamp_with_a_wrong_config_refuses_and_changes_nothing(copy):
   os.remove(_meta_path(copy))
   before = helpers.snapshot(copy)
-  res = _cli("train.stamp", copy, CONFIG, *OVERRIDES, "--config.model.d_model=64")
+  res = _cli("train.cli.stamp", copy, CONFIG, *OVERRIDES, "--config.model.d_model=64")
   line = _one_error_line(res, "ArchitectureMismatchError", *TENSORS)
   assert "11 difference(s)" in line
   assert helpers.snapshot(copy) == before
@@ -214,7 +215,7 @@ def test_stamp_with_a_wrong_config_refuses_and_changes_nothing(copy):
 
 def test_stamp_over_wrong_metadata_keeps_a_backup(copy):
   from gates.arch_match import ArchitectureMismatchError
-  from train import stamp
+  from train.ckpt import stamp
   from train.restore import load_for_eval
   _edit_meta(copy, lambda m: m["model"].update(d_model=64))
   masquerade = _meta_path(copy).read_bytes()

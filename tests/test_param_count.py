@@ -2,8 +2,10 @@
 
 The abstract count must equal the real parameter tree of a built model, split embedding from
 non-embedding parameters the Kaplan way, match the closed-form Llama formula, and cost zero XLA
-compiles and zero live arrays (STACK_NOTES §2).
+compiles and zero live arrays (BUILD_NOTES, stack facts).
 """
+import math
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -11,10 +13,21 @@ from flax import nnx
 
 from configs import nanogpt_shakespeare_char_cpu
 from models.config import ModelConfig
-from models.params import (abstract_model, build_model, count_params, param_shapes,
-                           total_size)
+from models.params import abstract_model, count_params, param_shapes
+from models.transformer import Transformer
 
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
+def build_model(cfg: ModelConfig, seed: int = 0) -> Transformer:
+  """A real (allocated) model, to check the abstract count against."""
+  with nnx.use_eager_sharding(False):
+    return Transformer(cfg, rngs=nnx.Rngs(seed))
+
+
+def total_size(tree) -> int:
+  """Number of scalars in a pytree of arrays."""
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
 
 CONFIGS = {
     "tied": ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=4,

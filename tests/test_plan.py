@@ -10,9 +10,9 @@ import sys
 import pytest
 
 from configs import base
+from core.errors import ConfigError
 from gates import plan as plan_mod
 from gates import repetition
-from gates.errors import ConfigError
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 NANOGPT = "--config=configs/nanogpt_shakespeare_char_cpu.py"

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import tensorstore as ts
 
-from gates.errors import DataError
-from train import prepare_data as pd
-from train import tokenizer as tk
+from core.errors import DataError
+from train.data import prepare as pd
+from train.data import store
+from train.data import tokenizer as tk
 
 REPO = Path(__file__).resolve().parents[1]
 SHAKESPEARE = REPO / "data" / "tinyshakespeare.txt"
@@ -43,7 +44,7 @@ def test_nanogpt_split_counts(shakespeare):
   assert (m["train_tokens"], m["val_tokens"]) == (1_003_854, 111_540)
   assert m["vocab_size"] == 65 and m["dtype"] == "uint16"
   assert m["source_sha256"] == SHAKESPEARE_SHA and m["source_bytes"] == 1_115_394
-  assert m["val_fraction"] == 0.1 and m["format_version"] == pd.FORMAT_VERSION
+  assert m["val_fraction"] == 0.1 and m["format_version"] == store.FORMAT_VERSION
 
 
 def test_manifest_hashes_match_stored_tokens(shakespeare):
@@ -77,8 +78,8 @@ def test_byte_tokenizer_counts_utf8_bytes(tmp_path):
 
 
 def test_token_dtype_widens_past_uint16():
-  assert pd.token_dtype(65) == "uint16" and pd.token_dtype(65_536) == "uint16"
-  assert pd.token_dtype(65_537) == "uint32"
+  assert store.token_dtype(65) == "uint16" and store.token_dtype(65_536) == "uint16"
+  assert store.token_dtype(65_537) == "uint32"
 
 
 def test_reuse_when_unchanged_redo_when_source_changes(tmp_path):
@@ -131,7 +132,7 @@ def test_crash_mid_write_keeps_old_data(tmp_path, monkeypatch):
   monkeypatch.setattr(pd, "_write_array", crash_on_val)
   with pytest.raises(RuntimeError):
     pd.ensure_prepared(str(corpus), str(out))
-  assert pd.load_manifest(str(out)) == m1  # old dir intact, still self-consistent
+  assert store.load_manifest(str(out)) == m1  # old dir intact, still self-consistent
   assert sorted(os.listdir(tmp_path)) == ["c.txt", "data"]  # temp dir removed
 
 
@@ -169,28 +170,28 @@ def test_bad_val_fraction(tmp_path, vf, needle):
 
 def test_load_manifest_refuses_unprepared_and_corrupt(tmp_path):
   with pytest.raises(DataError, match="not a prepared data dir"):
-    pd.load_manifest(str(tmp_path))
+    store.load_manifest(str(tmp_path))
   (tmp_path / "manifest.json").write_text("{not json")
   with pytest.raises(DataError, match="not valid JSON"):
-    pd.load_manifest(str(tmp_path))
+    store.load_manifest(str(tmp_path))
 
 
 def test_remote_kvstore_specs_are_valid():
-  gcs = pd.kvstore_spec("gs://my-bucket/runs/data/")
+  gcs = store.kvstore_spec("gs://my-bucket/runs/data/")
   assert gcs == {"driver": "gcs", "bucket": "my-bucket", "path": "runs/data/"}
-  s3 = pd.kvstore_spec(pd.join("s3://my-bucket/d", "train"))
+  s3 = store.kvstore_spec(store.join("s3://my-bucket/d", "train"))
   assert s3 == {"driver": "s3", "bucket": "my-bucket", "path": "d/train/"}
   for spec in (gcs, s3):
     assert ts.KvStore.Spec(spec).to_json() == spec  # tensorstore accepts them as written
-  ts.Spec(pd.zarr3_spec("gs://my-bucket/d/train", shape=10, dtype="uint16"))
-  assert pd.kvstore_spec("rel/dir")["path"] == os.path.abspath("rel/dir") + "/"
+  ts.Spec(store.zarr3_spec("gs://my-bucket/d/train", shape=10, dtype="uint16"))
+  assert store.kvstore_spec("rel/dir")["path"] == os.path.abspath("rel/dir") + "/"
   with pytest.raises(DataError, match="names no bucket"):
-    pd.kvstore_spec("gs:///x")
+    store.kvstore_spec("gs:///x")
 
 
 def _cli(*args):
   env = dict(os.environ, PYTHONPATH=str(REPO))
-  return subprocess.run([sys.executable, "-m", "train.prepare_data", *args], cwd=REPO, env=env,
+  return subprocess.run([sys.executable, "-m", "train.cli.prepare", *args], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=120)
 
 
@@ -209,6 +210,6 @@ def test_cli_success_prints_summary(tmp_path):
   r = _cli(f"--input={_corpus(tmp_path)}", f"--output_dir={out}", "--tokenizer=byte",
            "--val_fraction=0.2")
   assert r.returncode == 0, r.stderr
-  m = pd.load_manifest(str(out))
+  m = store.load_manifest(str(out))
   assert m["tokenizer"] == {"type": "byte"} and m["val_fraction"] == 0.2
   assert f"{m['train_tokens']:,}" in r.stdout and "byte" in r.stdout

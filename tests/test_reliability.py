@@ -18,29 +18,6 @@ RUN = {"train_steps": STEPS, "checkpoint.save_every": 5, "checkpoint.keep": 4,
        "logging.log_every": 1}
 DELAY = {"PREGATE_TEST_DELAY": "0.05"}  # ~1 s of steps: room to land a signal mid-run
 
-# The command, with hooks (no-ops unless set): a step delay, disk failures tests cannot cause.
-_CHILD = """
-import errno, os, shutil, sys, time, types
-from train import checkpoint, guards, metrics_log
-env, calls = os.environ.get, []
-write, save = metrics_log.MetricsLog.write, checkpoint.Checkpointer.save
-def slow_write(self, record):
-  write(self, record)
-  time.sleep(float(env("PREGATE_TEST_DELAY", 0)) if record["event"] == "train" else 0)
-def failing_save(self, step, *args, **kwargs):
-  if step >= int(env("PREGATE_TEST_ENOSPC_AT", 1 << 30)):
-    raise OSError(errno.ENOSPC, "No space left on device", self.directory)
-  return save(self, step, *args, **kwargs)
-def disk_usage(path):  # with PREGATE_TEST_DISK_FULL, the first save fits and then none does
-  calls.append(shutil.disk_usage(path))
-  full = env("PREGATE_TEST_DISK_FULL") and len(calls) > 1
-  return types.SimpleNamespace(free=0) if full else calls[-1]
-metrics_log.MetricsLog.write, checkpoint.Checkpointer.save = slow_write, failing_save
-guards.shutil = types.SimpleNamespace(disk_usage=disk_usage)
-sys.argv = ["train.main"] + sys.argv[1:]
-from train import main
-main.run()
-"""
 
 
 @pytest.fixture(scope="module")
@@ -57,12 +34,13 @@ def whole(flags, tmp_path_factory):  # the reference: the same command, never in
 
 
 def _run(workdir, flags, *sigs, when=None, env=None):
-  """The command (with _CHILD's hooks) in the background. The first signal goes once when(n)
-  holds (n: records before launch), any later one once a save is being written."""
+  """The command (with faulty_main.py's seams) in the background. The first signal goes once
+  when(n) holds (n: records before launch), any later one once a save is being written."""
   n, log = len(_lines(workdir)), workdir.parent / f"{workdir.name}.{time.monotonic_ns()}.log"
   with open(log, "w") as out:
-    proc = subprocess.Popen([sys.executable, "-c", _CHILD, f"--config={helpers.CONFIG}",
-                             f"--workdir={workdir}", *flags], cwd=helpers.REPO, stdout=out,
+    proc = subprocess.Popen([sys.executable, str(helpers.CHILDREN / "faulty_main.py"),
+                             f"--config={helpers.CONFIG}", f"--workdir={workdir}", *flags],
+                            cwd=helpers.REPO, stdout=out,
                             stderr=subprocess.STDOUT, env={**helpers.child_env(), **(env or {})})
   for i, sig in enumerate(sigs):
     cond = when(n) if i == 0 else (lambda: _tmp_steps(workdir))
@@ -155,7 +133,7 @@ def test_sigint_and_sigterm_preempt_cleanly(flags, whole, tmp_path):
   workdir, reached = tmp_path / "run", 0
   for sigs in ([signal.SIGINT], [signal.SIGTERM, signal.SIGTERM]):
     rc, out, new = _run(workdir, flags, *sigs, env=DELAY,
-                        when=lambda n: _trained_to(workdir, n, reached + 3))
+                        when=lambda n, r=reached: _trained_to(workdir, n, r + 3))
     assert rc == 75 and "Traceback" not in out, out[-3000:]
     end = helpers.events(new, "end")[-1]
     assert end["termination"] == "PREEMPTED" and reached < end["step"] < STEPS, end
@@ -191,8 +169,10 @@ def test_divergence_stops_before_saving_poison(flags, prepared_data, tmp_path, s
   assert len(bad) == skip and end["step"] > bad[0] and "skipped" in error, (bad, end)
   # In-process, those very steps: a skipped update leaves the params as they were, finite.
   import jax
+
   from models.config import ModelConfig
-  from train import data as data_lib, step as step_lib
+  from train.data import pipeline as data_lib
+  from train.state import step as step_lib
   cfg = helpers.tiny_config(prepared_data, {"optimizer.lr": 3e3, "optimizer.grad_clip": 0})
   tx = step_lib.make_optimizer(cfg)
   graphdef, init = step_lib.init_fn(ModelConfig.from_dict(cfg.model.to_dict()), tx, cfg.seed)
@@ -252,12 +232,12 @@ def test_damaged_checkpoints(flags, whole, tmp_path):
     assert res.rc == 2 and needle in _one_error(res.stderr, "CheckpointError")
   assert helpers.snapshot(workdir / "checkpoints") == before
   assert helpers.events(helpers.read_jsonl(workdir / "metrics.jsonl"), "train") == trained
-  pytest.importorskip("train.inspect")
-  res = subprocess.run([sys.executable, "-m", "train.inspect", str(workdir), "--step=20"],
+  pytest.importorskip("train.cli.inspect_ckpt")
+  res = subprocess.run([sys.executable, "-m", "train.cli.inspect_ckpt", str(workdir), "--step=20"],
                        cwd=helpers.REPO, env=helpers.child_env(), capture_output=True,
                        text=True, timeout=120)
   assert res.returncode == 2 and "unreadable" in _one_error(res.stderr, "CheckpointError")
-  res = subprocess.run([sys.executable, "-m", "train.inspect", str(workdir), "--step=15"],
+  res = subprocess.run([sys.executable, "-m", "train.cli.inspect_ckpt", str(workdir), "--step=15"],
                        cwd=helpers.REPO, env=helpers.child_env(), capture_output=True,
                        text=True, timeout=120)  # truncated arrays: found by reading them once
   assert res.returncode == 2 and "is damaged" in _one_error(res.stderr, "CheckpointError")

@@ -6,7 +6,7 @@ import pytest
 
 from configs import shakespeare_char
 from models.config import ModelConfig, ModelConfigError
-from train import step as step_lib
+from train.state import step as step_lib
 
 
 def _step(remat: str):

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from ml_collections import ConfigDict
 
-from gates.errors import ConfigError
-from train import sharding
+from core.errors import ConfigError
+from train.state import sharding
 
 REPO = Path(__file__).resolve().parents[1]
 MESHES = {"data8": (8, 1, 1), "fsdp8": (1, 8, 1), "d2f2t2": (2, 2, 2), "f4t2": (1, 4, 2)}
@@ -23,8 +23,8 @@ import json, sys
 import jax, jax.numpy as jnp, numpy as np
 from configs import base
 from models.config import ModelConfig
-from train import sharding, step as step_lib
-from train.run_state import TrainSetup
+from train.state import sharding, step as step_lib
+from train.state.setup import TrainSetup
 
 MESHES = json.loads(sys.argv[1])
 assert jax.device_count() == 8, jax.device_count()

@@ -10,7 +10,7 @@ import pytest
 
 from configs import base
 from models.config import ModelConfig
-from train import step as step_lib
+from train.state import step as step_lib
 
 VOCAB, SEQ, BATCH = 65, 32, 8
 

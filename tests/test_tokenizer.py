@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gates.errors import DataError
-from train import tokenizer as tk
+from core.errors import DataError
+from train.data import tokenizer as tk
 
 SHAKESPEARE = Path(__file__).resolve().parents[1] / "data" / "tinyshakespeare.txt"
 TEXT = "Hello, wörld!\nΣοφία — 東京 🙂\ttabs & spaces  \n"

@@ -1,0 +1,164 @@
+"""Checkpoint I/O with orbax: params, optimizer state, data-iterator state and JSON metadata.
+
+Retention keeps the newest `keep` saves AND the `keep_best` lowest-val-loss ones. orbax's plain
+`best_fn` + `max_to_keep` can delete the newest save (a resume would then go back in time), so
+the two rules are combined with `AnyPreservationPolicy`. `best_fn` is still set: without it
+orbax does not persist a save's metrics, and after a restart BestN would see no metrics and could
+delete the best checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as cm
+
+from core.checks import first_line
+from core.errors import CheckpointError
+from train.ckpt.stepspec import parse_step
+
+METRIC = "val_loss"
+
+
+def _handlers() -> dict[str, Any]:
+  # Explicit handlers: without them a fresh manager reports None for each item's metadata.
+  return {"params": ocp.StandardCheckpointHandler(),
+          "opt_state": ocp.StandardCheckpointHandler(),
+          "data": grain.checkpoint.CheckpointHandler(),
+          "meta": ocp.JsonCheckpointHandler()}
+
+
+class Checkpointer:
+  """One run's checkpoint directory (`WORKDIR/checkpoints`)."""
+
+  def __init__(self, directory: str, *, keep: int = 2, keep_best: int = 1,
+               async_save: bool = True, read_only: bool = False,
+               fault_hook: Callable[[int], None] | None = None):
+    # read_only: never saves, so orbax never deletes (its own read_only mode only adds warnings).
+    # fault_hook(step) runs before each save: the seam tests use to make a write fail.
+    self.directory = os.path.abspath(directory)
+    self._fault_hook = fault_hook
+    policies = [cm.LatestN(n=max(keep, 1))]
+    if keep_best > 0:
+      policies.append(cm.BestN(get_metric_fn=lambda m: m[METRIC], reverse=True, n=keep_best,
+                               keep_checkpoints_without_metrics=False))
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=cm.AnyPreservationPolicy(policies),
+        # Deletion is decided by preservation_policy alone; best_fn is what makes orbax write
+        # each save's metrics to disk, so best_step() and BestN still see them after a reopen.
+        best_fn=lambda m: m[METRIC], best_mode="min",
+        enable_async_checkpointing=async_save, create=not read_only)
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                         item_handlers=_handlers())
+
+  def steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def best_step(self) -> int | None:
+    """The saved step with the lowest recorded val loss (None if no save has one)."""
+    scored = [(m[METRIC], s) for s in self.steps()
+              if (m := self.manager.metadata(s).metrics) and METRIC in m]
+    return min(scored)[1] if scored else None
+
+  def resolve(self, step: str | int) -> int:
+    """'latest' | 'best' | N (int or digits) -> a step that exists, or a CheckpointError
+    saying which do."""
+    step = parse_step(step)
+    steps = self.steps()
+    if not steps:
+      raise CheckpointError(f"no checkpoints in {self.directory}")
+    found = {"latest": self.latest_step(), "best": self.best_step()}.get(step, step)
+    if found not in steps:
+      raise CheckpointError(f"checkpoint step {step!r} not found in {self.directory}; "
+                            f"available: {steps}")
+    return found
+
+  def save(self, step: int, params: Any, opt_state: Any, data_iter: Any, meta: dict[str, Any],
+           val_loss: float | None = None) -> None:
+    """Start an (async) save; arrays are copied off the device before this returns, so the
+    next donating step cannot corrupt it."""
+    if self._fault_hook is not None:
+      self._fault_hook(step)
+    items = {"params": ocp.args.StandardSave(params),
+             "opt_state": ocp.args.StandardSave(opt_state),
+             "meta": ocp.args.JsonSave(meta)}
+    if data_iter is not None:
+      items["data"] = grain.checkpoint.CheckpointSave(data_iter)
+    metrics = {METRIC: float(val_loss)} if val_loss is not None else None
+    self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+
+  def set_aside(self, steps: list[int]) -> None:
+    """Rename damaged step dirs to `<step>.damaged-<n>` (kept for inspection, invisible to
+    orbax), so the run can save those steps again after resuming from an older one."""
+    for step in steps:
+      src = os.path.join(self.directory, str(step))
+      n = 0
+      while os.path.exists(dst := f"{src}.damaged-{n}"):
+        n += 1
+      os.rename(src, dst)
+    self.manager.reload()
+
+  def verify_arrays(self, step: int) -> int:
+    """Read every stored array (onto one device) to prove the files are whole; returns the
+    bytes read. A truncated or missing array file raises CheckpointError naming the step."""
+    one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    items = {k: ocp.args.StandardRestore(fallback_sharding=one) for k in ("params", "opt_state")}
+    try:
+      got = self.manager.restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(f"checkpoint {self.directory}/{step} is damaged: its arrays cannot "
+                            f"be read ({first_line(e)})") from None
+    return sum(x.nbytes for x in jax.tree.leaves([got[k] for k in items]))
+
+  def read_meta(self, step: int) -> dict[str, Any] | None:
+    """The JSON metadata item, read from its file (no arrays, no manager state); None if absent."""
+    path = os.path.join(self.directory, str(step), "meta", "metadata")
+    if not os.path.exists(path):
+      return None
+    try:
+      with open(path) as f:
+        return json.load(f)
+    except (OSError, ValueError) as e:
+      raise CheckpointError(
+          f"checkpoint {self.directory}/{step}: unreadable metadata ({e})") from None
+
+  def array_signature(self, step: int, item: str = "params") -> dict[str, tuple[tuple, str]]:
+    """Stored 'a/b/c' -> (shape, dtype) from orbax's array metadata; reads no array data.
+    Unreadable array metadata (a damaged checkpoint) is a CheckpointError naming the step."""
+    try:
+      meta = self.manager.item_metadata(step)[item]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+      raise CheckpointError(f"checkpoint {self.directory}/{step}: stored array metadata is "
+                            f"unreadable ({type(e).__name__}: {first_line(e)})") from e
+    if meta is None:
+      raise CheckpointError(f"checkpoint {self.directory}/{step} has no '{item}' arrays")
+    flat = jax.tree_util.tree_flatten_with_path(
+        meta, is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))[0]
+    return {"/".join(str(getattr(k, "key", k)) for k in path): (tuple(m.shape), str(m.dtype))
+            for path, m in flat}
+
+  def restore(self, step: int, *, params_target: Any, opt_target: Any | None = None,
+              data_iter: Any | None = None) -> dict[str, Any]:
+    """Strict restore onto abstract targets (shape, dtype, sharding): no truncation, no padding,
+    no partial trees. Callers validate the signature first, because orbax casts dtypes."""
+    items = {"params": ocp.args.StandardRestore(params_target)}
+    if opt_target is not None:
+      items["opt_state"] = ocp.args.StandardRestore(opt_target)
+    if data_iter is not None:
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+    restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    return {k: restored[k] for k in items}
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()

@@ -1,0 +1,193 @@
+"""How far a checkpoint's metadata can be trusted (`pregate-inspect --quality`), and the
+metadata as labelled lines. Pure: reads no file, traces only an abstract model.
+
+The score is 0-100 in six sub-scores; loadability (the model rebuilds from the metadata
+alone and the stored tensors agree) weighs most. Every lost point says what is missing or wrong:
+  identity 10             schema 4; architecture family, hf_class, model_type 2 each
+  model_config 25         each architecture field (arch_match.ARCH_FIELDS) present with its
+                          type 2; execution-only fields (dtype, remat) 2; a valid ModelConfig 1
+  tokenizer 15            embedded 5, known type 3, rebuilds 3, size == model.vocab_size 4
+  data_provenance 15      metadata.DATA_FIELDS, each with its points; tokenizer_fingerprint ==
+                          the embedded tokenizer's 2
+  training_provenance 15  metadata.TRAINING_FIELDS, each with its points; config.model ==
+                          model 1
+  signature 20            the model config's abstract param signature == orbax's stored one 12;
+                          a `signature` key, when present, == stored 4; param_counts == stored 4
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from core.checks import is_int
+from core.errors import ConfigError, PregateError
+from gates import arch_match
+from models.config import ModelConfig
+from models.params import abstract_model, param_shapes
+from train.ckpt import metadata
+from train.data.tokenizer import KINDS, tokenizer_from_json
+
+Signature = metadata.Signature
+Check = tuple[int, bool, str]  # (points, passed, what is missing or wrong if not)
+STAMP_HINT = "pregate-stamp {path} --config=<the config it was trained with>"
+SUBSCORES = {"identity": 10, "model_config": 25, "tokenizer": 15, "data_provenance": 15,
+             "training_provenance": 15, "signature": 20}
+
+
+def _d(x: Any) -> dict[str, Any]:
+  return x if isinstance(x, dict) else {}
+
+
+def _identity(meta: dict[str, Any]) -> list[Check]:
+  arch = _d(meta.get("architecture"))
+  return [(4, meta.get("schema") == metadata.SCHEMA,
+           f"schema is {meta.get('schema', '<missing>')!r}, expected {metadata.SCHEMA!r}")] + [
+      (2, arch.get(k) == want, f"architecture.{k} is {arch.get(k, '<missing>')!r}, expected "
+       f"{want!r}") for k, want in metadata.ARCHITECTURE.items()]
+
+
+def _model_config(meta: dict[str, Any]) -> list[Check]:
+  """2 points per architecture field; execution-only fields (dtype, remat) share the rest."""
+  model = _d(meta.get("model"))
+  valid = {"int": lambda x: is_int(x, 0),
+           "float": lambda x: is_int(x, -math.inf) or isinstance(x, float),
+           "bool": lambda x: isinstance(x, bool), "str": lambda x: isinstance(x, str)}
+  bad = {f.name: "missing" if f.name not in model else f"{model[f.name]!r}, not a {f.type}"
+         for f in dataclasses.fields(ModelConfig)
+         if not valid.get(f.type, lambda x: x is not None)(model.get(f.name))}
+  out = [(2, name not in bad, f"model.{name} is {bad.get(name)}")
+         for name in arch_match.ARCH_FIELDS]
+  execution = {k: v for k, v in bad.items() if k not in arch_match.ARCH_FIELDS}
+  out.append((24 - 2 * len(arch_match.ARCH_FIELDS), not execution, "execution fields: " +
+              ", ".join(f"model.{k} is {v}" for k, v in execution.items())))
+  try:
+    ModelConfig.from_dict(model)
+  except (ConfigError, TypeError) as e:
+    out.append((1, False, f"the model config is not a valid ModelConfig: {e}"))
+  return out
+
+
+def _tokenizer(meta: dict[str, Any]) -> tuple[list[Check], Any]:
+  raw, tok, error = meta.get("tokenizer"), None, "there is none"
+  try:
+    tok = tokenizer_from_json(raw)
+  except PregateError as e:
+    error = str(e) if raw is not None else error
+  vocab = _d(meta.get("model")).get("vocab_size")
+  return [(5, isinstance(raw, dict), "no tokenizer embedded"),
+          (3, _d(raw).get("type") in KINDS,
+           f"tokenizer type is {_d(raw).get('type', '<missing>')!r}, not one of {KINDS}"),
+          (3, tok is not None, f"the tokenizer does not rebuild ({error})"),
+          (4, tok is not None and tok.vocab_size == vocab, f"tokenizer size "
+           f"{tok.vocab_size if tok else '<unknown>'} is not model.vocab_size {vocab!r}")], tok
+
+
+def _data(meta: dict[str, Any], tok: Any) -> list[Check]:
+  data = _d(meta.get("data"))
+  fp = data.get("tokenizer_fingerprint")
+  out = [(points, valid(data.get(k)), f"data.{k} is {data.get(k, '<missing>')!r}")
+         for k, (points, valid) in metadata.DATA_FIELDS.items()] if data else [
+      (13, False, "no data fingerprint (manifest fields " + ", ".join(metadata.DATA_FIELDS) + ")")]
+  return out + [(2, tok is not None and fp == tok.fingerprint(), "data.tokenizer_fingerprint "
+                 + ("differs from the embedded tokenizer's" if tok and fp else
+                    "cannot be checked (no usable tokenizer or fingerprint)"))]
+
+
+def _training(m: dict[str, Any], step: int | None) -> list[Check]:
+  config = _d(m.get("config"))
+  checks = [(k, points, valid(m.get(k)) and (k != "step" or step in (None, m.get("step"))))
+            for k, (points, valid) in metadata.TRAINING_FIELDS.items()]
+  return [(points, ok, f"{k} is {repr(m[k])[:60] if k in m else 'missing'}" + (
+      f" (checkpoint dir: step {step})" if k == "step" and step is not None else ""))
+          for k, points, ok in checks] + [
+      (1, bool(config) and config.get("model") == m.get("model"),
+       "config.model differs from model" if config else "no config.model to compare")]
+
+
+def _signature(meta: dict[str, Any], stored: Signature) -> list[Check]:
+  try:
+    diffs = arch_match.signature_differences(
+        param_shapes(abstract_model(ModelConfig.from_dict(_d(meta.get("model"))))), stored)
+    out = [(12, not diffs, f"the model config's tensors differ from the stored ones "
+            f"({len(diffs)}): " + "; ".join(diffs))]
+  except (ConfigError, TypeError) as e:
+    out = [(12, False, f"the model config does not build a model to compare ({e})")]
+  if "signature" in meta:
+    try:
+      diffs = arch_match.signature_differences(
+          {p: (tuple(v[0]), str(v[1])) for p, v in meta["signature"].items()}, stored)
+      out.append((4, not diffs, "the metadata's signature differs from the stored one: "
+                  + "; ".join(diffs)))
+    except (AttributeError, TypeError, IndexError) as e:
+      out.append((4, False, f"the metadata's signature is malformed ({e})"))
+  total = sum(math.prod(shape) for shape, _ in stored.values())
+  claimed = _d(meta.get("param_counts")).get("total")
+  return out + [(4, claimed == total, f"param_counts.total is {claimed!r} but the stored "
+                 f"tensors hold {total:,} parameters")]
+
+
+def quality(meta: dict[str, Any] | None, stored_signature: Signature,
+            step: int | None = None) -> dict[str, Any]:
+  """The 0-100 score of the module docstring. Pure: reads nothing, traces an abstract model."""
+  if not isinstance(meta, dict):
+    no_meta = "no pregate metadata; stamp it: " + STAMP_HINT.format(path="PATH")
+    checks = {name: [(w, False, no_meta)] for name, w in SUBSCORES.items()}
+  else:
+    tok_checks, tok = _tokenizer(meta)
+    checks = {"identity": _identity(meta), "model_config": _model_config(meta),
+              "tokenizer": tok_checks, "data_provenance": _data(meta, tok),
+              "training_provenance": _training(meta, step),
+              "signature": _signature(meta, stored_signature)}
+  subs = {}
+  for name, weight in SUBSCORES.items():
+    lost = [{"points": p, "reason": why} for p, ok, why in checks[name] if not ok]
+    subs[name] = {"score": weight - sum(x["points"] for x in lost), "max": weight, "lost": lost}
+  return {"score": sum(s["score"] for s in subs.values()), "max": 100, "subscores": subs}
+
+
+def _v(x: Any) -> str:
+  """A value for people: thousands separators, hashes shortened, '<missing>' for null."""
+  if x is None:
+    return "<missing>"
+  if is_int(x, -math.inf):
+    return f"{x:,}"
+  if metadata.is_sha256(x):
+    return x[:12] + "..."
+  return f"{x:.6g}" if isinstance(x, float) else str(x)
+
+
+def _kv(d: Any, keys: tuple[str, ...] = ()) -> str:
+  return ", ".join(f"{k}={_v(d.get(k))}" for k in keys or d) if _d(d) else "<missing>"
+
+
+def summary(directory: str, step: int, steps: list[int], meta: dict[str, Any] | None,
+            stored: Signature) -> list[str]:
+  """The metadata as labelled lines; every null or absent field shows as '<missing>'."""
+  n_stored = sum(math.prod(shape) for shape, _ in stored.values())
+  rows = [("checkpoint", f"{directory}/{step} (steps on disk: {steps})"),
+          ("stored", f"{len(stored)} tensors, {n_stored:,} parameters (orbax metadata)")]
+  if meta is None:
+    rows.append(("metadata", "NONE, so architecture, tokenizer and provenance are unknown and "
+                 "it cannot be loaded; fix: " + STAMP_HINT.format(path=f"{directory}/{step}")))
+  m = meta or {}
+  tok, gate = _d(m.get("tokenizer")), _d(m.get("gate"))
+  vocab = len(tok["vocab"]) if isinstance(tok.get("vocab"), str) else (
+      256 if tok.get("type") == "byte" else None)
+  rows += [
+      ("schema", _v(m.get("schema"))), ("architecture", _kv(m.get("architecture"))),
+      ("model", _kv(m.get("model"))), ("params", _kv(m.get("param_counts"))),
+      ("tokenizer", f"type={_v(tok.get('type'))}, vocab_size={_v(vocab)}"),
+      ("data", _kv(m.get("data"))), ("step", _kv(m, ("step", "termination"))),
+      ("tokens", _kv(m, ("tokens_seen", "planned_tokens"))),
+      ("val loss", _kv(m, ("val_loss", "best_val_loss"))),
+      ("eval batches", _kv(m.get("eval_batches"))),
+      ("gate", _kv(gate, ("contract", "contract_version", "zone", "ratio", "floor_ratio",
+                          "passed", "bypassed")) + ("; BYPASSED (--force_under_provisioned)"
+                                                    if gate.get("bypassed") else "")),
+      ("mesh at save", _kv(m.get("mesh"))), ("git commit", _v(m.get("git_commit"))),
+      ("libraries", _kv(m.get("libraries")))]
+  if "stamped" in m:
+    rows.append(("stamped", _kv(m["stamped"], ("by", "time", "replaced_existing")) +
+                 "; training provenance it could not know is <missing>"))
+  return [f"{k:<13} {v}" for k, v in rows]

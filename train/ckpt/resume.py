@@ -1,0 +1,124 @@
+"""Validated resume and warm start: every restore proves the architecture first.
+
+The metadata's model config and tokenizer, and orbax's stored array signature (paths, shapes,
+dtypes; no array data read), are compared with the configured model's abstract state by
+`gates.arch_match` before a single array is restored. Restores target the current mesh's
+shardings, so a checkpoint saved on one topology loads on another.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import optax
+from absl import logging
+
+from core.checks import first_line
+from core.errors import CheckpointError
+from gates import arch_match
+from train.ckpt import metadata
+from train.ckpt.checkpointer import Checkpointer
+from train.ckpt.stepspec import checkpoint_dir, split_path_step
+from train.state.setup import TrainSetup
+from train.state.step import TrainState
+
+
+def validate(setup: TrainSetup, checkpointer: Checkpointer, step: int,
+             tokenizer: dict | None) -> dict[str, Any]:
+  """Raise before any array is read unless metadata and tensors match; return the metadata."""
+  source = f"checkpoint {checkpointer.directory}/{step}"
+  meta = metadata.require(checkpointer.read_meta(step), f"{checkpointer.directory}/{step}")
+  arch_match.check(source, expected_config=setup.model_cfg.to_dict(),
+                   expected_signature=setup.expected_signature(),
+                   found_signature=checkpointer.array_signature(step), meta=meta,
+                   expected_tokenizer=tokenizer)
+  return meta
+
+
+def restore_or_init(setup: TrainSetup, checkpointer: Checkpointer, data_iter: Any,
+                    tokenizer: dict | None) -> tuple[TrainState, dict | None]:
+  """Resume from the newest intact checkpoint (validated, strict) or start fresh.
+
+  A damaged step (unreadable metadata or array metadata, a truncated or missing array file)
+  is reported and skipped for the next newest; if every step is damaged the run stops
+  rather than training from scratch over them. An architecture mismatch is never "damage".
+  """
+  steps = sorted(checkpointer.steps(), reverse=True)
+  if not steps:
+    return setup.fresh_state(), None
+  damaged: dict[int, str] = {}
+  for step in steps:
+    try:
+      meta = validate(setup, checkpointer, step, tokenizer)
+      state = _restore(setup, checkpointer, step, data_iter)
+    except (arch_match.ArchitectureMismatchError, arch_match.MissingMetadataError):
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning("checkpoint %s/%d is damaged, skipped: %s", checkpointer.directory,
+                      step, first_line(e))
+      damaged[step] = first_line(e)
+      continue
+    if damaged and jax.process_index() == 0:
+      checkpointer.set_aside(sorted(damaged))
+    return state, meta
+  raise CheckpointError(
+      f"no usable checkpoint in {checkpointer.directory} ("
+      + "; ".join(f"step {s}: {why}" for s, why in damaged.items())
+      + "); refusing to train from scratch over them: move the directory aside to start "
+      "afresh, or fix it")
+
+
+def _restore(setup: TrainSetup, checkpointer: Checkpointer, step: int, data_iter: Any
+             ) -> TrainState:
+  params_t, opt_t = setup.targets()
+  same_topology = data_iter is not None and os.path.exists(os.path.join(
+      checkpointer.directory, str(step), "data",
+      f"process_{jax.process_index()}-of-{jax.process_count()}.json"))
+  try:
+    got = checkpointer.restore(step, params_target=params_t, opt_target=opt_t,
+                               data_iter=data_iter if same_topology else None)
+  except ValueError as e:
+    raise CheckpointError(
+        f"its arrays could not be restored ({first_line(e)}); if only the optimizer "
+        f"settings changed, restore them, or warm start the parameters with --init") from None
+  if data_iter is not None and not same_topology:
+    # Saved by another process count: batch i is a pure function of (seed, i) and each
+    # step consumes one batch, so the position is the step; this process's rows follow.
+    logging.warning("checkpoint %s/%d was saved by another process count; data position "
+                    "derived from the step", checkpointer.directory, step)
+    data_state = data_iter.get_state()
+    data_state["next_index"] = step
+    data_iter.set_state(data_state)
+  return TrainState(jax.device_put(jax.numpy.asarray(step, jax.numpy.int32),
+                                   setup.shardings.step), got["params"], got["opt_state"])
+
+
+def open_init(spec: str) -> tuple[Checkpointer, int]:
+  """`--init=PATH[:STEP]` -> (read-only checkpointer, resolved step); refuses before any write
+  when the path or step does not exist."""
+  path, step = split_path_step(spec)
+  ckpt = Checkpointer(checkpoint_dir(path), read_only=True)
+  try:
+    return ckpt, ckpt.resolve(step)
+  except Exception:
+    ckpt.close()
+    raise
+
+
+def init_from(setup: TrainSetup, spec: str, tokenizer: dict | None,
+              tx: optax.GradientTransformation) -> tuple[TrainState, dict[str, Any]]:
+  """Warm start from `PATH[:STEP]`: validated parameters only; fresh optimizer and schedule."""
+  ckpt, resolved = open_init(spec)
+  try:
+    meta = validate(setup, ckpt, resolved, tokenizer)
+    try:
+      params = ckpt.restore(resolved, params_target=setup.targets()[0])["params"]
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(f"--init={spec}: checkpoint step {resolved} is damaged "
+                            f"({first_line(e)}); pick another step") from None
+  finally:
+    ckpt.close()
+  opt_state = jax.jit(tx.init, out_shardings=setup.shardings.opt_state)(params)
+  step0 = jax.device_put(jax.numpy.zeros((), jax.numpy.int32), setup.shardings.step)
+  return TrainState(step0, params, opt_state), meta

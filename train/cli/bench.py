@@ -1,0 +1,127 @@
+"""`pregate-bench --config=configs/x.py`: speed figures for a config, as medians.
+
+Prints step time, tokens/s, model FLOP/s, MFU against this machine's measured fp32 and bf16
+matmul peaks, compile time, data-pipeline tokens/s next to the step's token demand, checkpoint
+save blocking time, and the collectives in the compiled step (all-gather / reduce-scatter /
+all-reduce counts from the HLO). The step is the one `train.main` compiles (`RunSetup`), so the
+figures are the run's. Nothing here gates a run; figures go to BUILD_NOTES.md.
+"""
+from __future__ import annotations
+
+import os
+import re
+import statistics
+import tempfile
+import time
+from typing import Any
+
+from absl import flags
+from ml_collections import config_flags
+
+from core import cli
+from core.errors import ConfigError
+
+FLAGS = flags.FLAGS
+COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
+
+
+def _define_flags() -> None:
+  config_flags.DEFINE_config_file("config", None, "Experiment config.", lock_config=True)
+  flags.DEFINE_integer("steps", 100, "Timed steps (after warm-up).")
+  flags.DEFINE_integer("warmup", 10, "Untimed steps after compile.")
+  flags.DEFINE_integer("saves", 5, "Checkpoint saves to time.")
+
+
+def collective_counts(hlo_text: str) -> dict[str, int]:
+  """Count collective ops (sync or async-start forms) in optimized HLO text."""
+  return {op: len(re.findall(rf"\b{op}(?:-start)?\(", hlo_text)) for op in COLLECTIVES}
+
+
+def bench(config: Any, steps: int, warmup: int, saves: int) -> dict[str, float | str]:
+  import jax
+
+  from models.config import ModelConfig
+  from models.params import count_params
+  from train.ckpt.checkpointer import Checkpointer
+  from train.data import pipeline
+  from train.run.setup import RunSetup, open_data
+  from train.runtime import distributed
+  from train.state import flops, sharding
+
+  model_cfg = ModelConfig.from_dict(config.model.to_dict())
+  distributed.split_cpu_cores(config, model_cfg, multi_process=False)
+  counts = count_params(model_cfg)
+  bcfg = config.batch
+  with tempfile.TemporaryDirectory() as tmp:
+    data = open_data(config, tmp, model_cfg)
+    rs = RunSetup.build(config, model_cfg)
+    out: dict[str, float | str] = {"config_params": counts.total,
+                                   "mesh": sharding.describe(rs.mesh)}
+    out["data_tokens_per_s"] = pipeline.measure_throughput(rs.train_iter(data.train, 10**6), 500)
+    out["compile_s"] = rs.compile_s
+    out.update({f"hlo_{k}": v for k, v in collective_counts(rs.compiled.as_text()).items()})
+    state, it = rs.state.fresh_state(), rs.train_iter(data.train, 10**6)
+    for _ in range(warmup):
+      state, m = rs.compiled(state, rs.to_global(next(it)))
+    jax.block_until_ready(state)
+    # The loop as train.main runs it: next batch read and placed, step dispatched, the previous
+    # step's metrics read; timed over consecutive steps so host work between steps counts too.
+    times, prev = [], None
+    for _ in range(steps):
+      t = time.perf_counter()
+      state, m = rs.compiled(state, rs.to_global(next(it)))
+      if prev is not None:
+        float(prev["loss"])
+      prev = m
+      times.append(time.perf_counter() - t)
+    jax.block_until_ready(state)
+    step_s = statistics.median(times)
+    tokens = bcfg.global_batch * bcfg.seq_len
+    fpt = flops.flops_per_token(model_cfg, counts.total, bcfg.seq_len)
+    out.update(step_ms=1e3 * step_s, tokens_per_s=tokens / step_s,
+               model_gflops=tokens * fpt / step_s / 1e9,
+               xla_gflops_per_step=(rs.compiled.cost_analysis() or {}).get("flops", 0) / 1e9)
+    for dt in ("float32", "bfloat16"):
+      peak, src = flops.device_peak(dt)
+      out[f"peak_{dt}_gflops"] = peak * jax.device_count() / 1e9
+      out[f"mfu_vs_{dt}"] = tokens * fpt / step_s / (peak * jax.device_count())
+    out["peak_source"] = src
+    out["data_vs_step_demand"] = out["data_tokens_per_s"] / out["tokens_per_s"]
+    ckpt = Checkpointer(os.path.join(tmp, "ckpt"), keep=2, keep_best=0)
+    blocking = []
+    for i in range(saves):
+      state, m = rs.compiled(state, rs.to_global(next(it)))
+      jax.block_until_ready(state)
+      t = time.perf_counter()
+      ckpt.save(i + 1, state.params, state.opt_state, it, {"bench": True})
+      blocking.append(time.perf_counter() - t)
+      ckpt.wait()
+    ckpt.close()
+    out["save_blocking_ms"] = 1e3 * statistics.median(blocking)
+  return out
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  if FLAGS.config is None:
+    raise ConfigError("no experiment config: pass --config=configs/<name>.py")
+  for name in ("steps", "saves"):
+    if FLAGS[name].value < 1:
+      raise ConfigError(f"--{name} must be >= 1, got {FLAGS[name].value}")
+  if FLAGS.warmup < 0:
+    raise ConfigError(f"--warmup must be >= 0, got {FLAGS.warmup}")
+  from train.runtime import host_memory
+  host_memory.reexec_with_tunables()
+  res = bench(FLAGS.config, FLAGS.steps, FLAGS.warmup, FLAGS.saves)
+  width = max(len(k) for k in res)
+  for k, v in res.items():
+    print(f"{k:<{width}}  {v:,.4g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+
+
+def run() -> None:
+  """Console-script entry point."""
+  cli.run_command(main, _define_flags)
+
+
+if __name__ == "__main__":
+  run()

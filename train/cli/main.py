@@ -1,0 +1,84 @@
+"""`pregate-train --config=configs/x.py --workdir=DIR` (or `python -m train.main`): pretraining.
+
+Order matters: flags and config are parsed, the config is sanity-checked and the Chinchilla gate
+decides from the abstract model, all before any XLA compile and before anything in the workdir
+is written (`train.run.preflight`). Re-running the same command on the same workdir resumes
+from the latest checkpoint.
+"""
+from __future__ import annotations
+
+import os
+
+from absl import flags, logging
+from ml_collections import config_flags
+
+from core import cli
+from core.errors import EXIT_PREEMPTED, GateRefusal
+from gates import chinchilla
+from train.run.preflight import preflight
+from train.runtime import host_memory
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  config_flags.DEFINE_config_file(
+      "config", None, "Experiment config file, e.g. configs/shakespeare_char.py.",
+      lock_config=True)
+  flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, data.")
+  flags.DEFINE_bool(
+      "force_under_provisioned", False,
+      "Run even if D < 20 N (Chinchilla gate); the bypass is logged and stamped into every "
+      "checkpoint.")
+  flags.DEFINE_integer(
+      "stop_after_steps", 0, "Stop after this many steps in this process, checkpoint and exit "
+      "as PREEMPTED (a planned interruption; re-run the same command to resume). 0 = off.")
+  flags.DEFINE_string(
+      "init", "", "Warm start a fresh run from PATH[:STEP] (a run's workdir or checkpoints "
+      "dir; STEP = latest|best|N): parameters only, fresh optimizer and schedule; validated "
+      "first.")
+  flags.DEFINE_string(
+      "coordinator_address", "", "host:port of process 0 for multi-process runs (else "
+      "auto-detected from SLURM/MPI/TPU environments, or a single process).")
+  flags.DEFINE_integer("num_processes", 0, "Processes in a multi-process run.")
+  flags.DEFINE_integer("process_id", -1, "This process's 0-based index.")
+  flags.DEFINE_bool(
+      "allow_config_change", False, "Resume a workdir with changed schedule fields (steps, "
+      "batch, optimizer, schedule); the change is recorded in checkpoint metadata.")
+
+
+def _is_primary() -> bool:
+  """Process 0 speaks for the job (known from flags or the launcher before jax starts)."""
+  return FLAGS.process_id <= 0 and os.environ.get("SLURM_PROCID", "0") == "0"
+
+
+def main(argv: list[str], seams=None) -> int:
+  """The run: preflight, re-exec for the malloc tunable, start-up, then the loop."""
+  del argv
+  config, workdir = FLAGS.config, FLAGS.workdir
+  plan = preflight(config, workdir, FLAGS.force_under_provisioned, FLAGS.init,
+                   FLAGS.allow_config_change)
+  host_memory.reexec_with_tunables()  # The run will start: once, before anything is logged.
+  if plan.changes.get("safe") and _is_primary():
+    logging.info("config changes since this workdir's first run (safe): %s",
+                 "; ".join(plan.changes["safe"]))
+  if plan.verdict.bypassed and _is_primary():
+    logging.warning(chinchilla.warning_line(plan.verdict))
+  from train.run import loop  # Heavy imports only once the run may start.
+  from train.runtime import distributed
+  process = (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  distributed.split_cpu_cores(config, plan.model_cfg, distributed.wants_multi_process(*process))
+  distributed.initialize(*process)
+  result = loop.run(config, workdir, plan, stop_after=FLAGS.stop_after_steps, init=FLAGS.init,
+                    seams=seams)
+  return EXIT_PREEMPTED if result.termination == "PREEMPTED" else 0
+
+
+def run(seams=None) -> None:
+  """Console-script entry point; `seams` (train.run.loop.Seams) is for fault-injection tests."""
+  cli.run_command(lambda argv: main(argv, seams), _define_flags,
+                  quiet_error=lambda e: isinstance(e, GateRefusal) and not _is_primary())
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,150 @@
+"""Scoring a checkpoint: loss, perplexity and bits per token/unit (behind `pregate-eval`).
+
+By default the checkpoint's own recorded eval batches are redrawn from the run's val split, so
+the loss must equal the `val_loss` stored with it: a mismatch means the restore, the data or the
+model code changed. `--data=FILE` instead scores every token of a text file, in non-overlapping
+windows of the trained sequence length, with the checkpoint's embedded tokenizer.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from core.errors import ConfigError, DataError
+from core.paths import data_dirs
+from models.transformer import Transformer
+from train.ckpt.restore import load_for_eval
+from train.ckpt.stepspec import checkpoint_dir
+from train.data import pipeline
+from train.data.tokenizer import Tokenizer
+
+EvalFn = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[jax.Array, jax.Array]]
+
+
+def make_eval_fn(model: Transformer) -> EvalFn:
+  """One jitted (inputs, targets, mask) -> (mean nats over mask, mask count); fixed shapes keep
+  it to a single compile, and the padded tail of a file is masked rather than reshaped."""
+  graphdef, state = nnx.split(model)
+
+  @jax.jit
+  def loss(state: nnx.State, inputs: jax.Array, targets: jax.Array, mask: jax.Array
+           ) -> tuple[jax.Array, jax.Array]:
+    logits = nnx.merge(graphdef, state)(inputs)
+    nats = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+    count = jnp.sum(mask)
+    return jnp.sum(nats * mask) / jnp.maximum(count, 1.0), count
+
+  return lambda inputs, targets, mask: loss(state, inputs, targets, mask)
+
+
+def val_dir(meta: dict[str, Any], ckpt_dir: str) -> str:
+  """Where the run read its val split: as the training run resolves it ('' = WORKDIR/data)."""
+  dcfg = (meta.get("config") or {}).get("data") or {}
+  return data_dirs(dcfg, os.path.dirname(ckpt_dir))[1]
+
+
+def file_windows(ids: np.ndarray, seq_len: int, batch_size: int
+                 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  """Batches [batch_size, seq_len] of non-overlapping windows covering every next-token target
+  of `ids` exactly once; the tail window and filler rows are zero-padded with mask 0."""
+  n_targets = len(ids) - 1
+  n_rows = -(-n_targets // seq_len)
+  n_rows = -(-n_rows // batch_size) * batch_size
+  flat = np.zeros(n_rows * seq_len + 1, np.int32)
+  flat[:len(ids)] = ids
+  shape = (n_rows // batch_size, batch_size, seq_len)
+  inputs, targets = flat[:-1].reshape(shape), flat[1:].reshape(shape)
+  mask = (np.arange(n_rows * seq_len) < n_targets).astype(np.float32).reshape(shape)
+  return list(zip(inputs, targets, mask))
+
+
+def _read_text(path: str, tokenizer: Tokenizer) -> np.ndarray:
+  """The file's token ids; unknown characters fail in the tokenizer, naming the first one."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      text = f.read()
+  except (OSError, UnicodeDecodeError) as e:
+    raise DataError(
+        f"cannot read --data={path} as UTF-8 text ({e}); pass a text file") from None
+  ids = tokenizer.encode(text)
+  if len(ids) < 2:
+    raise DataError(f"--data={path} has {len(ids)} token(s); at least 2 are needed to score "
+                    "one next-token prediction")
+  return ids
+
+
+def evaluate_checkpoint(path: str, step: str | int = "latest", data: str | None = None,
+                        batches: int | None = None) -> dict[str, Any]:
+  """Restore `path` at `step` and score it; returns the figures the CLI prints.
+
+  data=None: the recorded eval batches (the first `batches` of that stream when given; only
+  the recorded count reproduces `val_loss`). data=FILE: every token of the file (`batches`
+  caps the number of window batches).
+  """
+  if batches is not None and batches < 1:
+    raise ConfigError(f"--batches must be a positive integer, got {batches}")
+  restored = load_for_eval(path, step)
+  meta, tokenizer, model = restored.meta, restored.tokenizer, restored.model
+  desc = meta.get("eval_batches") or {}
+  train_cfg = (meta.get("config") or {}).get("batch") or {}
+  eval_fn = make_eval_fn(model)
+  recorded = meta.get("val_loss")
+  if data is None:
+    if not desc:
+      raise DataError(f"checkpoint step {restored.step} records no eval batches; pass "
+                      "--data=TEXTFILE to evaluate on a text file")
+    n = batches or int(desc["n_batches"])
+    split = pipeline.open_split(val_dir(meta, checkpoint_dir(path)),
+                                desc.get("split", "val"))
+    drawn = pipeline.reproduce_eval_batches(split, {**desc, "n_batches": n})
+    outs = [eval_fn(b["inputs"], b["targets"], np.ones(b["targets"].shape, np.float32))
+            for b in drawn]
+    means, counts = zip(*jax.device_get(outs))
+    loss = float(np.mean(means))  # the loop's reduction: a mean of equal-size batch means
+    source, seq_len = f"recorded eval batches ({split.path})", int(desc["seq_len"])
+    if n != int(desc["n_batches"]):
+      recorded = None
+  else:
+    ids = _read_text(data, tokenizer)
+    seq_len = min(int(train_cfg.get("seq_len") or model.cfg.max_seq_len), model.cfg.max_seq_len)
+    batch_size = int(desc.get("batch_size") or train_cfg.get("global_batch") or 8)
+    windows = file_windows(ids, seq_len, batch_size)[:batches]
+    means, counts = zip(*jax.device_get([eval_fn(*w) for w in windows]))
+    loss = float(np.dot(np.float64(means), np.float64(counts)) / np.sum(np.float64(counts)))
+    source, n, recorded = f"file {os.path.abspath(data)}", len(windows), None
+  tokens = int(np.sum(np.float64(counts)))
+  nats = float(np.dot(np.float64(means), np.float64(counts)))
+  kind = tokenizer.to_json()["type"]
+  # Both tokenizers emit one token per unit (a character, or a UTF-8 byte): units == tokens.
+  result = {"checkpoint": checkpoint_dir(path), "step": restored.step, "source": source,
+            "batches": n, "seq_len": seq_len, "tokens": tokens, "loss": loss,
+            "perplexity": math.exp(loss), "bits_per_token": loss / math.log(2),
+            f"bits_per_{kind}": nats / tokens / math.log(2),
+            "recorded_val_loss": recorded,
+            "abs_diff": None if recorded is None else abs(loss - recorded)}
+  return result
+
+
+def format_table(result: dict[str, Any]) -> str:
+  """A few aligned lines for people; the RESULT line is for scripts."""
+  rows = [("checkpoint", f"{result['checkpoint']} (step {result['step']})"),
+          ("data", result["source"]),
+          ("scored", f"{result['tokens']:,} tokens in {result['batches']} batch(es) of "
+                     f"seq_len {result['seq_len']}"),
+          ("loss", f"{result['loss']:.6f} nats/token"),
+          ("perplexity", f"{result['perplexity']:.4f}"),
+          ("bits/token", f"{result['bits_per_token']:.6f}")]
+  rows += [(k.replace("bits_per_", "bits/"), f"{v:.6f}") for k, v in result.items()
+           if k.startswith("bits_per_") and k != "bits_per_token"]
+  if result["recorded_val_loss"] is not None:
+    rows.append(("recorded", f"{result['recorded_val_loss']:.6f} (|diff| "
+                             f"{result['abs_diff']:.3g})"))
+  width = max(len(k) for k, _ in rows)
+  return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

@@ -1,0 +1,130 @@
+"""The loop's edges, each a small named state machine, so the loop body reads top to bottom.
+
+- `Termination`: why a run ended (also the guard failures), recorded in metrics and metadata.
+- `is_due`: "is it time" for an every-N-steps edge (always true on the last step).
+- `MetricsPipe`: the step's device metrics are read one step late (the device never waits for
+  Python), each read passing through the non-finite guard.
+- `ThroughputWindow`: tokens/s over the steps since the last log line, with the time spent at
+  edges (eval, logging, saves) paused out.
+- `EvalTracker`: best val loss and early stopping.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from core.errors import CheckpointError, DiskSpaceError, NonFiniteLossError
+from train.run.guards import NonFiniteGuard
+
+
+class Termination(enum.StrEnum):
+  COMPLETED = "COMPLETED"
+  EARLY_STOP = "EARLY_STOP"
+  PREEMPTED = "PREEMPTED"
+  NONFINITE = "NONFINITE"
+  DISK_FULL = "DISK_FULL"
+  CHECKPOINT_FAILED = "CHECKPOINT_FAILED"
+
+  @classmethod
+  def of_error(cls, err: BaseException) -> Termination | None:
+    """The termination a guard failure records; None for errors that are not run guards."""
+    for kind, term in ((NonFiniteLossError, cls.NONFINITE), (DiskSpaceError, cls.DISK_FULL),
+                       (CheckpointError, cls.CHECKPOINT_FAILED)):
+      if isinstance(err, kind):
+        return term
+    return None
+
+
+def is_due(step: int, every: int, last: int) -> bool:
+  """An every-`every`-steps edge fires at multiples of it and on the run's last step."""
+  return step % every == 0 or step == last
+
+
+class MetricsPipe:
+  """Holds the newest step's device metrics until the host can read them without stalling."""
+
+  def __init__(self, guard: NonFiniteGuard):
+    self.guard = guard
+    self._pending: tuple[int, Any] | None = None
+    self.losses: list[float] = []  # train losses read since the window last closed
+
+  def push(self, step: int, metrics: Any) -> None:
+    self.read()
+    self._pending = (step, metrics)
+
+  def read(self) -> dict[str, Any] | None:
+    """Read the pending step's metrics (blocking only on that step) and guard them."""
+    if self._pending is None:
+      return None
+    step, dev = self._pending
+    self._pending = None
+    m = jax.device_get(dev)
+    self.guard.check(step, float(m["loss"]), float(m["grad_norm"]), int(m["skipped"]))
+    self.losses.append(float(m["loss"]))
+    return m
+
+
+class ThroughputWindow:
+  """Steps and wall time since the last log line, minus time paused at the loop's edges."""
+
+  def __init__(self, tokens_per_step: int):
+    self.tokens_per_step = tokens_per_step
+    self.run_t0 = self._t0 = time.perf_counter()
+    self._steps, self._idle = 0, 0.0
+    self._paused_at: float | None = None
+
+  def step(self) -> None:
+    self._steps += 1
+
+  def pause(self) -> None:
+    self._paused_at = time.perf_counter()
+
+  def resume(self) -> None:
+    if self._paused_at is not None:
+      self._idle += time.perf_counter() - self._paused_at
+      self._paused_at = None
+
+  def elapsed(self) -> float:
+    return time.perf_counter() - self.run_t0
+
+  def close(self) -> tuple[float, float]:
+    """(tokens/s, seconds per step) of the window; starts the next one, paused (the edge
+    that closed it is still running)."""
+    now = time.perf_counter()
+    dt = max(now - self._t0 - self._idle, 1e-9)
+    out = self._steps * self.tokens_per_step / dt, dt / max(self._steps, 1)
+    self._t0, self._steps, self._idle, self._paused_at = now, 0, 0.0, now
+    return out
+
+
+@dataclasses.dataclass
+class EvalTracker:
+  """Best val loss, and evaluations without an improvement of more than min_delta."""
+
+  patience: int
+  min_delta: float
+  best: float | None = None
+  bad_evals: int = 0
+  val_loss: float | None = None
+
+  def update(self, loss: float) -> None:
+    self.val_loss = loss
+    if self.best is None or loss < self.best - self.min_delta:
+      self.best, self.bad_evals = loss if self.best is None else min(loss, self.best), 0
+    else:
+      self.bad_evals += 1
+      self.best = min(self.best, loss)
+
+  @property
+  def should_stop(self) -> bool:
+    return self.patience > 0 and self.bad_evals >= self.patience
+
+
+def mean_loss(losses: list[Any]) -> float:
+  """Mean of equal-size batch losses (device values are fetched together)."""
+  return float(np.mean(jax.device_get(losses)))

@@ -1,0 +1,111 @@
+"""What a run builds before its first step, built once here for `train.main` and `train.bench`
+alike: the data (prepared once, cached), the mesh, the training state's layout, the train
+iterator, the AOT-compiled step and the jitted eval step. So the benchmark times exactly the
+step that trains.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+from jax.experimental import multihost_utils
+from ml_collections import ConfigDict
+
+from core.errors import DataError
+from core.paths import data_dirs, resolve_path
+from models.config import ModelConfig
+from train.data import pipeline, prepare, store
+from train.data.tokenizer import Tokenizer, tokenizer_from_json
+from train.state import sharding
+from train.state import step as step_lib
+from train.state.setup import TrainSetup
+
+
+@dataclasses.dataclass
+class RunData:
+  manifest: dict[str, Any]
+  tokenizer: Tokenizer
+  train: pipeline.TokenArray
+  val: pipeline.TokenArray
+
+
+def open_data(config: ConfigDict, workdir: str, model_cfg: ModelConfig) -> RunData:
+  """Prepare (once, cached) and open the train/val token arrays; check the tokenizer fits."""
+  dcfg = config.data
+  data_dir, val_dir = data_dirs(dcfg, workdir)
+  if jax.process_index() == 0:  # One writer; the others read what it wrote (shared FS).
+    manifest = prepare.ensure_prepared(resolve_path(dcfg.corpus), data_dir, dcfg.tokenizer,
+                                       dcfg.val_fraction)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("pregate:data_prepared")
+    manifest = store.load_manifest(data_dir)
+  tokenizer = tokenizer_from_json(manifest["tokenizer"])
+  if tokenizer.vocab_size != model_cfg.vocab_size:
+    raise DataError(
+        f"tokenizer vocabulary has {tokenizer.vocab_size} symbols but model.vocab_size="
+        f"{model_cfg.vocab_size}; set --config.model.vocab_size={tokenizer.vocab_size}")
+  train_arr = pipeline.open_split(data_dir, "train")
+  val_arr = pipeline.open_split(val_dir, "val")
+  need = config.batch.seq_len + 1
+  train_arr.require(need, "training windows of batch.seq_len + 1 tokens")
+  val_arr.require(need, "validation windows of batch.seq_len + 1 tokens")
+  return RunData(manifest, tokenizer, train_arr, val_arr)
+
+
+@dataclasses.dataclass
+class RunSetup:
+  """The mesh, state layout, optimizer and compiled steps of one run."""
+
+  config: ConfigDict
+  model_cfg: ModelConfig
+  mesh: jax.sharding.Mesh
+  state: TrainSetup
+  tx: optax.GradientTransformation
+  batch_sharding: jax.sharding.NamedSharding
+  compiled: Any  # the AOT-compiled train step: (TrainState, batch) -> (TrainState, metrics)
+  compile_s: float
+  eval_fn: Any  # jitted (params, batch) -> mean loss of the batch
+
+  @classmethod
+  def build(cls, config: ConfigDict, model_cfg: ModelConfig) -> RunSetup:
+    """Mesh over every device (refused before compile if the run cannot split over it),
+    then the state layout and the compiled step, lowered on abstract shapes."""
+    shape = sharding.run_mesh_shape(config, model_cfg, jax.device_count())
+    mesh = sharding.make_mesh(shape)
+    tx, schedule = step_lib.make_optimizer(config), step_lib.lr_schedule(config)
+    state = TrainSetup.build(model_cfg, tx, config.seed, mesh)
+    batch_sharding = sharding.batch_sharding(mesh)
+    b = config.batch
+    t0 = time.perf_counter()
+    step_fn = state.jit_step(step_lib.make_train_step(
+        state.graphdef, tx, schedule, b.grad_accum,
+        skip_nonfinite=config.optimizer.skip_nonfinite > 0))
+    batch = {k: jax.ShapeDtypeStruct((b.global_batch, b.seq_len), np.int32,
+                                     sharding=batch_sharding) for k in ("inputs", "targets")}
+    compiled = step_fn.lower(state.abstract_state(), batch).compile()
+    compile_s = time.perf_counter() - t0
+    eval_fn = jax.jit(step_lib.make_eval_step(state.graphdef),
+                      in_shardings=(state.shardings.params, batch_sharding))
+    return cls(config, model_cfg, mesh, state, tx, batch_sharding, compiled, compile_s,
+               eval_fn)
+
+  def to_global(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """This process's rows of a batch -> one global array per key, split over the mesh."""
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(self.batch_sharding, x), batch)
+
+  def train_iter(self, tokens: pipeline.TokenArray, num_batches: int
+                 ) -> pipeline.ResumableIterator:
+    b = self.config.batch
+    return pipeline.make_train_iter(
+        tokens, global_batch=b.global_batch, seq_len=b.seq_len, seed=self.config.seed,
+        num_batches=num_batches, process_index=jax.process_index(),
+        process_count=jax.process_count())
+
+  def eval_loss(self, params: Any, batches: list[dict[str, jax.Array]]) -> float:
+    """Mean loss over equal-size global batches (the loop's reduction, also at step 0)."""
+    return float(np.mean(jax.device_get([self.eval_fn(params, b) for b in batches])))

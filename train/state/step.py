@@ -1,0 +1,130 @@
+"""The hot path: optimizer, state init, and the pure train/eval steps (state in, state out).
+
+The model's graph is split once into a static GraphDef and a pure-dict parameter tree; the step
+merges them inside `jax.jit`, so there is no per-step NNX graph traversal in Python and the
+state buffers can be donated.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from ml_collections import ConfigDict
+
+from models.config import ModelConfig
+from models.transformer import Transformer
+
+Params = dict[str, Any]
+Batch = dict[str, jax.Array]
+
+
+class TrainState(NamedTuple):
+  step: jax.Array
+  params: Params
+  opt_state: optax.OptState
+
+
+def lr_schedule(config: ConfigDict) -> optax.Schedule:
+  """Linear warmup from 0 to lr, then cosine decay to lr * min_lr_ratio at decay_steps."""
+  sched, opt = config.schedule, config.optimizer
+  decay_steps = sched.decay_steps or config.train_steps
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=opt.lr, warmup_steps=sched.warmup_steps,
+      decay_steps=max(decay_steps, sched.warmup_steps + 1),
+      end_value=opt.lr * sched.min_lr_ratio)
+
+
+def decay_mask(params: Params) -> Params:
+  """Weight decay on projection matrices only: never on norms (1-D) or the token embedding."""
+  def keep(path, leaf) -> bool:
+    top = getattr(path[0], "key", None)
+    return leaf.ndim >= 2 and top != "embed"
+  return jax.tree_util.tree_map_with_path(keep, params)
+
+
+def make_optimizer(config: ConfigDict) -> optax.GradientTransformation:
+  opt = config.optimizer
+  return optax.chain(
+      optax.clip_by_global_norm(opt.grad_clip) if opt.grad_clip > 0 else optax.identity(),
+      optax.adamw(lr_schedule(config), b1=opt.b1, b2=opt.b2, eps=opt.eps,
+                  weight_decay=opt.weight_decay, mask=decay_mask))
+
+
+
+def init_fn(model_cfg: ModelConfig, tx: optax.GradientTransformation, seed: int
+            ) -> tuple[nnx.GraphDef, Callable[[], TrainState]]:
+  """(graphdef, a no-argument function building the initial state) for jit or eval_shape.
+
+  The Rngs is created inside the function so tracing it compiles nothing extra, and jitting it
+  with out_shardings initializes every array directly on its devices.
+  """
+  with nnx.use_eager_sharding(False):
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0))))
+
+  def init() -> TrainState:
+    with nnx.use_eager_sharding(False):
+      params = nnx.to_pure_dict(nnx.state(Transformer(model_cfg, rngs=nnx.Rngs(seed))))
+    return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+
+  return graphdef, init
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """Mean next-token cross-entropy in float32."""
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+  return jnp.mean(losses)
+
+
+def make_loss_fn(graphdef: nnx.GraphDef) -> Callable[[Params, Batch], jax.Array]:
+  def loss_fn(params: Params, batch: Batch) -> jax.Array:
+    model = nnx.merge(graphdef, params)
+    return cross_entropy(model(batch["inputs"]), batch["targets"])
+  return loss_fn
+
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+                    schedule: optax.Schedule, grad_accum: int = 1, skip_nonfinite: bool = False
+                    ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+  """A pure step. With grad_accum > 1 the batch is split into microbatches whose gradients are
+  averaged in a `lax.scan`, so memory is that of one microbatch and the result equals the large
+  batch's (equal-size microbatches, mean loss). With skip_nonfinite, a step whose loss or
+  gradient norm is NaN/Inf leaves params and optimizer state unchanged (metrics['skipped'])."""
+  grad_fn = jax.value_and_grad(make_loss_fn(graphdef))
+
+  def grads_of(params: Params, batch: Batch) -> tuple[jax.Array, Params]:
+    if grad_accum == 1:
+      return grad_fn(params, batch)
+    micro = jax.tree.map(
+        lambda x: x.reshape(grad_accum, x.shape[0] // grad_accum, *x.shape[1:]), batch)
+
+    def body(carry, mb):
+      loss, grads = grad_fn(params, mb)
+      return jax.tree.map(jnp.add, carry, (loss, grads)), None
+
+    zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+    (loss, grads), _ = jax.lax.scan(body, zeros, micro)
+    return jax.tree.map(lambda g: g / grad_accum, (loss, grads))
+
+  def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+    loss, grads = grads_of(state.params, batch)
+    grad_norm = optax.tree.norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    if skip_nonfinite:
+      keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+      params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+    metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step),
+               "skipped": jnp.logical_not(finite).astype(jnp.int32) if skip_nonfinite
+               else jnp.zeros((), jnp.int32)}
+    return TrainState(state.step + 1, params, opt_state), metrics
+
+  return train_step
+
+
+def make_eval_step(graphdef: nnx.GraphDef) -> Callable[[Params, Batch], jax.Array]:
+  """Mean loss of one batch; the caller averages equal-size batches."""
+  return make_loss_fn(graphdef)
