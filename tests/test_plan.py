@@ -80,7 +80,8 @@ def test_manifest_gives_unique_tokens_and_warns_past_four_epochs(tmp_path):
 def test_bad_model_config_is_a_one_line_error():
   r = _run(NANOGPT, "--config.model.n_heads=3")
   assert r.returncode == 2
-  assert r.stderr.strip().splitlines()[-1].startswith("error: invalid model config")
+  assert r.stderr.strip().splitlines()[-1].startswith(
+      "ERROR: ModelConfigError: invalid model config")
   assert "Traceback" not in r.stderr
 
 

@@ -18,7 +18,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
 from core.checks import first_line
-from core.errors import CheckpointError
+from core.errors import CheckpointError, ConfigError
 from train.ckpt.stepspec import parse_step
 
 METRIC = "val_loss"
@@ -70,11 +70,14 @@ class Checkpointer:
   def resolve(self, step: str | int) -> int:
     """'latest' | 'best' | N (int or digits) -> a step that exists, or a CheckpointError
     saying which do."""
-    step = parse_step(step)
     steps = self.steps()
     if not steps:
       raise CheckpointError(f"no checkpoints in {self.directory}")
-    found = {"latest": self.latest_step(), "best": self.best_step()}.get(step, step)
+    try:
+      spec = parse_step(step)
+    except ConfigError:
+      spec = None  # not a step spelling: reported below with the steps that exist
+    found = {"latest": self.latest_step(), "best": self.best_step()}.get(spec, spec)
     if found not in steps:
       raise CheckpointError(f"checkpoint step {step!r} not found in {self.directory}; "
                             f"available: {steps}")

@@ -45,12 +45,13 @@ def checkpoint_dir(path: str) -> str:
 
 
 def locate(path: str, step: str | int | None) -> tuple[str, str | int]:
-  """PATH (workdir, checkpoints dir or a step dir) and a step -> (checkpoints dir, step)."""
+  """PATH (workdir, checkpoints dir or a step dir) and a step -> (checkpoints dir, step as
+  given, for `Checkpointer.resolve`)."""
   path = os.path.abspath(path)
   name = os.path.basename(path)  # A step dir is named by its step.
   if not (name.isdigit() and not os.path.isdir(os.path.join(path, "checkpoints")) and any(
       os.path.exists(os.path.join(path, f)) for f in ("_CHECKPOINT_METADATA", "params", "meta"))):
-    return checkpoint_dir(path), parse_step(step)
+    return checkpoint_dir(path), "latest" if step is None else step
   if step is not None and str(step) != name:
     raise ConfigError(f"{path} is the dir of step {name} but --step={step}; pass the "
                       f"checkpoints dir with --step, or the step dir alone")
