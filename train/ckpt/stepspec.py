@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+from core.checks import is_int
 from core.errors import CheckpointError, ConfigError
 
 STEP_WORDS = ("latest", "best")
@@ -14,7 +15,7 @@ def parse_step(value: str | int | None, default: str = "latest") -> str | int:
   """'latest' | 'best' | N -> that word or an int; None or '' -> default."""
   if value is None or (isinstance(value, str) and not value.strip()):
     return default
-  if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+  if is_int(value, 0):
     return value
   text = str(value).strip()
   if text.isdigit():
