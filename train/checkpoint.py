@@ -127,8 +127,11 @@ class Checkpointer:
     """Read every stored array (onto one device) to prove the files are whole; returns the
     bytes read. A truncated or missing array file raises CheckpointError naming the step."""
     one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    items = {k: ocp.args.StandardRestore(fallback_sharding=one) for k in ("params", "opt_state")}
     try:
+      # params always; opt_state unless orbax recorded the step as parameters-only (an import).
+      saved = getattr(self.manager.metadata(step), "item_handlers", None) or {"opt_state": 1}
+      items = {k: ocp.args.StandardRestore(fallback_sharding=one)
+               for k in ("params", "opt_state") if k == "params" or k in saved}
       got = self.manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # pylint: disable=broad-except
       first = str(e).splitlines()[0] if str(e) else type(e).__name__

@@ -5,9 +5,11 @@ damaged checkpoints: unreadable metadata or a missing step is one `ERROR:` line,
 
 `--quality` scores 0-100 in six sub-scores; loadability (the model rebuilds from the metadata
 alone and the stored tensors agree) weighs most. Every lost point says what is missing or wrong:
-  identity 10             schema 4; architecture family, hf_class, model_type 2 each
-  model_config 25         each architecture field (arch_match.ARCH_FIELDS) present with its
-                          type 2; execution-only fields (dtype, remat) 2; a valid ModelConfig 1
+  identity 10             schema 2; architecture family, hf_class, model_type 2 each, equal to
+                          the Hugging Face identity of model.family; model.family and
+                          model.qkv_bias recorded and consistent 2
+  model_config 25         each other architecture field (arch_match.ARCH_FIELDS) present with
+                          its type 2; execution-only fields (dtype, remat) 2; valid ModelConfig 1
   tokenizer 15            embedded 5, known type 3, rebuilds 3, size == model.vocab_size 4
   data_provenance 15      manifest fingerprint: source_sha256 3; train_sha256, val_sha256,
                           tokenizer_fingerprint 2 each; train_tokens, val_tokens, val_fraction,
@@ -30,12 +32,12 @@ from absl import app, flags
 
 from gates import arch_match
 from gates.errors import ConfigError, PregateError
-from models.config import ModelConfig, ModelConfigError
+from models.config import HF_IDENTITY, ModelConfig, ModelConfigError
 from models.params import abstract_model, param_shapes
 from train import cli
 from train.checkpoint import META_SCHEMA, Checkpointer, CheckpointError
 from train.restore import checkpoint_dir
-from train.run_state import ARCHITECTURE
+from train.run_state import architecture
 from train.sharding import AXES
 from train.tokenizer import KINDS, tokenizer_from_json
 
@@ -45,6 +47,8 @@ STAMP_HINT = "python -m train.stamp {path} --config=<the config it was trained w
 SUBSCORES = {"identity": 10, "model_config": 25, "tokenizer": 15, "data_provenance": 15,
              "training_provenance": 15, "signature": 20}
 _SHA = re.compile(r"[0-9a-f]{64}")
+# Scored under identity, not model_config: they name the Hugging Face architecture.
+IDENTITY_FIELDS = ("family", "qkv_bias")
 
 
 def locate(path: str, step: str | None) -> tuple[str, str]:
@@ -88,11 +92,21 @@ _DATA_FIELDS = {"source_sha256": (3, _sha), "train_sha256": (2, _sha), "val_sha2
 
 
 def _identity(meta: dict[str, Any]) -> list[Check]:
-  arch = _d(meta.get("architecture"))
-  return [(4, meta.get("schema") == META_SCHEMA,
+  """The Hugging Face identity: metadata written before model.family existed is a Llama."""
+  arch, model = _d(meta.get("architecture")), _d(meta.get("model"))
+  family = model.get("family", arch_match.ARCH_DEFAULTS["family"])
+  want = architecture(family) if family in HF_IDENTITY else {}
+  recorded = [k for k in IDENTITY_FIELDS if k not in model]
+  consistent = family in HF_IDENTITY and model.get("qkv_bias") == (family == "qwen2")
+  return [(2, meta.get("schema") == META_SCHEMA,
            f"schema is {meta.get('schema', '<missing>')!r}, expected {META_SCHEMA!r}")] + [
-      (2, arch.get(k) == want, f"architecture.{k} is {arch.get(k, '<missing>')!r}, expected "
-       f"{want!r}") for k, want in ARCHITECTURE.items()]
+      (2, k in want and arch.get(k) == want[k],
+       f"architecture.{k} is {arch.get(k, '<missing>')!r}, expected {want.get(k, '<unknown>')!r}"
+       f" for model.family={family!r}") for k in ("family", "hf_class", "model_type")] + [
+      (2, not recorded and consistent,
+       f"model.{' and model.'.join(recorded)} not recorded" if recorded else
+       f"model.family={family!r} with model.qkv_bias={model.get('qkv_bias')!r} is not a "
+       f"Hugging Face architecture (llama: no biases; qwen2: q/k/v biases)")]
 
 
 def _model_config(meta: dict[str, Any]) -> list[Check]:
@@ -103,10 +117,11 @@ def _model_config(meta: dict[str, Any]) -> list[Check]:
   bad = {f.name: "missing" if f.name not in model else f"{model[f.name]!r}, not a {f.type}"
          for f in dataclasses.fields(ModelConfig)
          if not valid.get(f.type, lambda x: x is not None)(model.get(f.name))}
-  out = [(2, name not in bad, f"model.{name} is {bad.get(name)}")
-         for name in arch_match.ARCH_FIELDS]
-  execution = {k: v for k, v in bad.items() if k not in arch_match.ARCH_FIELDS}
-  out.append((24 - 2 * len(arch_match.ARCH_FIELDS), not execution, "execution fields: " +
+  shaping = [k for k in arch_match.ARCH_FIELDS if k not in IDENTITY_FIELDS]
+  out = [(2, name not in bad, f"model.{name} is {bad.get(name)}") for name in shaping]
+  execution = {k: v for k, v in bad.items()
+               if k not in arch_match.ARCH_FIELDS and k not in IDENTITY_FIELDS}
+  out.append((24 - 2 * len(shaping), not execution, "execution fields: " +
               ", ".join(f"model.{k} is {v}" for k, v in execution.items())))
   try:
     ModelConfig.from_dict(model)

@@ -17,12 +17,23 @@ from absl import logging
 from flax import nnx
 
 from gates import arch_match
-from models.config import ModelConfig
+from models.config import HF_IDENTITY, ModelConfig
 from models.params import abstract_model, param_shapes
 from train import sharding, step as step_lib
 from train.checkpoint import Checkpointer, CheckpointError
 
-ARCHITECTURE = {"family": "llama", "hf_class": "LlamaForCausalLM", "model_type": "llama"}
+
+
+def architecture(family: str) -> dict[str, str]:
+  """The checkpoint metadata's `architecture` identity of a model family (ModelConfig.family):
+  which Hugging Face class and model_type its tensors are laid out as."""
+  hf_class, model_type = HF_IDENTITY[family]
+  return {"family": family, "hf_class": hf_class, "model_type": model_type}
+
+
+# The Llama identity (ModelConfig's default family); a run's metadata should use
+# architecture(model_cfg.family).
+ARCHITECTURE = architecture("llama")
 
 
 def _sds(x: Any, s: Any) -> jax.ShapeDtypeStruct:

@@ -34,7 +34,7 @@ from models.params import abstract_model, count_params, param_shapes
 from train import inspect as inspect_lib
 from train import cli, prepare_data, provenance
 from train.checkpoint import META_SCHEMA, Checkpointer, CheckpointError, write_json_atomic
-from train.run_state import ARCHITECTURE
+from train.run_state import architecture
 from train.tokenizer import KINDS, Tokenizer, build_tokenizer
 
 # Training provenance that a checkpoint's tensors and a config cannot recover: written as null.
@@ -62,7 +62,7 @@ def build_meta(config: dict[str, Any], model_cfg: ModelConfig, tokenizer: Tokeni
   """The metadata train/loop.py writes, with the unknowable fields null and `stamped` added."""
   batch = config["batch"]
   return dict(
-      schema=META_SCHEMA, architecture=ARCHITECTURE, model=model_cfg.to_dict(),
+      schema=META_SCHEMA, architecture=architecture(model_cfg.family), model=model_cfg.to_dict(),
       param_counts=count_params(model_cfg).to_dict(), tokenizer=tokenizer.to_json(),
       signature={p: [list(s), d] for p, (s, d) in sorted(signature.items())}, config=config,
       planned_tokens=chinchilla.planned_tokens(config["train_steps"], batch["global_batch"],
