@@ -6,9 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 import helpers
+import numpy as np
 
 # Llama/Qwen2 x tied/untied, all with grouped-query attention (4 query heads, 2 KV heads).
 CASES = [("llama", True), ("llama", False), ("qwen2", True), ("qwen2", False)]

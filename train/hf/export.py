@@ -34,7 +34,8 @@ DEFAULT_MAX_SHARD_BYTES = 5 * 10**9  # transformers' "5GB"
 SIDECAR = "pregate_metadata.json"
 # Checkpoint metadata carried through an export, so an import restores its provenance.
 CARRIED = ("schema", "step", "tokens_seen", "planned_tokens", "val_loss", "best_val_loss",
-           "eval_batches", "gate", "data", "config", "libraries", "git_commit", "termination")
+           "eval_batches", "gate", "data", "config", "mesh", "libraries", "git_commit",
+           "termination")
 
 
 def hf_config(cfg: ModelConfig, dtype: str) -> dict[str, Any]:
