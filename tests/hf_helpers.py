@@ -33,7 +33,7 @@ def model_config(family: str, tied: bool, **changes: Any):
   return ModelConfig(**{**fields, **changes})
 
 
-def random_params(cfg, seed: int = 0, std: float = 0.3) -> dict[str, np.ndarray]:
+def random_params(cfg, seed: int = 0, std: float = 0.2) -> dict[str, np.ndarray]:
   """Flat pregate params, every entry drawn at random (scales around 1)."""
   from train.hf.weights import signature
   rng = np.random.default_rng(seed)

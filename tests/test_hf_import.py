@@ -32,7 +32,7 @@ def _hf_model(family: str, tied: bool, seed: int = 0):
   with torch.no_grad():
     for name, p in model.named_parameters():
       base = 1.0 if name.endswith("norm.weight") else 0.0
-      p.copy_(base + 0.3 * torch.randn(p.shape, generator=gen))
+      p.copy_(base + 0.2 * torch.randn(p.shape, generator=gen))
   return model.eval()
 
 
