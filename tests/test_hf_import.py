@@ -154,7 +154,9 @@ REFUSALS = {
 
 @pytest.mark.parametrize("case", sorted(REFUSALS))
 def test_unsupported_field_refused_in_one_line(base_dir, tmp_path, case):
-  from train.hf.importer import import_hf
+  """import_hf refuses, and so does the header-only `check` (what a pre-compile check runs),
+  with the same line."""
+  from train.hf.importer import check, import_hf
   from train.hf.weights import HFConversionError
   edit, needle = REFUSALS[case]
   broken = Path(shutil.copytree(base_dir, tmp_path / "hf"))
@@ -164,6 +166,25 @@ def test_unsupported_field_refused_in_one_line(base_dir, tmp_path, case):
   message = str(e.value)
   assert "\n" not in message and needle in message, message
   assert not (tmp_path / "out").exists()
+  with pytest.raises(HFConversionError) as pre:
+    check(str(broken))
+  assert str(pre.value) == message
+
+
+def test_tied_checkpoint_may_store_an_identical_lm_head(tmp_path):
+  from safetensors.numpy import load_file, save_file
+  from train.hf.importer import check, import_hf
+  from train.hf.weights import HFConversionError
+  hf_dir = _save(_hf_model("qwen2", True), tmp_path / "hf")
+  tensors = load_file(str(hf_dir / "model.safetensors"))
+  tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"].copy()
+  save_file(tensors, str(hf_dir / "model.safetensors"), metadata={"format": "pt"})
+  assert check(str(hf_dir)).tie_embeddings
+  import_hf(str(hf_dir), str(tmp_path / "ok"))
+  tensors["lm_head.weight"][0, 0] += 1.0
+  save_file(tensors, str(hf_dir / "model.safetensors"), metadata={"format": "pt"})
+  with pytest.raises(HFConversionError, match="lm_head.weight differs"):
+    import_hf(str(hf_dir), str(tmp_path / "bad"))
 
 
 def test_cli_refusal_is_one_line_and_writes_nothing(base_dir, tmp_path):

@@ -24,7 +24,7 @@ from gates.errors import ConfigError
 from models.config import HF_IDENTITY, ModelConfig, ModelConfigError
 from train.hf import export as export_lib
 from train.hf import tokenizer_json
-from train.hf.weights import HFConversionError, from_hf, signature
+from train.hf.weights import HFConversionError, check_tensors, from_hf, signature
 from train.tokenizer import Tokenizer
 
 _DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
@@ -147,6 +147,65 @@ def _weight_files(hf_dir: str) -> dict[str, list[str] | None]:
                           f"(pytorch .bin weights are not read: convert them to safetensors)")
 
 
+_SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64",
+                       "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8",
+                       "U8": "uint8", "BOOL": "bool"}
+
+
+def read_headers(hf_dir: str) -> dict[str, tuple[tuple[int, ...], str]]:
+  """Tensor name -> (shape, numpy dtype name) from the safetensors headers; no data read."""
+  from safetensors import SafetensorError, safe_open
+  out: dict[str, tuple[tuple[int, ...], str]] = {}
+  for file in _weight_files(hf_dir):
+    path = os.path.join(hf_dir, file)
+    try:
+      with safe_open(path, framework="numpy") as f:
+        for key in list(f.keys()):
+          s = f.get_slice(key)
+          out[key] = (tuple(s.get_shape()), _SAFETENSORS_DTYPES.get(s.get_dtype(),
+                                                                    s.get_dtype()))
+    except (OSError, SafetensorError) as e:
+      raise HFConversionError(f"cannot read {path} ({' '.join(str(e).split())})") from None
+  return out
+
+
+def check(hf_dir: str, tokenizer: Tokenizer | None = None) -> ModelConfig:
+  """Every refusal `convert` would make, from config.json, the safetensors headers and the
+  tokenizer files only: cheap, and nothing touches JAX's devices (for a pre-compile check)."""
+  cfg, _ = read_config(hf_dir)
+  headers = _untie(cfg, read_headers(hf_dir), None)
+  check_tensors(headers, signature(cfg))
+  _tokenizer(hf_dir, cfg, tokenizer)
+  return cfg
+
+
+def _untie(cfg: ModelConfig, found: dict[str, Any], tensors: dict[str, np.ndarray] | None
+           ) -> dict[str, Any]:
+  """A tied checkpoint may still store lm_head.weight: accepted only as an exact copy of the
+  embedding (checked when the data is read), then dropped."""
+  if not cfg.tie_embeddings or "lm_head.weight" not in found:
+    return found
+  embed = None if tensors is None else tensors.get("model.embed_tokens.weight")
+  if embed is not None and not np.array_equal(tensors["lm_head.weight"], embed):
+    raise HFConversionError("tie_word_embeddings=true but lm_head.weight differs from "
+                            "model.embed_tokens.weight; fix tie_word_embeddings")
+  return {k: v for k, v in found.items() if k != "lm_head.weight"}
+
+
+def _tokenizer(hf_dir: str, cfg: ModelConfig, tokenizer: Tokenizer | None) -> Tokenizer:
+  """The directory's own tokenizer; `tokenizer` only where it has no tokenizer.json."""
+  has_own = os.path.exists(os.path.join(hf_dir, "tokenizer.json"))
+  tok = tokenizer_json.read(hf_dir) if has_own or tokenizer is None else tokenizer
+  if tokenizer is not None and tok != tokenizer:
+    raise HFConversionError(f"the given {tokenizer.to_json()['type']} tokenizer differs from "
+                            f"{hf_dir}/tokenizer.json, which the weights were trained with; "
+                            f"leave --tokenizer out")
+  if tok.vocab_size > cfg.vocab_size:
+    raise HFConversionError(f"the tokenizer has {tok.vocab_size} symbols but vocab_size="
+                            f"{cfg.vocab_size}; the embedding has no row for some ids")
+  return tok
+
+
 def read_tensors(hf_dir: str) -> dict[str, np.ndarray]:
   """Every tensor of the directory's safetensors file(s), as numpy (bfloat16 via ml_dtypes)."""
   import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy for safetensors)
@@ -184,22 +243,8 @@ def convert(hf_dir: str, tokenizer: Tokenizer | None = None
   hf_dir = os.path.abspath(hf_dir)
   cfg, raw = read_config(hf_dir)
   tensors = read_tensors(hf_dir)
-  if cfg.tie_embeddings and "lm_head.weight" in tensors:
-    embed = tensors.get("model.embed_tokens.weight")
-    if embed is None or not np.array_equal(tensors["lm_head.weight"], embed):
-      raise HFConversionError("tie_word_embeddings=true but lm_head.weight differs from "
-                              "model.embed_tokens.weight; fix tie_word_embeddings")
-    tensors = {k: v for k, v in tensors.items() if k != "lm_head.weight"}
-  params = from_hf(tensors, signature(cfg))
-  has_own = os.path.exists(os.path.join(hf_dir, "tokenizer.json"))
-  tok = tokenizer_json.read(hf_dir) if has_own or tokenizer is None else tokenizer
-  if tokenizer is not None and tok != tokenizer:
-    raise HFConversionError(f"the given {tokenizer.to_json()['type']} tokenizer differs from "
-                            f"{hf_dir}/tokenizer.json, which the weights were trained with; "
-                            f"leave --tokenizer out")
-  if tok.vocab_size > cfg.vocab_size:
-    raise HFConversionError(f"the tokenizer has {tok.vocab_size} symbols but vocab_size="
-                            f"{cfg.vocab_size}; the embedding has no row for some ids")
+  params = from_hf(_untie(cfg, tensors, tensors), signature(cfg))
+  tok = _tokenizer(hf_dir, cfg, tokenizer)
   sidecar_path = os.path.join(hf_dir, export_lib.SIDECAR)
   carried = _load_json(sidecar_path) if os.path.exists(sidecar_path) else {}
   files = sorted(f for f in os.listdir(hf_dir) if f.endswith(".safetensors"))
@@ -287,8 +332,12 @@ def is_hf_init(spec: str) -> bool:
 def init_from_hf(spec: str, workdir: str) -> str:
   """`--init=hf:DIR` -> the --init PATH of DIR converted into WORKDIR/hf_init (converted once;
   a later run of the same command reuses it if it came from the same files)."""
+  import jax
   hf_dir = os.path.abspath(spec[len(INIT_PREFIX):])
   target = os.path.join(os.path.abspath(workdir), "hf_init")
+  if jax.process_count() > 1:
+    raise ConfigError(f"--init={spec} converts in one process; for a multi-process run convert "
+                      f"first (pregate-import --hf_dir={hf_dir} --out=DIR), then --init=DIR")
   if os.path.isdir(os.path.join(target, "checkpoints")):
     from train.checkpoint import Checkpointer
     ckpt = Checkpointer(os.path.join(target, "checkpoints"), read_only=True)

@@ -91,37 +91,41 @@ def to_hf(params: Mapping[str, np.ndarray], dtype: np.dtype | None = None
   return dict(sorted(out.items(), key=lambda kv: hf_order(kv[0])))
 
 
-def from_hf(tensors: Mapping[str, np.ndarray],
-            expected: Mapping[str, tuple[tuple[int, ...], str]]) -> dict[str, np.ndarray]:
-  """HF state dict -> flat pregate params, proven complete against `expected` (the configured
-  model's signature: path -> (shape, dtype)). Missing, extra, mis-shaped or mis-typed tensors
-  are refused, naming the first few."""
-  out, extra = {}, []
-  for name, arr in tensors.items():
-    slot = pregate_path(name)
-    if slot is None or slot[0] not in expected:
-      extra.append(name)
-      continue
-    path, transposed = slot
-    out[path] = np.ascontiguousarray(arr.T if transposed else arr)
+def check_tensors(found: Mapping[str, tuple[tuple[int, ...], str]],
+                  expected: Mapping[str, tuple[tuple[int, ...], str]]) -> None:
+  """HF name -> (shape, dtype) against the configured model's signature (pregate path ->
+  (shape, dtype)): missing, extra, mis-shaped or mis-typed tensors are refused, naming the first
+  few. Reads no tensor data, so it can run on safetensors headers alone."""
+  slots = {name: pregate_path(name) for name in found}
+  extra = [n for n, slot in slots.items() if slot is None or slot[0] not in expected]
   if extra:
     raise HFConversionError(f"unexpected tensor(s) {_few(extra)}: pregate has no slot for them "
                             f"in this architecture ({_hint(extra)})")
-  missing = sorted(hf_name(p)[0] for p in expected if p not in out)
+  have = {slot[0] for slot in slots.values()}
+  missing = sorted(hf_name(p)[0] for p in expected if p not in have)
   if missing:
     raise HFConversionError(f"missing tensor(s) {_few(missing)}: the checkpoint is incomplete "
                             f"for the architecture its config.json describes")
   for path, (shape, dtype) in expected.items():
-    arr = out[path]
     name, transposed = hf_name(path)
     want = tuple(reversed(shape)) if transposed else tuple(shape)
-    got = tuple(reversed(arr.shape)) if transposed else tuple(arr.shape)
-    if got != want:
-      raise HFConversionError(f"tensor {name} has shape {list(got)} but config.json implies "
-                              f"{list(want)}; fix config.json or the weights")
-    if str(arr.dtype) != dtype:
-      raise HFConversionError(f"tensor {name} is {arr.dtype} but the checkpoint's dtype is "
+    got_shape, got_dtype = found[name]
+    if tuple(got_shape) != want:
+      raise HFConversionError(f"tensor {name} has shape {list(got_shape)} but config.json "
+                              f"implies {list(want)}; fix config.json or the weights")
+    if str(got_dtype) != dtype:
+      raise HFConversionError(f"tensor {name} is {got_dtype} but the checkpoint's dtype is "
                               f"{dtype}; every tensor must have the config's dtype")
+
+
+def from_hf(tensors: Mapping[str, np.ndarray],
+            expected: Mapping[str, tuple[tuple[int, ...], str]]) -> dict[str, np.ndarray]:
+  """HF state dict -> flat pregate params, proven complete first (`check_tensors`)."""
+  check_tensors({n: (tuple(a.shape), str(a.dtype)) for n, a in tensors.items()}, expected)
+  out = {}
+  for name, arr in tensors.items():
+    path, transposed = pregate_path(name)
+    out[path] = np.ascontiguousarray(arr.T if transposed else arr)
   return out
 
 
