@@ -128,10 +128,10 @@ class Checkpointer:
     bytes read. A truncated or missing array file raises CheckpointError naming the step."""
     one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     try:
-      # params always; opt_state unless orbax recorded the step as parameters-only (an import).
-      saved = getattr(self.manager.metadata(step), "item_handlers", None) or {"opt_state": 1}
-      items = {k: ocp.args.StandardRestore(fallback_sharding=one)
-               for k in ("params", "opt_state") if k == "params" or k in saved}
+      # opt_state too, unless orbax recorded the step as parameters-only (an HF import).
+      saved = getattr(self.manager.metadata(step), "item_handlers", None)
+      names = ["params"] + (["opt_state"] if not saved or "opt_state" in saved else [])
+      items = {k: ocp.args.StandardRestore(fallback_sharding=one) for k in names}
       got = self.manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # pylint: disable=broad-except
       first = str(e).splitlines()[0] if str(e) else type(e).__name__

@@ -23,7 +23,6 @@ from train import sharding, step as step_lib
 from train.checkpoint import Checkpointer, CheckpointError
 
 
-
 def architecture(family: str) -> dict[str, str]:
   """The checkpoint metadata's `architecture` identity of a model family (ModelConfig.family):
   which Hugging Face class and model_type its tensors are laid out as."""

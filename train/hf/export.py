@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from gates.errors import ConfigError
+from gates.errors import ConfigError, PregateError
 from models.config import ModelConfig
 from train.hf import model_card, tokenizer_json
-from train.hf.weights import hf_name, to_hf
+from train.hf.weights import to_hf
 
 DTYPES = ("float32", "bfloat16")
 DEFAULT_MAX_SHARD_BYTES = 5 * 10**9  # transformers' "5GB"
@@ -36,6 +36,10 @@ SIDECAR = "pregate_metadata.json"
 CARRIED = ("schema", "step", "tokens_seen", "planned_tokens", "val_loss", "best_val_loss",
            "eval_batches", "gate", "data", "config", "mesh", "libraries", "git_commit",
            "termination")
+
+
+class ExportError(PregateError):
+  """The export directory cannot be written."""
 
 
 def hf_config(cfg: ModelConfig, dtype: str) -> dict[str, Any]:
@@ -142,16 +146,15 @@ def export(checkpoint: str, out: str, *, step: str | int = "latest", dtype: str 
   source = f"checkpoint {checkpoint} step {restored.step}"
   if not allow_incomplete_card:
     model_card.require(meta, source, checkpoint)
-  params = flat_params(restored.model)
-  for path in params:
-    hf_name(path)  # Refuses a parameter with no HF counterpart before anything is written.
   import ml_dtypes
-  tensors = to_hf(params, np.dtype(dtype) if dtype != "bfloat16" else ml_dtypes.bfloat16)
+  # to_hf refuses a parameter with no HF counterpart, before anything is written.
+  tensors = to_hf(flat_params(restored.model),
+                  np.dtype(dtype) if dtype != "bfloat16" else ml_dtypes.bfloat16)
   kind = restored.tokenizer.to_json()["type"]
-  parent = os.path.dirname(out)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
+  parent, tmp = os.path.dirname(out), None
   try:
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
     files = write_weights(tensors, tmp, max_shard_bytes)
     files += tokenizer_json.write(restored.tokenizer, tmp, cfg.max_seq_len)
     _write_json(os.path.join(tmp, "config.json"), hf_config(cfg, dtype))
@@ -164,8 +167,12 @@ def export(checkpoint: str, out: str, *, step: str | int = "latest", dtype: str 
     if os.path.isdir(out):
       os.rmdir(out)  # Empty (checked above); rename cannot replace a directory otherwise.
     os.rename(tmp, out)
+  except OSError as e:
+    raise ExportError(f"cannot write the export next to {out} ({e}); free space or pick "
+                      f"another --out") from None
   finally:
-    shutil.rmtree(tmp, ignore_errors=True)
+    if tmp:
+      shutil.rmtree(tmp, ignore_errors=True)
   n_bytes = sum(a.nbytes for a in tensors.values())
   lacking = model_card.missing_fields(meta)
   return [(f"exported {source} ({cfg.hf_architecture}, {len(tensors)} tensors, "
