@@ -173,6 +173,7 @@ def test_unsupported_field_refused_in_one_line(base_dir, tmp_path, case):
 
 def test_tied_checkpoint_may_store_an_identical_lm_head(tmp_path):
   from safetensors.numpy import load_file, save_file
+
   from train.hf.importer import check, import_hf
   from train.hf.weights import HFConversionError
   hf_dir = _save(_hf_model("qwen2", True), tmp_path / "hf")

@@ -12,11 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import pytest
-
 import helpers
 import hf_helpers as hh
+import numpy as np
+import pytest
 
 pytestmark = pytest.mark.slow
 torch = pytest.importorskip("torch")
@@ -44,13 +43,15 @@ def exported(trained) -> Path:
 
 
 def test_default_experiment_checkpoint_exports_with_its_verdict(trained, exported):
+  from gates.chinchilla import ratio_text
   from train.restore import load_for_eval
   from train.sample import generate
   restored = load_for_eval(str(trained))
   meta = restored.meta
   card = (exported / "README.md").read_text()
   for needle in ("**BYPASSED** with --force_under_provisioned",
-                 f"planned D/N = {meta['gate']['ratio']:.2f} < 20",
+                 "planned D/N = " + ratio_text(meta["gate"]["tokens"], meta["gate"]["n_params"])
+                 + " < 20",
                  f"Parameters N = {meta['param_counts']['total']:,}",
                  f"Tokens seen D = {meta['tokens_seen']:,} at step {STEPS}",
                  f"{meta['val_loss']:.4f} nats/token",

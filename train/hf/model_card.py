@@ -56,8 +56,10 @@ def require(meta: Mapping[str, Any], source: str, path: str) -> None:
 def _verdict(gate: Mapping[str, Any]) -> str:
   if not gate:
     return UNKNOWN
-  ratio = gate.get("ratio")
-  ratio_s = f"{ratio:.2f}" if isinstance(ratio, (int, float)) else "?"
+  ratio, tokens, n = gate.get("ratio"), gate.get("tokens"), gate.get("n_params")
+  # The gate's own truncation (a refused 19.999 never reads as 20.00), else the stored ratio.
+  ratio_s = (chinchilla.ratio_text(tokens, n) if isinstance(tokens, int) and isinstance(n, int)
+             and n else f"{ratio:.2f}" if isinstance(ratio, (int, float)) else "?")
   floor = gate.get("floor_ratio", 20)
   if gate.get("passed"):
     return (f"passed ({gate.get('zone')} zone): planned D/N = {ratio_s} >= {floor} "
