@@ -12,7 +12,11 @@ from core.errors import PregateError
 
 # Fields of ModelConfig that define the architecture (dtype for compute does not change tensors).
 ARCH_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff",
-               "max_seq_len", "rope_theta", "tie_embeddings", "param_dtype", "norm_eps")
+               "max_seq_len", "rope_theta", "tie_embeddings", "param_dtype", "norm_eps",
+               "family", "qkv_bias")
+# Fields added after checkpoints existed, with the value every older checkpoint had: metadata
+# written before `family` existed describes a Llama without biases (its tensors prove it).
+ARCH_DEFAULTS = {"family": "llama", "qkv_bias": False}
 Signature = Mapping[str, tuple[tuple[int, ...], str]]
 
 
@@ -37,6 +41,7 @@ class MissingMetadataError(PregateError):
 
 def config_differences(expected: Mapping[str, Any], found: Mapping[str, Any]) -> list[str]:
   out = []
+  found = {**ARCH_DEFAULTS, **found}
   for name in ARCH_FIELDS:
     if name not in found:
       out.append(f"model.{name}: expected {expected.get(name)!r} found <missing>")

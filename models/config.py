@@ -15,6 +15,9 @@ from core.errors import ConfigError
 
 _DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots_saveable")
+# Architecture family -> its Hugging Face identity (`architectures[0]`, `model_type`). Qwen2 is
+# Llama plus biases on the q/k/v projections; o-projection and MLP stay bias-free in both.
+HF_IDENTITY = {"llama": ("LlamaForCausalLM", "llama"), "qwen2": ("Qwen2ForCausalLM", "qwen2")}
 
 
 class ModelConfigError(ConfigError):
@@ -35,6 +38,9 @@ class ModelConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   norm_eps: float = 1e-5
+  # Which Hugging Face architecture the tensors are laid out as; qwen2 <=> qkv_bias.
+  family: str = "llama"
+  qkv_bias: bool = False
   # Activation rematerialization per block (memory for compute): none | full | dots_saveable.
   # Execution only: not an architecture field, tensors are identical.
   remat: str = "none"
@@ -64,6 +70,12 @@ class ModelConfig:
                  f"{self.n_kv_heads}; n_kv_heads must divide n_heads (grouped-query attention)")
     if not self.rope_theta > 0:
       out.append(f"model.rope_theta must be > 0, got {self.rope_theta!r}")
+    if self.family not in HF_IDENTITY:
+      out.append(f"model.family={self.family!r} is not one of {tuple(HF_IDENTITY)}")
+    elif self.qkv_bias != (self.family == "qwen2"):
+      out.append(f"model.family={self.family!r} with model.qkv_bias={self.qkv_bias!r}: q/k/v "
+                 f"biases are the Qwen2 layout and Llama has none; set both family='qwen2' and "
+                 f"qkv_bias=True, or family='llama' and qkv_bias=False")
     if self.remat not in REMAT_POLICIES:
       out.append(f"model.remat={self.remat!r} is not one of {REMAT_POLICIES}")
     for name in ("dtype", "param_dtype"):
@@ -74,6 +86,15 @@ class ModelConfig:
   @property
   def head_dim(self) -> int:
     return self.d_model // self.n_heads
+
+  @property
+  def hf_architecture(self) -> str:
+    """transformers' class for these tensors, e.g. LlamaForCausalLM."""
+    return HF_IDENTITY[self.family][0]
+
+  @property
+  def hf_model_type(self) -> str:
+    return HF_IDENTITY[self.family][1]
 
   @property
   def compute_dtype(self) -> jnp.dtype:

@@ -1,9 +1,10 @@
 """A Llama-family decoder-only transformer in Flax NNX.
 
 Pre-norm RMSNorm, rotary position embeddings, grouped-query causal attention, SwiGLU MLP, final
-norm, tied or untied LM head, no biases. Every parameter carries logical axis names (`vocab`,
-`embed`, `heads`, `kv_heads`, `mlp`, `norm`) that mesh rules map to devices; matmuls accumulate
-in float32 and softmax/logits are float32 whatever the compute dtype.
+norm, tied or untied LM head; no biases except on the q/k/v projections of the Qwen2 family.
+Every parameter carries logical axis names (`vocab`, `embed`, `heads`, `kv_heads`, `mlp`,
+`norm`) that mesh rules map to devices; matmuls accumulate in float32 and softmax/logits are
+float32 whatever the compute dtype.
 """
 from __future__ import annotations
 
@@ -23,17 +24,24 @@ def _normal(std: float, names: tuple[str | None, ...]) -> nnx.Initializer:
 
 
 class Dense(nnx.Module):
-  """Bias-free projection whose matmul accumulates in float32 (bf16 inputs, f32 sums)."""
+  """Projection whose matmul accumulates in float32 (bf16 inputs, f32 sums); bias-free unless
+  `bias` (Qwen2's q/k/v), whose zero-initialised bias is added to the float32 sums."""
 
   def __init__(self, d_in: int, d_out: int, names: tuple[str, str], cfg: ModelConfig, *,
-               std: float = _INIT_STD, rngs: nnx.Rngs):
+               std: float = _INIT_STD, bias: bool = False, rngs: nnx.Rngs):
     init = _normal(std, names)
     self.kernel = nnx.Param(init(rngs.params(), (d_in, d_out), cfg.params_dtype))
+    if bias:
+      zeros = nnx.with_partitioning(nnx.initializers.zeros, (names[1],))
+      self.bias = nnx.Param(zeros(rngs.params(), (d_out,), cfg.params_dtype))
+    self.has_bias = bias
     self.dtype = cfg.compute_dtype
 
   def __call__(self, x: jax.Array, out_dtype: jnp.dtype | None = None) -> jax.Array:
     y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype),
                 preferred_element_type=jnp.float32)
+    if self.has_bias:
+      y = y + self.bias[...].astype(jnp.float32)
     return y.astype(out_dtype or self.dtype)
 
 
@@ -94,9 +102,12 @@ class Attention(nnx.Module):
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     hd, resid_std = cfg.head_dim, _INIT_STD / (2 * cfg.n_layers) ** 0.5
     self.cfg = cfg
-    self.wq = Dense(cfg.d_model, cfg.n_heads * hd, ("embed", "heads"), cfg, rngs=rngs)
-    self.wk = Dense(cfg.d_model, cfg.n_kv_heads * hd, ("embed", "kv_heads"), cfg, rngs=rngs)
-    self.wv = Dense(cfg.d_model, cfg.n_kv_heads * hd, ("embed", "kv_heads"), cfg, rngs=rngs)
+    bias = cfg.qkv_bias
+    self.wq = Dense(cfg.d_model, cfg.n_heads * hd, ("embed", "heads"), cfg, bias=bias, rngs=rngs)
+    self.wk = Dense(cfg.d_model, cfg.n_kv_heads * hd, ("embed", "kv_heads"), cfg, bias=bias,
+                    rngs=rngs)
+    self.wv = Dense(cfg.d_model, cfg.n_kv_heads * hd, ("embed", "kv_heads"), cfg, bias=bias,
+                    rngs=rngs)
     self.wo = Dense(cfg.n_heads * hd, cfg.d_model, ("heads", "embed"), cfg, std=resid_std,
                     rngs=rngs)
 

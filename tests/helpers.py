@@ -201,3 +201,12 @@ def assert_one_line_error(res: Result, *needles: str) -> str:
   for needle in needles:
     assert needle in line, f"{needle!r} missing from: {line}"
   return line
+
+
+def build_model(cfg: Any, seed: int = 0) -> Any:
+  """A real (allocated), unsharded model on the default device."""
+  from flax import nnx
+
+  from models.transformer import Transformer
+  with nnx.use_eager_sharding(False):
+    return Transformer(cfg, rngs=nnx.Rngs(seed))

@@ -42,6 +42,7 @@ FIELDS = {
     "n_heads": {"n_heads": 4}, "n_kv_heads": {"n_kv_heads": 2}, "d_ff": {"d_ff": 96},
     "tie_embeddings": {"tie_embeddings": False}, "rope_theta": {"rope_theta": 500000.0},
     "max_seq_len": {"max_seq_len": 256}, "param_dtype": {"param_dtype": "bfloat16"},
+    "family": {"family": "qwen2", "qkv_bias": True},
 }
 
 
@@ -140,6 +141,22 @@ def test_masquerade_refused_on_every_path(copy):
     with pytest.raises(ArchitectureMismatchError) as e:
       load()
     assert "tensor embed: expected float32[65, 64] found float32[65, 32]" in str(e.value)
+
+
+def test_metadata_from_before_family_existed_loads_as_llama(copy):
+  """Checkpoints written before model.family/qkv_bias describe a bias-free Llama (ARCH_DEFAULTS);
+  a Qwen2 config is still refused for them, by the fields and by the missing bias tensors."""
+  path = copy / "checkpoints" / str(STEP) / "meta" / "metadata"
+  meta = json.loads(path.read_text())
+  for key in ("family", "qkv_bias"):
+    meta["model"].pop(key)
+  path.write_text(json.dumps(meta))
+  got = load_for_eval(str(copy), STEP, expected=ModelConfig(**BASE))
+  assert got.model.cfg.family == "llama" and not got.model.cfg.qkv_bias
+  with pytest.raises(ArchitectureMismatchError) as e:
+    _setup(family="qwen2", qkv_bias=True).init_from(str(copy), _tokenizer(copy), _tx())
+  assert "model.family: expected 'qwen2' found 'llama'" in str(e.value)
+  assert "tensor blocks/0/attn/wq/bias: expected float32[32] found <missing>" in str(e.value)
 
 
 def test_dtype_mismatch_refused(copy):

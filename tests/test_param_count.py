@@ -12,17 +12,11 @@ import pytest
 from flax import nnx
 
 from configs import nanogpt_shakespeare_char_cpu
+from helpers import build_model
 from models.config import ModelConfig
 from models.params import abstract_model, count_params, param_shapes
-from models.transformer import Transformer
 
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
-
-
-def build_model(cfg: ModelConfig, seed: int = 0) -> Transformer:
-  """A real (allocated) model, to check the abstract count against."""
-  with nnx.use_eager_sharding(False):
-    return Transformer(cfg, rngs=nnx.Rngs(seed))
 
 
 def total_size(tree) -> int:

@@ -112,8 +112,11 @@ class Checkpointer:
     """Read every stored array (onto one device) to prove the files are whole; returns the
     bytes read. A truncated or missing array file raises CheckpointError naming the step."""
     one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    items = {k: ocp.args.StandardRestore(fallback_sharding=one) for k in ("params", "opt_state")}
     try:
+      # opt_state too, unless orbax recorded the step as parameters-only (an HF import).
+      saved = getattr(self.manager.metadata(step), "item_handlers", None)
+      names = ["params"] + (["opt_state"] if not saved or "opt_state" in saved else [])
+      items = {k: ocp.args.StandardRestore(fallback_sharding=one) for k in names}
       got = self.manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(f"checkpoint {self.directory}/{step} is damaged: its arrays cannot "

@@ -15,13 +15,19 @@ from typing import Any, Callable, Mapping
 from core import provenance
 from core.checks import is_int
 from gates import arch_match
-from models.config import ModelConfig
+from models.config import HF_IDENTITY, ModelConfig
 from models.params import ParamCounts
 from train.state.sharding import AXES
 
 SCHEMA = "pregate.checkpoint/v1"
-ARCHITECTURE = {"family": "llama", "hf_class": "LlamaForCausalLM", "model_type": "llama"}
 Signature = dict[str, tuple[tuple[int, ...], str]]
+
+
+def architecture(family: str) -> dict[str, str]:
+  """The `architecture` identity of a model family (ModelConfig.family): which Hugging Face
+  class and model_type its tensors are laid out as."""
+  hf_class, model_type = HF_IDENTITY[family]
+  return {"family": family, "hf_class": hf_class, "model_type": model_type}
 
 
 def is_sha256(x: Any) -> bool:
@@ -80,7 +86,8 @@ def data_fingerprint(manifest: Mapping[str, Any]) -> dict[str, Any]:
 def _model_record(config: dict[str, Any], model_cfg: ModelConfig, counts: ParamCounts,
                   tokenizer: dict[str, Any], signature: Signature) -> dict[str, Any]:
   """What every record carries, whoever writes it: identity, model, tensors, tokenizer."""
-  return dict(schema=SCHEMA, architecture=ARCHITECTURE, model=model_cfg.to_dict(),
+  return dict(schema=SCHEMA, architecture=architecture(model_cfg.family),
+              model=model_cfg.to_dict(),
               param_counts=counts.to_dict(), tokenizer=tokenizer,
               signature=signature_to_json(signature), config=config,
               libraries=provenance.library_versions(), git_commit=provenance.git_commit())
@@ -106,6 +113,20 @@ def save_record(run: Mapping[str, Any], *, step: int, tokens_seen: int,
   return dict(run, step=step, tokens_seen=tokens_seen, val_loss=val_loss,
               best_val_loss=best_val_loss, evals_without_improvement=evals_without_improvement,
               nonfinite_skipped=nonfinite_skipped, termination=termination)
+
+
+def import_record(*, model_cfg: ModelConfig, counts: ParamCounts, tokenizer: dict[str, Any],
+                  signature: Signature, step: int, provenance: Mapping[str, Any]
+                  ) -> dict[str, Any]:
+  """The record of a checkpoint converted from a Hugging Face directory: the identity, model,
+  tensors and tokenizer are the converter's; the training provenance is what the directory
+  carried (a pregate export's record) or null."""
+  unknown = ("tokens_seen", "val_loss", "gate", "data", "eval_batches", "config",
+             "libraries", "git_commit")
+  return {**{k: None for k in unknown}, **provenance, "schema": SCHEMA,
+          "architecture": architecture(model_cfg.family), "model": model_cfg.to_dict(),
+          "param_counts": counts.to_dict(), "tokenizer": tokenizer, "step": step,
+          "signature": signature_to_json(signature)}
 
 
 def stamp_record(*, config: dict[str, Any], model_cfg: ModelConfig, counts: ParamCounts,

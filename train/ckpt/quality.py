@@ -3,9 +3,11 @@ metadata as labelled lines. Pure: reads no file, traces only an abstract model.
 
 The score is 0-100 in six sub-scores; loadability (the model rebuilds from the metadata
 alone and the stored tensors agree) weighs most. Every lost point says what is missing or wrong:
-  identity 10             schema 4; architecture family, hf_class, model_type 2 each
-  model_config 25         each architecture field (arch_match.ARCH_FIELDS) present with its
-                          type 2; execution-only fields (dtype, remat) 2; a valid ModelConfig 1
+  identity 10             schema 2; architecture family, hf_class, model_type 2 each, equal to
+                          the Hugging Face identity of model.family; model.family and
+                          model.qkv_bias recorded and consistent 2
+  model_config 25         each other architecture field (arch_match.ARCH_FIELDS) present with
+                          its type 2; execution-only fields (dtype, remat) 2; valid ModelConfig 1
   tokenizer 15            embedded 5, known type 3, rebuilds 3, size == model.vocab_size 4
   data_provenance 15      metadata.DATA_FIELDS, each with its points; tokenizer_fingerprint ==
                           the embedded tokenizer's 2
@@ -23,7 +25,7 @@ from typing import Any
 from core.checks import is_int
 from core.errors import ConfigError, PregateError
 from gates import arch_match
-from models.config import ModelConfig
+from models.config import HF_IDENTITY, ModelConfig
 from models.params import abstract_model, param_shapes
 from train.ckpt import metadata
 from train.data.tokenizer import KINDS, tokenizer_from_json
@@ -33,6 +35,8 @@ Check = tuple[int, bool, str]  # (points, passed, what is missing or wrong if no
 STAMP_HINT = "pregate-stamp {path} --config=<the config it was trained with>"
 SUBSCORES = {"identity": 10, "model_config": 25, "tokenizer": 15, "data_provenance": 15,
              "training_provenance": 15, "signature": 20}
+# Scored under identity, not model_config: they name the Hugging Face architecture.
+IDENTITY_FIELDS = ("family", "qkv_bias")
 
 
 def _d(x: Any) -> dict[str, Any]:
@@ -40,11 +44,21 @@ def _d(x: Any) -> dict[str, Any]:
 
 
 def _identity(meta: dict[str, Any]) -> list[Check]:
-  arch = _d(meta.get("architecture"))
-  return [(4, meta.get("schema") == metadata.SCHEMA,
+  """The Hugging Face identity: metadata written before model.family existed is a Llama."""
+  arch, model = _d(meta.get("architecture")), _d(meta.get("model"))
+  family = model.get("family", arch_match.ARCH_DEFAULTS["family"])
+  want = metadata.architecture(family) if family in HF_IDENTITY else {}
+  recorded = [k for k in IDENTITY_FIELDS if k not in model]
+  consistent = family in HF_IDENTITY and model.get("qkv_bias") == (family == "qwen2")
+  return [(2, meta.get("schema") == metadata.SCHEMA,
            f"schema is {meta.get('schema', '<missing>')!r}, expected {metadata.SCHEMA!r}")] + [
-      (2, arch.get(k) == want, f"architecture.{k} is {arch.get(k, '<missing>')!r}, expected "
-       f"{want!r}") for k, want in metadata.ARCHITECTURE.items()]
+      (2, k in want and arch.get(k) == want[k],
+       f"architecture.{k} is {arch.get(k, '<missing>')!r}, expected {want.get(k, '<unknown>')!r}"
+       f" for model.family={family!r}") for k in ("family", "hf_class", "model_type")] + [
+      (2, not recorded and consistent,
+       f"model.{' and model.'.join(recorded)} not recorded" if recorded else
+       f"model.family={family!r} with model.qkv_bias={model.get('qkv_bias')!r} is not a "
+       f"Hugging Face architecture (llama: no biases; qwen2: q/k/v biases)")]
 
 
 def _model_config(meta: dict[str, Any]) -> list[Check]:
@@ -56,10 +70,11 @@ def _model_config(meta: dict[str, Any]) -> list[Check]:
   bad = {f.name: "missing" if f.name not in model else f"{model[f.name]!r}, not a {f.type}"
          for f in dataclasses.fields(ModelConfig)
          if not valid.get(f.type, lambda x: x is not None)(model.get(f.name))}
-  out = [(2, name not in bad, f"model.{name} is {bad.get(name)}")
-         for name in arch_match.ARCH_FIELDS]
-  execution = {k: v for k, v in bad.items() if k not in arch_match.ARCH_FIELDS}
-  out.append((24 - 2 * len(arch_match.ARCH_FIELDS), not execution, "execution fields: " +
+  shaping = [k for k in arch_match.ARCH_FIELDS if k not in IDENTITY_FIELDS]
+  out = [(2, name not in bad, f"model.{name} is {bad.get(name)}") for name in shaping]
+  execution = {k: v for k, v in bad.items()
+               if k not in arch_match.ARCH_FIELDS and k not in IDENTITY_FIELDS}
+  out.append((24 - 2 * len(shaping), not execution, "execution fields: " +
               ", ".join(f"model.{k} is {v}" for k, v in execution.items())))
   try:
     ModelConfig.from_dict(model)

@@ -15,6 +15,7 @@ from ml_collections import config_flags
 from core import cli
 from core.errors import EXIT_PREEMPTED, GateRefusal
 from gates import chinchilla
+from train.hf import importer
 from train.run.preflight import preflight
 from train.runtime import host_memory
 
@@ -35,8 +36,8 @@ def _define_flags() -> None:
       "as PREEMPTED (a planned interruption; re-run the same command to resume). 0 = off.")
   flags.DEFINE_string(
       "init", "", "Warm start a fresh run from PATH[:STEP] (a run's workdir or checkpoints "
-      "dir; STEP = latest|best|N): parameters only, fresh optimizer and schedule; validated "
-      "first.")
+      "dir; STEP = latest|best|N) or hf:DIR (a Hugging Face Llama/Qwen2 directory): "
+      "parameters only, fresh optimizer and schedule; validated first.")
   flags.DEFINE_string(
       "coordinator_address", "", "host:port of process 0 for multi-process runs (else "
       "auto-detected from SLURM/MPI/TPU environments, or a single process).")
@@ -69,7 +70,10 @@ def main(argv: list[str], seams=None) -> int:
   process = (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   distributed.split_cpu_cores(config, plan.model_cfg, distributed.wants_multi_process(*process))
   distributed.initialize(*process)
-  result = loop.run(config, workdir, plan, stop_after=FLAGS.stop_after_steps, init=FLAGS.init,
+  init = FLAGS.init
+  if init and importer.is_hf_init(init):  # converted once into WORKDIR/hf_init, then --init
+    init = importer.init_from_hf(init, workdir)
+  result = loop.run(config, workdir, plan, stop_after=FLAGS.stop_after_steps, init=init,
                     seams=seams)
   return EXIT_PREEMPTED if result.termination == "PREEMPTED" else 0
 

@@ -16,6 +16,7 @@ from gates import chinchilla, config_sanity
 from models.config import ModelConfig
 from models.params import ParamCounts, count_params
 from train.ckpt.stepspec import split_path_step
+from train.hf import importer
 from train.run import workdir as workdir_lib
 
 
@@ -46,9 +47,11 @@ def preflight(config: Any, workdir: str, force: bool, init: str = "",
   chinchilla.enforce(verdict)
   workdir_lib.check_usable(workdir)
   changes = workdir_lib.check_owner(workdir, cfg, allow_change)
-  if init and not os.path.isdir(split_path_step(init)[0]):
+  if init and importer.is_hf_init(init):
+    importer.check(init[len(importer.INIT_PREFIX):])  # headers only: nothing compiled
+  elif init and not os.path.isdir(split_path_step(init)[0]):
     raise ConfigError(f"--init={init}: no such checkpoint directory; pass a run's workdir or "
-                      f"checkpoints dir, optionally with :STEP")
+                      f"checkpoints dir (optionally with :STEP), or hf:DIR")
   _check_corpus(cfg["data"])
   return Plan(model_cfg, counts, verdict, changes)
 

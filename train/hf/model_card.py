@@ -1,0 +1,131 @@
+"""The exported model's README.md: what it is, how it was trained and how far to trust it.
+
+Every figure comes from the checkpoint's own metadata (written by the training run), never from
+the exporting environment, so a re-export of the same checkpoint writes the same card. A
+checkpoint lacking any field the card needs is refused by `missing_fields` (exporting it would
+publish an unverifiable claim); `allow_incomplete` prints such fields as "unknown".
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from core.errors import PregateError
+from gates import chinchilla
+from models.config import ModelConfig
+
+UNKNOWN = "unknown (not recorded in the checkpoint)"
+
+
+class ModelCardError(PregateError):
+  """The checkpoint lacks what the model card must state."""
+
+
+def _d(x: Any) -> dict[str, Any]:
+  return x if isinstance(x, dict) else {}
+
+
+def missing_fields(meta: Mapping[str, Any]) -> list[str]:
+  """The card's required facts this checkpoint does not record."""
+  gate, data = _d(meta.get("gate")), _d(meta.get("data"))
+  checks = {
+      "gate verdict (gate.zone/passed/bypassed)": all(k in gate for k in
+                                                      ("zone", "passed", "bypassed")),
+      "param_counts.total": isinstance(_d(meta.get("param_counts")).get("total"), int),
+      "tokens_seen": isinstance(meta.get("tokens_seen"), int),
+      "val_loss": isinstance(meta.get("val_loss"), (int, float)),
+      "data fingerprint (data.source_sha256)": isinstance(data.get("source_sha256"), str),
+      "libraries": bool(_d(meta.get("libraries"))),
+      "git_commit": isinstance(meta.get("git_commit"), str) and bool(meta.get("git_commit")),
+  }
+  return [name for name, ok in checks.items() if not ok]
+
+
+def require(meta: Mapping[str, Any], source: str, path: str) -> None:
+  """Refuse (one line, with the fix) a checkpoint the card cannot describe truthfully."""
+  lacking = missing_fields(meta)
+  if lacking:
+    raise ModelCardError(
+        f"{source} lacks what the model card must state: {', '.join(lacking)} (a stamped or "
+        f"imported checkpoint cannot know them). Export a checkpoint saved by train.main, "
+        f"warm-start a run from this one with `train.main --init={path}` and export that, or "
+        f"pass --allow_incomplete_card to publish them as unknown")
+
+
+def _verdict(gate: Mapping[str, Any]) -> str:
+  if not gate:
+    return UNKNOWN
+  ratio, tokens, n = gate.get("ratio"), gate.get("tokens"), gate.get("n_params")
+  # The gate's own truncation (a refused 19.999 never reads as 20.00), else the stored ratio.
+  ratio_s = (chinchilla.ratio_text(tokens, n) if isinstance(tokens, int) and isinstance(n, int)
+             and n else f"{ratio:.2f}" if isinstance(ratio, (int, float)) else "?")
+  floor = gate.get("floor_ratio", 20)
+  if gate.get("passed"):
+    return (f"passed ({gate.get('zone')} zone): planned D/N = {ratio_s} >= {floor} "
+            f"(contract {gate.get('contract', '?')} v{gate.get('contract_version', '?')})")
+  if gate.get("bypassed"):
+    return (f"**BYPASSED** with --force_under_provisioned ({gate.get('zone')} zone): planned "
+            f"D/N = {ratio_s} < {floor}; this model is under-trained for its size and is not a "
+            f"compute-optimal result")
+  return f"refused ({gate.get('zone')} zone), planned D/N = {ratio_s}"
+
+
+def _n(x: Any) -> str:
+  return UNKNOWN if x is None else f"{x:,}" if isinstance(x, int) else str(x)
+
+
+def render(meta: Mapping[str, Any], cfg: ModelConfig, tokenizer_kind: str, *,
+           dtype: str, export_versions: Mapping[str, str]) -> str:
+  """The README.md text (YAML front matter for the Hub, then the card)."""
+  counts, data, gate = _d(meta.get("param_counts")), _d(meta.get("data")), _d(meta.get("gate"))
+  n, seen, loss = counts.get("total"), meta.get("tokens_seen"), meta.get("val_loss")
+  unit = {"char": "character", "byte": "byte"}.get(tokenizer_kind, "token")
+  dn = (chinchilla.ratio_text(seen, n) if isinstance(seen, int) and isinstance(n, int) and n
+        else UNKNOWN)
+  has_loss = isinstance(loss, (int, float))
+  loss_s = (f"{loss:.4f} nats/token; {loss / math.log(2):.4f} bits per token = bits per "
+            f"{unit} (one token per {unit})") if has_loss else UNKNOWN
+  libs = ", ".join(f"{k} {v}" for k, v in sorted(_d(meta.get("libraries")).items()))
+  exported = ", ".join(f"{k} {v}" for k, v in sorted(export_versions.items()))
+  arch = cfg.hf_architecture
+  shape = (f"d_model {cfg.d_model}, {cfg.n_layers} layers, {cfg.n_heads} query heads / "
+           f"{cfg.n_kv_heads} key-value heads (head_dim {cfg.head_dim}), SwiGLU d_ff {cfg.d_ff}, "
+           f"RMSNorm eps {cfg.norm_eps:g}, RoPE theta {cfg.rope_theta:g}, context "
+           f"{cfg.max_seq_len}, {'tied' if cfg.tie_embeddings else 'untied'} embeddings"
+           f"{', q/k/v biases' if cfg.qkv_bias else ''}")
+  fingerprint = (f"source sha256 {_n(data.get('source_sha256'))}, train split "
+                 f"{_n(data.get('train_sha256'))}, val split {_n(data.get('val_sha256'))} "
+                 f"({_n(data.get('train_tokens'))} / {_n(data.get('val_tokens'))} tokens)")
+  lines = [
+      "---", "library_name: transformers", "pipeline_tag: text-generation",
+      f"tags: [pregate, {cfg.hf_model_type}, causal-lm]", "---", "",
+      f"# {arch} exported by pregate", "",
+      (f"A {cfg.n_layers}-layer decoder-only language model trained with pregate (JAX/Flax "
+       f"NNX) and exported to the Hugging Face `{arch}` layout ({dtype} weights)."), "",
+      "## Architecture", "",
+      f"- {arch} (`model_type: {cfg.hf_model_type}`): {shape}.",
+      (f"- Tokenizer: pregate {tokenizer_kind} tokenizer, vocabulary {cfg.vocab_size}, no "
+       f"special tokens."),
+      f"- Parameters N = {_n(n)} ({_n(counts.get('non_embedding'))} non-embedding).", "",
+      "## Training", "",
+      f"- Chinchilla gate: {_verdict(gate)}.",
+      (f"- Tokens seen D = {_n(seen)} at step {_n(meta.get('step'))}; D/N = {dn} (20 is "
+       f"compute-optimal)."),
+      f"- Validation loss: {loss_s}.",
+      f"- Data fingerprint: {fingerprint}.",
+      f"- Trained with: {libs or UNKNOWN}.",
+      f"- pregate git commit: {_n(meta.get('git_commit'))}.",
+      f"- Exported with: {exported}.", "",
+      "## Intended use", "",
+      ("Research and teaching: studying small language models and checking training and "
+       "conversion pipelines. It is not instruction-tuned, not safety-tested and not suited to "
+       "producing text anyone relies on; it continues text in the style of its training data."),
+      "", "## Use", "", "```python",
+      "from transformers import AutoModelForCausalLM, AutoTokenizer",
+      "tok = AutoTokenizer.from_pretrained(PATH)",
+      "model = AutoModelForCausalLM.from_pretrained(PATH)",
+      "ids = tok(\"ROMEO:\", return_tensors=\"pt\").input_ids",
+      "print(tok.decode(model.generate(ids, max_new_tokens=100, do_sample=False)[0]))",
+      "```", ""]
+  return "\n".join(lines)
