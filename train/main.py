@@ -13,7 +13,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gates import chinchilla, config_sanity, ownership
+from gates import chinchilla, config_sanity, ownership, unique_tokens
 from gates.errors import ConfigError, DataError, GateRefusal, PregateError
 from models.config import ModelConfig, ModelConfigError
 from models.params import count_params
@@ -77,7 +77,8 @@ def preflight(config, workdir: str, force: bool, init: str = "", allow_change: b
   batch = cfg["batch"]
   tokens = chinchilla.planned_tokens(cfg["train_steps"], batch["global_batch"], batch["seq_len"])
   verdict = chinchilla.evaluate(counts.total, counts.non_embedding, tokens,
-                                batch["global_batch"] * batch["seq_len"], bypass=force)
+                                batch["global_batch"] * batch["seq_len"], bypass=force,
+                                unique_tokens=unique_tokens.for_gate(cfg["data"]))
   chinchilla.enforce(verdict)
   _check_workdir(workdir)
   changes = _check_ownership(workdir, cfg, allow_change)
