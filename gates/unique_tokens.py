@@ -53,7 +53,7 @@ def _corpus_tokens(data: Mapping[str, Any]) -> tuple[dict[str, int] | None, str]
     except UnicodeDecodeError:
       return None, f"{path} is not UTF-8 (preparation will refuse it)"
   else:
-    count, unit = len(raw), "UTF-8 bytes"
+    count, unit = len(raw), "utf-8 bytes"
   train = int(count * (1.0 - float(val_fraction)))  # train.prepare_data.split_tokens, exactly
   if train <= 0:
     return None, f"{path} leaves no training tokens at val_fraction={val_fraction}"
@@ -65,18 +65,17 @@ def unique_train_tokens(data: Mapping[str, Any], data_dir: str | None = None
                         ) -> tuple[dict[str, int] | None, str]:
   """({source: U} or None, where it came from) for a config's data section.
 
-  A char/byte corpus is counted directly (what preparation will produce, even if a stale
-  manifest exists); else a prepared manifest in `data_dir` (resolved against the working
-  directory) or config data.data_dir (against the repo root) is read."""
-  counted, reason = _corpus_tokens(data)
-  if counted is not None:
-    return counted, reason
+  An explicit `data_dir` (a flag; resolved against the working directory) with a manifest wins.
+  Else a char/byte corpus is counted directly (what preparation will produce, even if a stale
+  manifest exists), else a manifest in config data.data_dir (against the repo root) is read."""
   if data_dir:
     directory = pathlib.Path(data_dir).expanduser().resolve()
-  elif data.get("data_dir", ""):
-    directory = _config_path(data.get("data_dir"))
-  else:
-    return None, reason
+    if (directory / "manifest.json").is_file():
+      return _manifest_tokens(directory)
+  counted, reason = _corpus_tokens(data)
+  if counted is not None or not data.get("data_dir", ""):
+    return counted, reason
+  directory = _config_path(data.get("data_dir"))
   if (directory / "manifest.json").is_file():
     return _manifest_tokens(directory)
   return None, f"{reason}; no manifest in {directory}"
