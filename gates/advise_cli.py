@@ -97,8 +97,8 @@ def advise(config: ConfigDict, f: Any, data_dir: str | None = None
            _advice_line(advice),
            f"shape: {shape.d_model} wide x {shape.n_layers} layers, {shape.n_heads} heads "
            f"({shape.n_kv_heads} KV), d_ff {shape.d_ff}, vocab {shape.vocab_size}: N = "
-           f"{counts.total:,} as the gate counts it ({100 * (counts.total / advice.n_params - 1):+.1f}%"
-           f" vs advice)",
+           f"{counts.total:,} as the gate counts it "
+           f"({100 * (counts.total / advice.n_params - 1):+.1f}% vs advice)",
            f"plan: train_steps {steps:,} x {per_step:,} tokens/step = {steps * per_step:,} tokens, "
            f"C = 6*N*D = {6 * counts.total * steps * per_step:.3e} FLOPs",
            "overrides: " + " ".join([*shape.overrides(), f"--config.train_steps={steps}"]),

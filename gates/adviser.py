@@ -124,7 +124,9 @@ def _best_n(law: Law, flops: float, unique: int | None, n_max: float) -> float:
   n_min = 1.0 if unique is None else max(1.0, flops / (6 * _max_epochs() * unique))
   if n_min >= n_max:
     return n_max
-  loss = lambda log_n: law.loss(math.exp(log_n), _d_eff(flops / (6 * math.exp(log_n)), unique))
+  def loss(log_n: float) -> float:
+    return law.loss(math.exp(log_n), _d_eff(flops / (6 * math.exp(log_n)), unique))
+
   lo, hi = math.log(n_min), math.log(n_max)
   grid = [lo + (hi - lo) * i / 400 for i in range(401)]
   i = min(range(len(grid)), key=lambda k: loss(grid[k]))

@@ -1,4 +1,4 @@
-"""Data repetition report: how many epochs a run makes over its unique tokens, and what they are worth.
+"""Data repetition report: epochs over the unique tokens, and what the repeated tokens are worth.
 
 A token seen for the fifth time teaches less than a fresh one. Muennighoff et al. (2023, "Scaling
 Data-Constrained Language Models") fit the value of repeated data as effective tokens D' (the

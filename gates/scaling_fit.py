@@ -109,14 +109,14 @@ def _law(theta: np.ndarray) -> Law:
 def fit(n_params: Sequence[float], tokens: Sequence[float], losses: Sequence[float],
         bootstrap: int = 100, seed: int = 0) -> Fit:
   """Fit the law to the points; raises ValueError for too few or non-positive points."""
-  n, d, l = (np.asarray(x, float) for x in (n_params, tokens, losses))
-  if not n.shape == d.shape == l.shape or n.ndim != 1:
+  n, d, loss = (np.asarray(x, float) for x in (n_params, tokens, losses))
+  if not n.shape == d.shape == loss.shape or n.ndim != 1:
     raise ValueError("n_params, tokens and losses must be equal-length sequences")
   if len(n) < 5:
     raise ValueError(f"fitting 5 constants needs at least 5 runs, got {len(n)}")
-  if not (np.all(n > 0) and np.all(d > 0) and np.all(l > 0) and np.all(np.isfinite(l))):
+  if not (np.all(n > 0) and np.all(d > 0) and np.all(loss > 0) and np.all(np.isfinite(loss))):
     raise ValueError("every N, D and loss must be positive and finite")
-  log_n, log_d, log_l = np.log(n), np.log(d), np.log(l)
+  log_n, log_d, log_l = np.log(n), np.log(d), np.log(loss)
   grid = np.asarray(list(itertools.product(*GRID.values())), float)
   order = np.argsort(_grid_values(grid, log_n, log_d, log_l))
   theta, value = _minimise(grid[order[:LBFGS_STARTS]], log_n, log_d, log_l)
@@ -128,7 +128,10 @@ def fit(n_params: Sequence[float], tokens: Sequence[float], losses: Sequence[flo
     law = _law(t)
     samples.append([law.E, law.A, law.B, law.alpha, law.beta])
   arr = np.asarray(samples) if samples else np.full((1, 5), np.nan)
-  stat = lambda f: {k: float(v) for k, v in zip(NAMES, f(arr))}
+
+  def stat(f) -> dict[str, float]:
+    return {k: float(v) for k, v in zip(NAMES, f(arr))}
+
   return Fit(law=_law(theta), std=stat(lambda a: np.std(a, axis=0)),
              low=stat(lambda a: np.percentile(a, 5, axis=0)),
              high=stat(lambda a: np.percentile(a, 95, axis=0)), n_points=len(n),

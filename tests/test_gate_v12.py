@@ -215,7 +215,9 @@ def test_decide_is_exact_for_points_and_refines_intervals():
   one_third = exact.Interval.point(Fraction(1, 3))
   assert exact.decide(lambda digits: one_third, Fraction(1, 3))
   assert not exact.decide(lambda digits: one_third, Fraction(1, 3) + Fraction(1, 10**30))
-  e = lambda digits: exact.evaluate("exp(1)", {}, digits)
+  def e(digits):
+    return exact.evaluate("exp(1)", {}, digits)
+
   # e = 2.71828182845904523536028747135266249775724709369995...
   assert exact.decide(e, Fraction("2.718281828459045235360287471352662497757247093699"))
   assert not exact.decide(e, Fraction("2.718281828459045235360287471352662497757247093700"))
