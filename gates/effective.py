@@ -101,5 +101,9 @@ def total_interval(tokens: int, srcs: tuple[Source, ...], digits: int) -> Interv
 
 
 def effective_tokens(tokens: int | float, unique: int) -> float:
-  """D' for one source as a float (reports and planners; decisions use the intervals)."""
-  return source_interval(Fraction(tokens), unique, 40).midpoint()
+  """D' for one source in floats (reports and planners; decisions use the intervals)."""
+  spec = _spec()
+  env = {name: float(iv.lo) for name, iv in _constants(spec).items()}
+  env.update(D=float(tokens), U=float(unique))
+  env["R"] = exact.evaluate_float(spec["repetitions"], env)
+  return exact.evaluate_float(spec["formula"], env)

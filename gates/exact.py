@@ -17,6 +17,7 @@ import ast
 import dataclasses
 import decimal
 import functools
+import math
 from fractions import Fraction
 from typing import Callable, Mapping
 
@@ -76,11 +77,31 @@ def _exp_bound(q: Fraction, digits: int, upper: bool) -> Fraction:
   return Fraction(ctx.next_plus(r) if upper else ctx.next_minus(r))
 
 
+_FAR_NEGATIVE = -700  # below this exp(q) < 2^-1000: bounded by powers of two, not decimals
+_EXTREME = -100_000  # below this exp(q) is bounded by [0, exp(_EXTREME)] (see decide)
+
+
+def _exp_far_negative(q: Fraction, upper: bool) -> Fraction:
+  """Positive power-of-two bounds on exp(q) for q << 0 (exp(q) = 2^(q / ln 2), 1/ln 2 =
+  1.442695...): a decimal exp there would be a rational with ~|q|/2.3 digits in its denominator.
+  Strictly positive, so a tie with exp(q) = 0 never looks possible."""
+  bits = -q * Fraction(14426, 10000) if upper else -q * Fraction(14427, 10000)
+  return Fraction(1, 2 ** (int(bits) if upper else -(-bits.numerator // bits.denominator)))
+
+
 def exp_interval(x: Interval, digits: int) -> Interval:
   """exp is increasing, so [exp(lo), hi's upper bound]; exp(0) is exactly 1."""
-  lo = Fraction(1) if x.lo == 0 else _exp_bound(x.lo, digits, upper=False)
-  hi = Fraction(1) if x.hi == 0 else _exp_bound(x.hi, digits, upper=True)
-  return Interval(max(lo, Fraction(0)), hi)
+
+  def bound(q: Fraction, upper: bool) -> Fraction:
+    if q == 0:
+      return Fraction(1)
+    if q < _EXTREME:
+      return _exp_far_negative(Fraction(_EXTREME), True) if upper else Fraction(0)
+    if q < _FAR_NEGATIVE:
+      return _exp_far_negative(q, upper)
+    return _exp_bound(q, digits, upper)
+
+  return Interval(max(bound(x.lo, False), Fraction(0)), bound(x.hi, True))
 
 
 _BINOPS = {ast.Add: Interval.__add__, ast.Sub: Interval.__sub__, ast.Mult: Interval.__mul__,
@@ -149,27 +170,56 @@ def evaluate(text: str, env: Mapping[str, Interval], digits: int = _START_DIGITS
   return ev(tree)
 
 
+def evaluate_float(text: str, env: dict[str, float]) -> float:
+  """The formula in floats (planners and reports, never a gate decision)."""
+  tree, names = parse(text)
+  missing = sorted(names - set(env))
+  if missing:
+    raise FormulaError(f"formula {text!r} needs values for {missing}")
+
+  def ev(node: ast.AST) -> float:
+    if isinstance(node, ast.Expression):
+      return ev(node.body)
+    if isinstance(node, ast.BinOp):
+      a, b = ev(node.left), ev(node.right)
+      return {ast.Add: a + b, ast.Sub: a - b, ast.Mult: a * b}.get(type(node.op)) \
+          if not isinstance(node.op, ast.Div) else a / b
+    if isinstance(node, ast.UnaryOp):
+      return -ev(node.operand)
+    if isinstance(node, ast.Constant):
+      return float(node.value)
+    if isinstance(node, ast.Name):
+      return float(env[node.id])
+    args = [ev(a) for a in node.args]
+    if node.func.id == "exp":
+      return math.exp(args[0]) if args[0] > -745 else 0.0
+    return (max if node.func.id == "max" else min)(args)
+
+  return ev(tree)
+
+
 def decide(value: Callable[[int], Interval], threshold: Fraction | int) -> bool:
   """Whether value >= threshold, exactly: `value(digits)` is refined until the interval lies on
-  one side. A point interval compares exactly; a wide one at the digit cap is an error."""
-  digits = _START_DIGITS
+  one side. A point interval compares exactly. An interval that stops narrowing (only an exp
+  argument below _EXTREME, i.e. data repeated > 10^6 times, can do that) answers False: a gate
+  passes only what it has proven."""
+  digits, previous = _START_DIGITS, None
   while True:
     iv = value(digits)
     if iv.lo >= threshold:
       return True
-    if iv.hi < threshold:
+    if iv.hi < threshold or iv == previous or digits >= _MAX_DIGITS:
       return False
-    if iv.lo == iv.hi or digits >= _MAX_DIGITS:
-      raise ArithmeticError(f"cannot decide {float(iv.lo)} >= {threshold} at {digits} digits")
-    digits *= 2
+    previous, digits = iv, digits * 2
 
 
 def floor_of(value: Callable[[int], Interval]) -> int:
-  """floor(value) exactly, refining as `decide` does (used for truncated printouts)."""
-  digits = _START_DIGITS
+  """floor(value), refined as `decide` does; the lower end's floor if refining stops helping
+  (used for truncated printouts)."""
+  digits, previous = _START_DIGITS, None
   while True:
     iv = value(digits)
     lo, hi = iv.lo.__floor__(), iv.hi.__floor__()
-    if lo == hi or digits >= _MAX_DIGITS:
+    if lo == hi or iv == previous or digits >= _MAX_DIGITS:
       return lo
-    digits *= 2
+    previous, digits = iv, digits * 2

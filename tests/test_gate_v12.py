@@ -211,6 +211,14 @@ def test_default_config_passes_on_effective_tokens(tmp_path):
   assert verdict.effective_ratio_text == "21.65"
 
 
+def test_ties_and_extreme_repetition_are_decided_promptly():
+  # U (1 + R*) = 1,640 = 20 N exactly: D' only approaches it, so the floor is never reached.
+  for tokens in (10**5, 10**9, 10**12):  # 10^3 .. 10^10 epochs
+    v = evaluate(82, 82, tokens, 10, unique_tokens={"a": 100})
+    assert v.failed_rules == (EFFECTIVE_FLOOR, EPOCH_LIMIT) and v.zone == OVER_REPEATED
+    assert v.effective_ratio_text == "19.99"  # truncated: D'/N < 20, however close
+
+
 def test_decide_is_exact_for_points_and_refines_intervals():
   one_third = exact.Interval.point(Fraction(1, 3))
   assert exact.decide(lambda digits: one_third, Fraction(1, 3))
