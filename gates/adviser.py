@@ -110,7 +110,7 @@ def advise(flops: float, unique: int | None = None, law: Law | None = None) -> A
   else:
     n = n_gate if law is None else _best_n(law, flops, unique, n_gate)
     tokens = flops / (6 * n)
-    if law is not None and n < n_gate:
+    if law is not None and n < n_gate * (1 - 1e-6):  # else the law's optimum is past the cap
       limited = "fitted law"
   return Advice(
       budget_flops=flops, n_params=n, tokens=tokens, effective_tokens=_d_eff(tokens, unique),
