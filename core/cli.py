@@ -83,9 +83,10 @@ def run_command(main: Main, define_flags: Callable[[], None], *,
                 quiet_error: Callable[[PregateError], bool] = lambda e: False) -> None:
   """Define the command's flags, parse them, and run `main(positional_args)`.
 
-  `positional` names the positional arguments the command takes (exactly those); main returns
-  an exit code (None = 0). `quiet_error(e)` silences an error's line (e.g. a gate refusal on
-  every process but the first of a multi-process job; all still exit with its code).
+  `positional` names the positional arguments the command takes (exactly those; a last name
+  ending in "..." takes one or more); main returns an exit code (None = 0). `quiet_error(e)`
+  silences an error's line (e.g. a gate refusal on every process but the first of a
+  multi-process job; all still exit with its code).
   """
   define_flags()
   if "verbose" not in FLAGS:
@@ -93,10 +94,12 @@ def run_command(main: Main, define_flags: Callable[[], None], *,
 
   def _main(argv: list[str]) -> None:
     args = list(argv[1:])
-    if len(args) != len(positional):
-      want = " ".join(p.upper() for p in positional) or "no positional arguments"
-      fail(ConfigError(f"unexpected arguments {args}; this command takes {want} and --flags"
-                       if len(args) > len(positional) else f"missing {want}; see --help"))
+    varargs = bool(positional) and positional[-1].endswith("...")
+    want = " ".join(p.upper() for p in positional) or "no positional arguments"
+    if len(args) < len(positional):
+      fail(ConfigError(f"missing {want}; see --help"))
+    if len(args) > len(positional) and not varargs:
+      fail(ConfigError(f"unexpected arguments {args}; this command takes {want} and --flags"))
     quiet_libraries()
     try:
       code = main(args)

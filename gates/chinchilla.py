@@ -1,27 +1,39 @@
-"""The Chinchilla gate: refuse a run that plans too few tokens for its parameter count.
+"""The Chinchilla gate: refuse a run that plans too few effective tokens for its parameter count.
 
 Hoffmann et al. (2022) found ~20 training tokens per parameter compute-optimal; a run far below
-that spends its compute on a model its data cannot train. The decision is exact integer arithmetic
-on N (parameters) and D (planned tokens); thresholds, zone texts, the bypass flag and the version
-all come from gates/contracts/chinchilla-gate-v1.yaml, so the rule has one source of truth.
+that spends its compute on a model its data cannot train. Since contract v1.2.0 the tokens are
+effective tokens D' (Muennighoff et al. 2023): a run cannot pass by looping over a tiny corpus,
+and no source may be repeated more than the contract's epoch limit. Every boundary is decided
+exactly (integers, fractions, and refined rational intervals for the exp() in D'); thresholds,
+the D' formula, zone texts, rules, the bypass flag and the version all come from
+gates/contracts/chinchilla-gate-v1.yaml, so the rule has one source of truth.
 
-`passed` means the rule held (D >= floor * N). `bypassed` means the rule did not hold and the run
-proceeds anyway because the operator set the bypass; a run that passes is never `bypassed`, even
-with the flag set. A run proceeds iff `passed or bypassed`.
+`passed` means every rule held. `bypassed` means some rule did not hold and the run proceeds
+anyway because the operator set the bypass (`bypassed_rules` says which); a run that passes is
+never `bypassed`, even with the flag set. A run proceeds iff `passed or bypassed`.
+
+When the unique token counts U are unknown (before a BPE tokenizer is trained) the verdict is
+decided on D; since D' <= D a refusal then is final, and `recheck` judges D' once U is known.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from fractions import Fraction
+from typing import Any, Mapping
 
 from core.errors import ConfigError, GateRefusal
+from gates import chinchilla_text, effective, exact
 from gates import contract_store as contracts
 
 CONTRACT = "chinchilla-gate-v1"
 DEGENERATION = "DEGENERATION"
 PLATEAU = "PLATEAU"
+OVER_REPEATED = "OVER_REPEATED"
 COMPUTE_OPTIMAL = "COMPUTE_OPTIMAL"
-ZONES = (DEGENERATION, PLATEAU, COMPUTE_OPTIMAL)
+ZONES = (DEGENERATION, PLATEAU, OVER_REPEATED, COMPUTE_OPTIMAL)
+EFFECTIVE_FLOOR = "effective_floor"
+EPOCH_LIMIT = "epoch_limit"
+RULES = (EFFECTIVE_FLOOR, EPOCH_LIMIT)
 
 
 def _is_int(value: Any) -> bool:
@@ -37,15 +49,30 @@ def planned_tokens(train_steps: int, global_batch: int, seq_len: int) -> int:
   return train_steps * global_batch * seq_len
 
 
-def ratio_text(tokens: int, n_params: int) -> str:
-  """D/N to 2 decimals, truncated (not rounded) so a refused 19.999 never prints as 20.00."""
-  hundredths = tokens * 100 // n_params
-  return f"{hundredths // 100}.{hundredths % 100:02d}"
+ratio_text = chinchilla_text.ratio_text
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceUse:
+  """How a run uses one source: D_s planned tokens over U_s unique ones, and D'_s."""
+
+  name: str
+  weight: str
+  tokens: float
+  unique_tokens: int
+  epochs: float
+  effective_tokens: float
+  over_limit: bool
 
 
 @dataclasses.dataclass(frozen=True)
 class Verdict:
-  """What the gate decided and every number needed to explain or fix it."""
+  """What the gate decided and every number needed to explain or fix it.
+
+  `tokens` is D; `effective_tokens` is D' (None while U is unknown, when the gate judged D).
+  `steps_needed` is the smallest train_steps reaching floor * N effective tokens (None when no
+  step count does within the epoch limit); `max_steps` is the epoch limit in steps and
+  `n_params_max` the largest N that the data supports at it (both None while U is unknown)."""
 
   n_params: int
   n_non_embedding: int
@@ -56,70 +83,51 @@ class Verdict:
   bypassed: bool
   contract_version: str
   tokens_needed: int
-  steps_needed: int
+  steps_needed: int | None
   tokens_per_step: int
   floor_ratio: int
+  effective_tokens: float | None = None
+  effective_ratio: float | None = None
+  effective_ratio_text: str | None = None
+  sources: tuple[SourceUse, ...] = ()
+  max_epochs: int = 0
+  max_steps: int | None = None
+  n_params_max: int | None = None
+  failed_rules: tuple[str, ...] = ()
+  bypassed_rules: tuple[str, ...] = ()
+  bypass_requested: bool = False
 
   @property
   def proceeds(self) -> bool:
     return self.passed or self.bypassed
 
+  @property
+  def unique_tokens_known(self) -> bool:
+    return bool(self.sources)
+
   def to_dict(self) -> dict[str, Any]:
-    """JSON-ready record (the bypass is recorded here, e.g. in a run's metadata)."""
-    return {**dataclasses.asdict(self), "proceeds": self.proceeds,
+    """JSON-ready record (gate.json, metrics.jsonl, checkpoint metadata)."""
+    d = dataclasses.asdict(self)
+    d["sources"] = [dataclasses.asdict(s) for s in self.sources]
+    d["failed_rules"], d["bypassed_rules"] = list(self.failed_rules), list(self.bypassed_rules)
+    return {**d, "proceeds": self.proceeds, "unique_tokens_known": self.unique_tokens_known,
             "contract": contracts.get_contract(CONTRACT)["contract"]}
 
   def message(self) -> str:
     """One line: the pass line, the refusal line, or (bypassed) the warning line."""
     if not self.passed:
-      return warning_line(self) if self.bypassed else _refusal_line(self)
-    return (f"chinchilla gate passed: {self.zone} zone, D/N = "
-            f"{ratio_text(self.tokens, self.n_params)} >= {self.floor_ratio} "
-            f"with {_sizes(self)} {_tag(self)}")
-
-
-def _zone_text(zone: str) -> str:
-  spec = contracts.get_contract(CONTRACT).get("zones", {}).get(zone, {})
-  return f"{spec.get('range', '?')}: {spec.get('meaning', '?')}"
-
-
-def _bypass_flag() -> str:
-  return contracts.get_contract(CONTRACT)["bypass"]["flag"]
-
-
-def _sizes(v: Verdict) -> str:
-  return (f"N = {v.n_params:,} parameters ({v.n_non_embedding:,} non-embedding), "
-          f"D = {v.tokens:,} tokens")
-
-
-def _tag(v: Verdict) -> str:
-  return f"[contract {contracts.get_contract(CONTRACT)['contract']} v{v.contract_version}]"
-
-
-def _fix(v: Verdict) -> str:
-  return (f"reaching {v.floor_ratio}*N = {v.tokens_needed:,} tokens needs "
-          f"train_steps >= {v.steps_needed:,} at the configured global_batch x seq_len = "
-          f"{v.tokens_per_step:,} tokens/step")
-
-
-def _refusal_line(v: Verdict) -> str:
-  return (f"chinchilla gate refused the run: {v.zone} zone ({_zone_text(v.zone)}); D/N = "
-          f"{ratio_text(v.tokens, v.n_params)} < {v.floor_ratio} with {_sizes(v)}; {_fix(v)} "
-          f"(or shrink the model); pass {_bypass_flag()} to run anyway {_tag(v)}")
+      return warning_line(self) if self.bypassed else chinchilla_text.refusal_line(self)
+    return chinchilla_text.pass_line(self)
 
 
 def warning_line(verdict: Verdict) -> str:
   """The line to print when an under-provisioned run proceeds because of the bypass."""
   if verdict.passed:
     raise ValueError("warning_line is for a verdict that did not pass the gate")
-  return (f"WARNING: chinchilla gate bypassed by {_bypass_flag()}: {verdict.zone} zone "
-          f"({_zone_text(verdict.zone)}); D/N = {ratio_text(verdict.tokens, verdict.n_params)} "
-          f"< {verdict.floor_ratio} with {_sizes(verdict)}; {_fix(verdict)} {_tag(verdict)}")
+  return chinchilla_text.warning_line(verdict)
 
 
-def evaluate(n_params: int, n_non_embedding: int, tokens: int, tokens_per_step: int,
-             bypass: bool = False) -> Verdict:
-  """Judge a planned run; pure apart from reading the (cached) contract."""
+def _check_inputs(n_params: int, n_non_embedding: int, tokens: int, tokens_per_step: int) -> None:
   if not _is_int(n_params) or n_params <= 0:
     raise ValueError(f"n_params must be a positive integer, got {n_params!r}")
   if not _is_int(n_non_embedding) or not 0 <= n_non_embedding <= n_params:
@@ -129,29 +137,119 @@ def evaluate(n_params: int, n_non_embedding: int, tokens: int, tokens_per_step: 
     raise ValueError(f"tokens must be a non-negative integer, got {tokens!r}")
   if not _is_int(tokens_per_step) or tokens_per_step <= 0:
     raise ValueError(f"tokens_per_step must be a positive integer, got {tokens_per_step!r}")
+
+
+def _effective(tokens: int, srcs: tuple[effective.Source, ...]):
+  """D' as a refinable interval function of the digits; D itself while U is unknown."""
+  if not srcs:
+    return lambda digits: exact.Interval.point(tokens)
+  return lambda digits: effective.total_interval(tokens, srcs, digits)
+
+
+def _reaches(tokens: int, srcs, target: int) -> bool:
+  return exact.decide(_effective(tokens, srcs), target)
+
+
+def _max_steps(srcs, tokens_per_step: int, max_epochs: int) -> int | None:
+  """The most train_steps with D_s <= max_epochs * U_s for every source (exact)."""
+  limits = [Fraction(max_epochs * s.unique_tokens) / (s.weight * tokens_per_step)
+            for s in srcs if s.weight]
+  return min(int(limit) for limit in limits) if limits else None
+
+
+def _steps_needed(target: int, srcs, tokens_per_step: int, max_steps: int | None) -> int | None:
+  """Smallest s with D'(s * tokens_per_step) >= target; D' <= D bounds it below, D' grows
+  with s, so a binary search decides it exactly. None if even max_steps falls short."""
+  low = max(1, -(-target // tokens_per_step))
+  if not srcs:
+    return low
+  if max_steps is None or max_steps < low or not _reaches(max_steps * tokens_per_step, srcs,
+                                                          target):
+    return None
+  high = max_steps
+  while low < high:
+    mid = (low + high) // 2
+    if _reaches(mid * tokens_per_step, srcs, target):
+      high = mid
+    else:
+      low = mid + 1
+  return low
+
+
+def _source_uses(tokens: int, srcs, max_epochs: int) -> tuple[SourceUse, ...]:
+  out = []
+  for s in srcs:
+    planned = tokens * s.weight
+    out.append(SourceUse(
+        name=s.name, weight=str(s.weight), tokens=float(planned), unique_tokens=s.unique_tokens,
+        epochs=float(planned / s.unique_tokens),
+        effective_tokens=effective.source_interval(planned, s.unique_tokens, 40).midpoint(),
+        over_limit=planned > max_epochs * s.unique_tokens))
+  return tuple(out)
+
+
+def evaluate(n_params: int, n_non_embedding: int, tokens: int, tokens_per_step: int,
+             bypass: bool = False, unique_tokens: Mapping[str, int] | None = None,
+             weights: Mapping[str, float | int | str] | None = None) -> Verdict:
+  """Judge a planned run; pure apart from reading the (cached) contract.
+
+  `unique_tokens` maps each source to its unique train tokens U_s (None: unknown yet, judge D);
+  `weights` its mixture weight (optional for one source)."""
+  _check_inputs(n_params, n_non_embedding, tokens, tokens_per_step)
   floor = contracts.threshold(CONTRACT, "hard_floor_ratio")
   degeneration = contracts.threshold(CONTRACT, "degeneration_below")
+  max_epochs = contracts.threshold(CONTRACT, "max_epochs")
   if degeneration > floor:
     raise contracts.ContractError(f"contract {CONTRACT}: degeneration_below={degeneration} "
                                   f"exceeds hard_floor_ratio={floor}")
-  if tokens < degeneration * n_params:
+  try:
+    srcs = () if unique_tokens is None else effective.sources(unique_tokens, weights)
+  except ValueError as e:
+    raise ConfigError(f"chinchilla gate: {e}") from None
+  d_eff = _effective(tokens, srcs)
+  floor_ok = exact.decide(d_eff, floor * n_params)
+  uses = _source_uses(tokens, srcs, max_epochs)
+  failed = tuple(r for r, broken in ((EFFECTIVE_FLOOR, not floor_ok),
+                                     (EPOCH_LIMIT, any(u.over_limit for u in uses))) if broken)
+  if not exact.decide(d_eff, degeneration * n_params):
     zone = DEGENERATION
-  elif tokens < floor * n_params:
+  elif EPOCH_LIMIT in failed:
+    zone = OVER_REPEATED
+  elif not floor_ok:
     zone = PLATEAU
   else:
     zone = COMPUTE_OPTIMAL
-  passed = tokens >= floor * n_params
-  tokens_needed = floor * n_params
+  max_steps = _max_steps(srcs, tokens_per_step, max_epochs)
+  n_max = None
+  if max_steps is not None:
+    n_max = exact.floor_of(lambda digits: _effective(max_steps * tokens_per_step, srcs)(digits)
+                           / exact.Interval.point(floor))
+  eff = None if not srcs else d_eff(40).midpoint()
   return Verdict(
       n_params=n_params, n_non_embedding=n_non_embedding, tokens=tokens,
-      ratio=tokens / n_params, zone=zone, passed=passed, bypassed=bool(bypass) and not passed,
-      contract_version=contracts.version(CONTRACT), tokens_needed=tokens_needed,
-      steps_needed=-(-tokens_needed // tokens_per_step), tokens_per_step=tokens_per_step,
-      floor_ratio=floor)
+      ratio=tokens / n_params, zone=zone, passed=not failed, bypassed=bool(bypass and failed),
+      contract_version=contracts.version(CONTRACT), tokens_needed=floor * n_params,
+      steps_needed=_steps_needed(floor * n_params, srcs, tokens_per_step, max_steps),
+      tokens_per_step=tokens_per_step, floor_ratio=floor, effective_tokens=eff,
+      effective_ratio=None if eff is None else eff / n_params,
+      effective_ratio_text=None if not srcs else chinchilla_text.interval_ratio_text(
+          d_eff, n_params),
+      sources=uses, max_epochs=max_epochs, max_steps=max_steps, n_params_max=n_max,
+      failed_rules=failed, bypassed_rules=failed if bypass else (), bypass_requested=bool(bypass))
+
+
+def recheck(verdict: Verdict, unique_tokens: Mapping[str, int],
+            weights: Mapping[str, float | int | str] | None = None) -> Verdict:
+  """The verdict once U is known (right after data preparation, before any compile): the same
+  plan and bypass flag judged on D'. Pure; enforce() the result."""
+  return evaluate(verdict.n_params, verdict.n_non_embedding, verdict.tokens,
+                  verdict.tokens_per_step, bypass=verdict.bypass_requested,
+                  unique_tokens=unique_tokens, weights=weights)
 
 
 class ChinchillaGateError(GateRefusal):
-  """The run plans too few tokens for its size; exit 3, message is the one-line refusal."""
+  """The run plans too few effective tokens, or repeats data too often; exit 3, message is the
+  one-line refusal."""
 
   def __init__(self, verdict: Verdict):
     super().__init__(verdict.message())

@@ -1,28 +1,30 @@
-"""Data repetition report: how many epochs a run makes over its unique tokens, and their worth.
+"""Data repetition report: epochs over the unique tokens, and what the repeated tokens are worth.
 
-Not a gate: the Chinchilla gate counts every planned token, but a token seen for the fifth time
-teaches less than a fresh one. Muennighoff et al. (2023, "Scaling Data-Constrained Language
-Models") fit the value of repeated data as effective tokens
-  D' = U + U * R* * (1 - exp(-R / R*)),  R = D/U - 1 repetitions,  R* = 15.4,
-and found repeated tokens lose value fast past ~4 epochs. Pure: no I/O.
+A token seen for the fifth time teaches less than a fresh one. Muennighoff et al. (2023, "Scaling
+Data-Constrained Language Models") fit the value of repeated data as effective tokens D' (the
+formula and R* are in the Chinchilla gate's contract, which since v1.2.0 decides on D' and
+refuses more than its epoch limit); this is the human-readable report `gates.plan` prints beside
+the verdict. Pure apart from reading the (cached) contract.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
-R_STAR = 15.4
-EPOCH_WARNING = 4.0
+from gates import contract_store as contracts
+from gates import effective
+
 CITATION = "Muennighoff et al. 2023, Scaling Data-Constrained Language Models"
 
 
-def effective_tokens(tokens: int, unique_tokens: int, r_star: float = R_STAR) -> float:
-  """D' (see module docstring); equals D while no token is repeated (D <= U)."""
-  if tokens <= unique_tokens:
-    return float(tokens)
-  repetitions = tokens / unique_tokens - 1
-  return unique_tokens + unique_tokens * r_star * (1 - math.exp(-repetitions / r_star))
+def epoch_limit() -> int:
+  """The contract's epoch limit (repeated tokens lose value fast past it)."""
+  return contracts.threshold(effective.CONTRACT, "max_epochs")
+
+
+def effective_tokens(tokens: int, unique_tokens: int) -> float:
+  """D' for one source (the contract's formula); equals D while no token is repeated."""
+  return effective.effective_tokens(tokens, unique_tokens)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,14 +46,14 @@ class RepetitionReport:
   def lines(self) -> list[str]:
     out = [f"data: D = {self.tokens:,} planned tokens over U = {self.unique_tokens:,} unique train "
            f"tokens ({self.source}) = {self.epochs:.2f} epochs"]
-    effective = (f"data: effective tokens D' = {self.effective_tokens:,.0f} "
-                 f"(data-constrained scaling, R* = {R_STAR})")
+    line = (f"data: effective tokens D' = {self.effective_tokens:,.0f} "
+            f"(data-constrained scaling, R* = {effective.r_star():g})")
     if self.effective_ratio is not None:
-      effective += f", D'/N = {self.effective_ratio:.2f}"
-    out.append(effective)
+      line += f", D'/N = {self.effective_ratio:.2f}"
+    out.append(line)
     if self.warning:
-      out.append(f"WARNING: {self.epochs:.2f} epochs > {EPOCH_WARNING:g}: repeated tokens lose "
-                 f"value fast past ~{EPOCH_WARNING:g} epochs ({CITATION}); add unique data or "
+      out.append(f"WARNING: {self.epochs:.2f} epochs > {epoch_limit()}: repeated tokens lose "
+                 f"value fast past ~{epoch_limit()} epochs ({CITATION}); add unique data or "
                  f"plan fewer tokens")
     return out
 
@@ -70,4 +72,4 @@ def report(tokens: int, unique_tokens: int, n_params: int | None = None,
   return RepetitionReport(
       tokens=tokens, unique_tokens=unique_tokens, epochs=epochs, effective_tokens=d_eff,
       n_params=n_params, effective_ratio=None if n_params is None else d_eff / n_params,
-      warning=epochs > EPOCH_WARNING, source=source)
+      warning=tokens > epoch_limit() * unique_tokens, source=source)

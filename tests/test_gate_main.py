@@ -94,7 +94,12 @@ def test_bypass_trains_and_records_verdict(prepared_data, tmp_path):
 
   gate = json.loads((workdir / "gate.json").read_text())
   assert gate["bypassed"] is True and gate["passed"] is False and gate["proceeds"] is True
-  assert gate["zone"] == DEGENERATION
+  assert gate["zone"] == DEGENERATION and gate["bypassed_rules"] == ["effective_floor"]
+  # D, D' and the epochs per source are on record (contract v1.2.0, INV-CHINCHILLA-002).
+  [source] = gate["sources"]
+  assert source["unique_tokens"] == verdict.sources[0].unique_tokens > 0
+  assert source["epochs"] == pytest.approx(verdict.tokens / source["unique_tokens"])
+  assert gate["effective_tokens"] == verdict.effective_tokens == verdict.tokens  # no repeats
   assert (gate["n_params"], gate["tokens"]) == (verdict.n_params, verdict.tokens)
   assert not list(workdir.glob("gate.json.tmp*"))
 
@@ -108,16 +113,19 @@ def test_bypass_trains_and_records_verdict(prepared_data, tmp_path):
     meta = helpers.checkpoint_meta(workdir, step)
     assert meta["gate"]["bypassed"] is True, step
     assert meta["gate"]["zone"] == DEGENERATION, step
+    assert meta["gate"]["sources"] == gate["sources"], step
+    assert meta["gate"]["effective_tokens"] == gate["effective_tokens"], step
 
 
 def test_compute_optimal_config_passes_without_bypass(tmp_path):
-  """configs/shakespeare_char.py is sized to pass: it must never need the flag."""
+  """configs/shakespeare_char.py is sized to pass on effective tokens: it must never need the
+  flag."""
   workdir = tmp_path / "run"
   plan = preflight(shakespeare_char.get_config(), str(workdir), force=False)
   counts, verdict = plan.counts, plan.verdict
   assert verdict.passed and not verdict.bypassed
   assert verdict.zone == COMPUTE_OPTIMAL
-  assert verdict.tokens >= 20 * counts.total
+  assert verdict.effective_tokens >= 20 * counts.total and verdict.sources[0].epochs <= 4
   assert not workdir.exists()
 
 
@@ -132,6 +140,7 @@ def test_nanogpt_config_refused_unless_forced(tmp_path):
   assert DEGENERATION in str(info.value) and helpers.FORCE in str(info.value)
   verdict = preflight(config, str(workdir), force=True).verdict
   assert verdict.bypassed and verdict.proceeds and verdict.zone == DEGENERATION
+  assert verdict.bypassed_rules == ("effective_floor",) and verdict.steps_needed is None
   assert not workdir.exists()
 
 

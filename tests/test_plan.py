@@ -11,8 +11,8 @@ import pytest
 
 from configs import base
 from core.errors import ConfigError
+from gates import effective, repetition
 from gates import plan as plan_mod
-from gates import repetition
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 NANOGPT = "--config=configs/nanogpt_shakespeare_char_cpu.py"
@@ -42,7 +42,9 @@ def test_nanogpt_config_is_refused_as_degeneration():
   assert r.returncode == 3, r.stdout + r.stderr
   last = r.stdout.splitlines()[-1]
   assert last.startswith("chinchilla gate refused the run: DEGENERATION")
-  assert "--force_under_provisioned" in last and "train_steps >=" in last
+  # N = 800,000 is more than Tiny Shakespeare supports at any step count within 4 epochs.
+  assert "--force_under_provisioned" in last and "train_steps <= 5,228" in last
+  assert "shrink the model to N <= 186,999 parameters" in last
   assert "Traceback" not in r.stdout + r.stderr
   assert abs(_epochs(r.stdout) - 1.5) < 0.1
   assert "tokenizer 'char'" in r.stdout and "WARNING" not in r.stdout
@@ -56,16 +58,20 @@ def test_bypass_exits_zero_with_a_warning():
 
 
 def test_tokens_per_sec_adds_wall_times():
-  r = _run(NANOGPT, "--tokens_per_sec=50000")
+  r = _run(DEFAULT, "--config.train_steps=700", "--tokens_per_sec=50000")
   assert r.returncode == 3
-  assert re.search(r"planned run 2,000 steps ~ [\d.]+ (s|min|h)", r.stdout), r.stdout
+  assert re.search(r"planned run 700 steps ~ [\d.]+ (s|min|h)", r.stdout), r.stdout
   assert re.search(r"compute-optimal needs [\d,]+ steps ~ [\d.,]+ (s|min|h).* at 50,000 tokens/s",
                    r.stdout), r.stdout
   assert "6*N*D" in r.stdout
 
 
 def test_config_override_can_make_the_run_pass():
+  # More steps cannot (they would repeat the corpus past 4 epochs); a smaller model can.
   r = _run(NANOGPT, "--config.train_steps=100000")
+  assert r.returncode == 3 and "OVER_REPEATED" in r.stdout.splitlines()[-1]
+  r = _run(NANOGPT, "--config.model.d_model=64", "--config.model.n_layers=1",
+           "--config.model.d_ff=128")
   assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -75,6 +81,8 @@ def test_manifest_gives_unique_tokens_and_warns_past_four_epochs(tmp_path):
   assert r.returncode == 0, r.stdout + r.stderr
   assert "train_tokens from" in r.stdout and abs(_epochs(r.stdout) - 15.36) < 0.01
   assert "Muennighoff et al. 2023" in r.stdout
+  last = r.stdout.splitlines()[-1]
+  assert "rules bypassed: effective_floor, epoch_limit" in last and "15.36 epochs" in last
 
 
 def test_bad_model_config_is_a_one_line_error():
@@ -102,14 +110,24 @@ def _config(tmp_path, text="hello world\n" * 100, tokenizer="char"):
 
 def test_plan_lines_with_a_stand_in_count(tmp_path, monkeypatch):
   monkeypatch.setattr(plan_mod.params, "count_params", lambda cfg: _Counts(1_000, 900))
-  lines, verdict = plan_mod.plan(_config(tmp_path), tokens_per_sec=100.0)
+  lines, verdict = plan_mod.plan(_config(tmp_path, text="hello world\n" * 2_000),
+                                 tokens_per_sec=100.0)
   text = "\n".join(lines)
   assert verdict.tokens == 1_000 and verdict.steps_needed == 200 and not verdict.proceeds
   assert "N = 1,000 trainable parameters (900 non-embedding, 100 embedding)" in text
   assert "C = 6*N*D = 6.000e+06 FLOPs" in text
   assert "planned run 10 steps ~ 10.0 s" in text
   assert "compute-optimal needs 200 steps ~ 3.3 min at 100 tokens/s" in text
-  assert "U = 1,080 unique train tokens" in text
+  assert "U = 21,600 unique train tokens" in text
+  assert lines[-1] == verdict.message()
+  assert verdict.sources[0].unique_tokens == 21_600 and verdict.effective_tokens == 1_000
+
+
+def test_plan_lines_when_the_data_cannot_reach_the_floor(tmp_path, monkeypatch):
+  monkeypatch.setattr(plan_mod.params, "count_params", lambda cfg: _Counts(1_000, 900))
+  lines, verdict = plan_mod.plan(_config(tmp_path), tokens_per_sec=100.0)  # U = 1,080
+  assert verdict.steps_needed is None and verdict.n_params_max == 200
+  assert "no compute-optimal plan within 4 epochs of the data: N <= 200" in "\n".join(lines)
   assert lines[-1] == verdict.message()
 
 
@@ -148,7 +166,7 @@ def test_repetition_without_repeats_is_worth_every_token():
 def test_repetition_follows_data_constrained_scaling():
   # 4 epochs = 3 repetitions: D' = U * (1 + 15.4 * (1 - exp(-3 / 15.4))) ~ 3.726 U.
   assert repetition.effective_tokens(4_000, 1_000) == pytest.approx(3_725.88, abs=0.01)
-  assert repetition.effective_tokens(10**9, 1_000) <= 1_000 * (1 + repetition.R_STAR)
+  assert repetition.effective_tokens(10**9, 1_000) <= 1_000 * (1 + effective.r_star())
   at_four = repetition.report(4_000, 1_000)
   assert not at_four.warning and not any("WARNING" in line for line in at_four.lines())
   past = repetition.report(4_001, 1_000, n_params=10)

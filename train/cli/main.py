@@ -29,8 +29,9 @@ def _define_flags() -> None:
   flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, data.")
   flags.DEFINE_bool(
       "force_under_provisioned", False,
-      "Run even if D < 20 N (Chinchilla gate); the bypass is logged and stamped into every "
-      "checkpoint.")
+      "Run even if the Chinchilla gate refuses (effective tokens D' < 20 N, or a source "
+      "repeated past the epoch limit); the bypass and the rules it bypassed are logged and "
+      "stamped into every checkpoint.")
   flags.DEFINE_integer(
       "stop_after_steps", 0, "Stop after this many steps in this process, checkpoint and exit "
       "as PREEMPTED (a planned interruption; re-run the same command to resume). 0 = off.")

@@ -212,6 +212,9 @@ def run(config: Any, workdir: str, plan: Plan, *, stop_after: int = 0, init: str
   # Mesh and data first: such refusals must leave no run directory behind (no compile needed).
   sharding.run_mesh_shape(config, plan.model_cfg, jax.device_count())
   data = open_data(config, workdir, plan.model_cfg)
+  if not plan.verdict.unique_tokens_known:  # e.g. a tokenizer trained by the preparation
+    plan = dataclasses.replace(plan, verdict=chinchilla.enforce(
+        chinchilla.recheck(plan.verdict, data.unique_tokens())))
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
   if is_main:

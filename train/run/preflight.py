@@ -12,7 +12,7 @@ from typing import Any
 
 from core.errors import ConfigError, DataError
 from core.paths import resolve_path
-from gates import chinchilla, config_sanity
+from gates import chinchilla, config_sanity, unique_tokens
 from models.config import ModelConfig
 from models.params import ParamCounts, count_params
 from train.ckpt.stepspec import split_path_step
@@ -43,7 +43,8 @@ def preflight(config: Any, workdir: str, force: bool, init: str = "",
   batch = cfg["batch"]
   tokens = chinchilla.planned_tokens(cfg["train_steps"], batch["global_batch"], batch["seq_len"])
   verdict = chinchilla.evaluate(counts.total, counts.non_embedding, tokens,
-                                batch["global_batch"] * batch["seq_len"], bypass=force)
+                                batch["global_batch"] * batch["seq_len"], bypass=force,
+                                unique_tokens=unique_tokens.for_gate(cfg["data"]))
   chinchilla.enforce(verdict)
   workdir_lib.check_usable(workdir)
   changes = workdir_lib.check_owner(workdir, cfg, allow_change)

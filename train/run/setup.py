@@ -6,6 +6,7 @@ step that trains.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from typing import Any
 
@@ -31,6 +32,11 @@ class RunData:
   tokenizer: Tokenizer
   train: pipeline.TokenArray
   val: pipeline.TokenArray
+
+  def unique_tokens(self) -> dict[str, int]:
+    """{source: unique train tokens} as prepared (what the gate's effective tokens need)."""
+    name = os.path.basename(str(self.manifest.get("source_path") or "corpus"))
+    return {name: int(self.manifest["train_tokens"])}
 
 
 def open_data(config: ConfigDict, workdir: str, model_cfg: ModelConfig) -> RunData:

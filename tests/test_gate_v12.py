@@ -1,0 +1,244 @@
+"""Gate contract v1.2.0: decided on effective tokens D' (Muennighoff et al. 2023), exactly at the
+boundary, per source for a mixture, with an epoch limit, bypassed rules recorded, and a recheck
+once U is known; the default experiment passes on D' before anything is written."""
+import decimal
+import json
+from fractions import Fraction
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import helpers
+from configs import shakespeare_char
+from gates import chinchilla, exact
+from gates import contract_store as contracts
+from gates.chinchilla import (
+  COMPUTE_OPTIMAL,
+  DEGENERATION,
+  EFFECTIVE_FLOOR,
+  EPOCH_LIMIT,
+  OVER_REPEATED,
+  PLATEAU,
+  ChinchillaGateError,
+  enforce,
+  evaluate,
+  recheck,
+)
+from train import prepare_data
+from train import tokenizer as tokenizer_lib
+from train.main import preflight
+
+
+def _reference_d_eff(d: Fraction, u: int) -> decimal.Decimal:
+  """D' at 100 digits, written out independently of gates.exact and the contract."""
+  with decimal.localcontext() as ctx:
+    ctx.prec = 100
+    r = max(decimal.Decimal(d.numerator) / decimal.Decimal(d.denominator) / u - 1, 0)
+    r_star = decimal.Decimal("15.4")
+    return u + u * r_star * (1 - (-r / r_star).exp())
+
+
+@settings(deadline=None, max_examples=15)
+@given(u=st.integers(1_000, 10**9), per_step=st.integers(1, 4096), data=st.data())
+def test_effective_boundary_exact_at_one_token_step(u, per_step, data):
+  # N such that reaching D' >= 20 N needs repetition but fits within 4 epochs.
+  n = data.draw(st.integers(u // 20 + 1, (37 * u) // 200))
+  source = {"corpus": u}
+  probe = evaluate(n, n, per_step, per_step, unique_tokens=source)
+  steps = probe.steps_needed
+  if steps is None:  # per_step too coarse to land inside the epoch limit for this N
+    assert probe.n_params_max < n
+    return
+  at = evaluate(n, n, steps * per_step, per_step, unique_tokens=source)
+  assert at.passed and at.zone == COMPUTE_OPTIMAL
+  assert _reference_d_eff(Fraction(steps * per_step), u) >= 20 * n
+  if steps > 1:
+    below = evaluate(n, n, (steps - 1) * per_step, per_step, unique_tokens=source)
+    assert not below.passed and below.failed_rules == (EFFECTIVE_FLOOR,)
+    assert _reference_d_eff(Fraction((steps - 1) * per_step), u) < 20 * n
+    # Judged on D alone (v1.1), the step below would pass whenever D >= 20 N.
+    if (steps - 1) * per_step >= 20 * n:
+      assert evaluate(n, n, (steps - 1) * per_step, per_step).passed
+
+
+@settings(deadline=None)
+@given(n=st.integers(1, 10**9))
+def test_without_repetition_d_prime_is_d_and_exactly_twenty_passes(n):
+  source = {"corpus": 40 * n}  # D <= U: no token repeats, D' = D exactly
+  assert evaluate(n, n, 20 * n, 1, unique_tokens=source).passed
+  v = evaluate(n, n, 20 * n - 1, 1, unique_tokens=source)
+  assert not v.passed and v.zone == PLATEAU and v.effective_tokens == 20 * n - 1
+  assert v.effective_ratio_text == chinchilla.ratio_text(20 * n - 1, n)
+
+
+def test_mixture_epochs_and_effective_tokens_per_source():
+  sources, weights = {"small": 1_000, "large": 100_000}, {"small": 1, "large": 1}
+  v = evaluate(100, 100, 8_000, 8, unique_tokens=sources, weights=weights)
+  small, large = v.sources
+  assert (small.name, small.tokens, small.epochs, small.over_limit) == ("small", 4000, 4.0, False)
+  assert (large.tokens, large.epochs) == (4000, 0.04) and large.effective_tokens == 4000
+  assert small.effective_tokens == pytest.approx(float(_reference_d_eff(Fraction(4000), 1000)))
+  assert v.effective_tokens == pytest.approx(small.effective_tokens + 4000)
+  # Pooled (U = 101,000 > D) nothing would repeat and D' would be 8,000: per source it is less.
+  assert v.effective_tokens < 8_000 - 200
+  assert v.passed and v.max_steps == 1000  # small: 4 * 1,000 / (1/2 * 8)
+  over = evaluate(100, 100, 8_008, 8, unique_tokens=sources, weights=weights)
+  assert over.zone == OVER_REPEATED and over.failed_rules == (EPOCH_LIMIT,)
+  assert [s.over_limit for s in over.sources] == [True, False]
+  assert json.loads(json.dumps(over.to_dict()))["sources"][0]["epochs"] == pytest.approx(4.004)
+  # Weights are exact fractions: 1/3 of 3,000 tokens is 1,000, exactly 4 epochs of U = 250.
+  thirds = evaluate(10, 10, 3_000, 3, unique_tokens={"a": 250, "b": 10**6},
+                    weights={"a": "1", "b": "2"})
+  assert thirds.sources[0].epochs == 4.0 and EPOCH_LIMIT not in thirds.failed_rules
+  with pytest.raises(chinchilla.ConfigError, match="weight"):
+    evaluate(10, 10, 3_000, 3, unique_tokens={"a": 250, "b": 10}, weights=None)
+  with pytest.raises(chinchilla.ConfigError, match="sum to > 0"):
+    evaluate(10, 10, 3_000, 3, unique_tokens={"a": 250}, weights={"a": 0})
+
+
+def test_over_repeated_refused_with_zone_and_fix():
+  # 5 epochs of U = 1,000: D/N = 50 and D'/N = 45 pass the floor, the epoch limit does not.
+  v = evaluate(100, 90, 5_000, 10, unique_tokens={"tiny.txt": 1_000})
+  assert v.zone == OVER_REPEATED and v.failed_rules == (EPOCH_LIMIT,) and not v.proceeds
+  assert v.effective_ratio > 20 and v.max_steps == 400 and v.steps_needed == 204
+  with pytest.raises(ChinchillaGateError) as info:
+    enforce(v)
+  line = str(info.value)
+  assert "\n" not in line and info.value.exit_code == 3
+  for part in ("OVER_REPEATED", "epoch_limit", "tiny.txt 5.00 epochs over U = 1,000",
+               "train_steps >= 204", "train_steps <= 400", "D'/N = 45.2", "(D/N = 50.00)",
+               helpers.FORCE, "v1.2.0"):
+    assert part in line, part
+  # Too big for the data: no step count works, the fix is the N the data supports.
+  big = evaluate(300, 270, 5_000, 10, unique_tokens={"tiny.txt": 1_000})
+  assert big.zone == OVER_REPEATED and set(big.failed_rules) == {EFFECTIVE_FLOOR, EPOCH_LIMIT}
+  assert big.steps_needed is None and big.n_params_max == 186
+  assert "shrink the model to N <= 186 parameters or add unique data" in big.message()
+  assert evaluate(186, 186, 4_000, 10, unique_tokens={"tiny.txt": 1_000}).passed
+  assert not evaluate(187, 187, 4_000, 10, unique_tokens={"tiny.txt": 1_000}).passed
+  # Far below the floor the zone stays DEGENERATION, with the epoch limit still named.
+  low = evaluate(10_000, 10_000, 5_000, 10, unique_tokens={"tiny.txt": 1_000})
+  assert low.zone == DEGENERATION and EPOCH_LIMIT in low.failed_rules
+
+
+def test_over_repeated_refused_before_compile(prepared_data, tmp_path):
+  # TINY: N = 11,392, 128 tokens/step; U = 1,003,854 -> the limit is 31,370 steps.
+  flags = helpers.tiny_flags(prepared_data, {"train_steps": 40_000})
+  workdir = tmp_path / "run"
+  res = helpers.run_main(*flags, workdir=workdir, count_compiles=True)
+  assert res.rc == 3, res.stderr[-3000:]
+  assert res.compiles == 0 and not workdir.exists()
+  [line] = res.error_lines
+  assert line.startswith("ERROR: ChinchillaGateError:") and "OVER_REPEATED" in line
+  assert "train_steps <= 31,370" in line and "5.10 epochs" in line
+
+
+@pytest.mark.parametrize("tokens, rules", [(5_000, (EPOCH_LIMIT,)),
+                                           (1_500, (EFFECTIVE_FLOOR,)),
+                                           (50_000, (EFFECTIVE_FLOOR, EPOCH_LIMIT))])
+def test_bypass_records_the_rules_it_bypassed(tokens, rules):
+  n = 100 if tokens < 10_000 else 5_000
+  v = evaluate(n, n, tokens, 10, bypass=True, unique_tokens={"tiny.txt": 1_000})
+  assert v.bypassed and v.proceeds and v.bypassed_rules == rules and v.failed_rules == rules
+  record = json.loads(json.dumps(v.to_dict()))
+  assert record["bypassed_rules"] == list(rules) and record["bypass_requested"] is True
+  line = chinchilla.warning_line(v)
+  assert line.startswith("WARNING") and f"rules bypassed: {', '.join(rules)}" in line
+  passing = evaluate(100, 100, 3_000, 10, bypass=True, unique_tokens={"tiny.txt": 1_000})
+  assert passing.passed and not passing.bypassed and passing.bypassed_rules == ()
+
+
+def _patched(tmp_path, monkeypatch, edit):
+  """The shipped contract with `edit` applied, in a fresh directory (parses are cached by path)."""
+  monkeypatch.undo()
+  path = contracts.CONTRACT_DIR / f"{chinchilla.CONTRACT}.yaml"
+  data = yaml.safe_load(path.read_text())
+  edit(data)
+  directory = tmp_path / edit.__name__
+  directory.mkdir()
+  (directory / path.name).write_text(yaml.safe_dump(data))
+  monkeypatch.setattr(contracts, "CONTRACT_DIR", directory)
+
+
+def test_formula_and_constants_come_from_the_contract(tmp_path, monkeypatch):
+  args = (311_040, 304_800, 6_553_600, 4096)
+  source = {"tinyshakespeare.txt": 1_003_854}
+  default = evaluate(*args, unique_tokens=source)
+  assert default.effective_ratio_text == "18.21" and default.zone == OVER_REPEATED
+
+  def slow_decay(data):
+    data["effective_tokens"]["constants"]["R_star"] = "1e9"
+    data["thresholds"]["max_epochs"] = 10
+
+  _patched(tmp_path, monkeypatch, slow_decay)
+  v = evaluate(*args, unique_tokens=source)
+  assert v.passed and v.effective_ratio_text == "21.06"  # R* -> infinity: D' -> D
+
+  def worthless_repeats(data):
+    data["effective_tokens"]["formula"] = "min(D, U)"
+    data["thresholds"]["max_epochs"] = 10
+
+  _patched(tmp_path, monkeypatch, worthless_repeats)
+  v = evaluate(*args, unique_tokens=source)
+  assert v.effective_tokens == 1_003_854 and v.zone == DEGENERATION
+
+  def bad_syntax(data):
+    data["effective_tokens"]["formula"] = "__import__('os').getcwd()"
+
+  _patched(tmp_path, monkeypatch, bad_syntax)
+  with pytest.raises(exact.FormulaError, match="unsupported syntax"):
+    evaluate(*args, unique_tokens=source)
+
+
+def test_recheck_after_preparation_judges_effective_tokens():
+  before = evaluate(311_040, 304_800, 6_553_600, 4096)  # U unknown: judged on D
+  assert before.passed and not before.unique_tokens_known and before.effective_tokens is None
+  assert "judged after data preparation" in before.message()
+  after = recheck(before, {"tinyshakespeare.txt": 1_003_854})
+  assert not after.proceeds and after.zone == OVER_REPEATED and after.unique_tokens_known
+  forced = recheck(evaluate(311_040, 304_800, 6_553_600, 4096, bypass=True),
+                   {"tinyshakespeare.txt": 1_003_854})
+  assert forced.bypassed and forced.bypassed_rules == (EFFECTIVE_FLOOR, EPOCH_LIMIT)
+  # A refusal on D is final: D' <= D, so knowing U can only lower the ratio.
+  refused = evaluate(311_040, 304_800, 20 * 311_040 - 1, 4096)
+  assert not recheck(refused, {"c": 10**9}).passed
+
+
+def test_default_config_passes_on_effective_tokens(tmp_path):
+  workdir = tmp_path / "run"
+  _, counts, verdict, _ = preflight(shakespeare_char.get_config(), str(workdir), force=False)
+  assert not workdir.exists()
+  # U as preparation will produce it: the train split of the char-tokenized corpus.
+  text, _, _ = prepare_data.read_corpus(str(helpers.CORPUS))
+  train, _ = prepare_data.split_tokens(tokenizer_lib.build_tokenizer("char", text).encode(text),
+                                       0.1)
+  [source] = verdict.sources
+  assert source.name == "tinyshakespeare.txt" and source.unique_tokens == len(train)
+  assert verdict.passed and not verdict.bypassed and verdict.zone == COMPUTE_OPTIMAL
+  assert source.epochs <= 4 and verdict.effective_tokens >= 20 * counts.total
+  assert verdict.effective_ratio_text == "21.65"
+
+
+def test_ties_and_extreme_repetition_are_decided_promptly():
+  # U (1 + R*) = 1,640 = 20 N exactly: D' only approaches it, so the floor is never reached.
+  for tokens in (10**5, 10**9, 10**12):  # 10^3 .. 10^10 epochs
+    v = evaluate(82, 82, tokens, 10, unique_tokens={"a": 100})
+    assert v.failed_rules == (EFFECTIVE_FLOOR, EPOCH_LIMIT) and v.zone == OVER_REPEATED
+    assert v.effective_ratio_text == "19.99"  # truncated: D'/N < 20, however close
+
+
+def test_decide_is_exact_for_points_and_refines_intervals():
+  one_third = exact.Interval.point(Fraction(1, 3))
+  assert exact.decide(lambda digits: one_third, Fraction(1, 3))
+  assert not exact.decide(lambda digits: one_third, Fraction(1, 3) + Fraction(1, 10**30))
+  def e(digits):
+    return exact.evaluate("exp(1)", {}, digits)
+
+  # e = 2.71828182845904523536028747135266249775724709369995...
+  assert exact.decide(e, Fraction("2.718281828459045235360287471352662497757247093699"))
+  assert not exact.decide(e, Fraction("2.718281828459045235360287471352662497757247093700"))
+  assert exact.evaluate("exp(0) - max(1, 2) / 4", {}).lo == Fraction(1, 2)
+  with pytest.raises(exact.FormulaError, match="needs values"):
+    exact.evaluate("D + 1", {})
