@@ -26,9 +26,9 @@ from gates.chinchilla import (
   evaluate,
   recheck,
 )
-from train import prepare_data
-from train import tokenizer as tokenizer_lib
-from train.main import preflight
+from train.data import prepare as prepare_data
+from train.data import tokenizer as tokenizer_lib
+from train.run.preflight import preflight
 
 
 def _reference_d_eff(d: Fraction, u: int) -> decimal.Decimal:
@@ -208,7 +208,8 @@ def test_recheck_after_preparation_judges_effective_tokens():
 
 def test_default_config_passes_on_effective_tokens(tmp_path):
   workdir = tmp_path / "run"
-  _, counts, verdict, _ = preflight(shakespeare_char.get_config(), str(workdir), force=False)
+  plan = preflight(shakespeare_char.get_config(), str(workdir), force=False)
+  counts, verdict = plan.counts, plan.verdict
   assert not workdir.exists()
   # U as preparation will produce it: the train split of the char-tokenized corpus.
   text, _, _ = prepare_data.read_corpus(str(helpers.CORPUS))
