@@ -11,7 +11,10 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 
 _DTYPES = ("float32", "bfloat16", "float16")
-REMAT_POLICIES = ("none", "full", "dots_saveable")
+REMAT_POLICIES = ("none", "full", "dots_saveable", "minimal_with_context")
+# einsum: 4-D einsums with repeated K/V heads (fastest on XLA:CPU); xla / cudnn:
+# jax.nn.dot_product_attention with that implementation (native GQA); auto: per platform.
+ATTENTION_IMPLS = ("auto", "einsum", "xla", "cudnn")
 
 
 class ModelConfigError(ValueError):
@@ -32,9 +35,13 @@ class ModelConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   norm_eps: float = 1e-5
-  # Activation rematerialization per block (memory for compute): none | full | dots_saveable.
-  # Execution only: not an architecture field, tensors are identical.
+  # Execution-only fields below: tensors and checkpoints are identical whatever their value.
+  # Activation rematerialization per block (memory for compute): none | full | dots_saveable |
+  # minimal_with_context (keep the named projections and the attention output).
   remat: str = "none"
+  attention: str = "auto"  # ATTENTION_IMPLS; the training forward only (decode: einsum)
+  scan_layers: bool = False  # one lax.scan over the blocks: compile time flat in depth
+  loss_chunk: int = 0  # tokens per cross-entropy tile; 0 = full [B, T, vocab] logits
 
   def __post_init__(self) -> None:
     problems = self.problems()
@@ -63,6 +70,14 @@ class ModelConfig:
       out.append(f"model.rope_theta must be > 0, got {self.rope_theta!r}")
     if self.remat not in REMAT_POLICIES:
       out.append(f"model.remat={self.remat!r} is not one of {REMAT_POLICIES}")
+    if self.attention not in ATTENTION_IMPLS:
+      out.append(f"model.attention={self.attention!r} is not one of {ATTENTION_IMPLS}")
+    if not isinstance(self.scan_layers, bool):
+      out.append(f"model.scan_layers must be True or False, got {self.scan_layers!r}")
+    if (not isinstance(self.loss_chunk, int) or isinstance(self.loss_chunk, bool)
+        or self.loss_chunk < 0):
+      out.append(f"model.loss_chunk must be an integer >= 0 (0 = full logits), got "
+                 f"{self.loss_chunk!r}")
     for name in ("dtype", "param_dtype"):
       if getattr(self, name) not in _DTYPES:
         out.append(f"model.{name}={getattr(self, name)!r} is not one of {_DTYPES}")
@@ -84,7 +99,7 @@ class ModelConfig:
     return dataclasses.asdict(self)
 
   @classmethod
-  def from_dict(cls, d: Mapping[str, Any]) -> "ModelConfig":
+  def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
     """Build from a plain mapping (a ConfigDict section or checkpoint JSON); unknown keys fail."""
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - names)
