@@ -14,7 +14,10 @@ def get_config() -> ConfigDict:
       vocab_size=256, d_model=128, n_layers=4, n_heads=4, n_kv_heads=4, d_ff=344,
       max_seq_len=256, rope_theta=10000.0, tie_embeddings=True, dtype="float32",
       param_dtype="float32", norm_eps=1e-5, remat="none",
-      family="llama", qkv_bias=False))  # qwen2 + qkv_bias=True: the Qwen2 layout
+      family="llama", qkv_bias=False,  # qwen2 + qkv_bias=True: the Qwen2 layout
+      # Execution only (models/config.py): attention backend, one scan over the layers,
+      # cross-entropy tile in sequence positions (0 = full logits).
+      attention="auto", scan_layers=False, loss_chunk=0))
   c.data = ConfigDict(dict(
       corpus="data/tinyshakespeare.txt",  # relative paths resolve against the repo root
       tokenizer="char",  # char | byte

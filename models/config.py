@@ -14,7 +14,10 @@ from core.checks import is_int
 from core.errors import ConfigError
 
 _DTYPES = ("float32", "bfloat16", "float16")
-REMAT_POLICIES = ("none", "full", "dots_saveable")
+REMAT_POLICIES = ("none", "full", "dots_saveable", "minimal_with_context")
+# einsum: 4-D einsums with repeated K/V heads (fastest on XLA:CPU); xla / cudnn:
+# jax.nn.dot_product_attention with that implementation (native GQA); auto: per platform.
+ATTENTION_IMPLS = ("auto", "einsum", "xla", "cudnn")
 # Architecture family -> its Hugging Face identity (`architectures[0]`, `model_type`). Qwen2 is
 # Llama plus biases on the q/k/v projections; o-projection and MLP stay bias-free in both.
 HF_IDENTITY = {"llama": ("LlamaForCausalLM", "llama"), "qwen2": ("Qwen2ForCausalLM", "qwen2")}
@@ -41,9 +44,13 @@ class ModelConfig:
   # Which Hugging Face architecture the tensors are laid out as; qwen2 <=> qkv_bias.
   family: str = "llama"
   qkv_bias: bool = False
-  # Activation rematerialization per block (memory for compute): none | full | dots_saveable.
-  # Execution only: not an architecture field, tensors are identical.
+  # Execution-only fields below: tensors and checkpoints are identical whatever their value.
+  # Activation rematerialization per block (memory for compute): none | full | dots_saveable |
+  # minimal_with_context (keep the named projections and the attention output).
   remat: str = "none"
+  attention: str = "auto"  # ATTENTION_IMPLS; the training forward only (decode: einsum)
+  scan_layers: bool = False  # one lax.scan over the blocks: compile time flat in depth
+  loss_chunk: int = 0  # tokens per cross-entropy tile; 0 = full [B, T, vocab] logits
 
   def __post_init__(self) -> None:
     problems = self.problems()
@@ -78,6 +85,14 @@ class ModelConfig:
                  f"qkv_bias=True, or family='llama' and qkv_bias=False")
     if self.remat not in REMAT_POLICIES:
       out.append(f"model.remat={self.remat!r} is not one of {REMAT_POLICIES}")
+    if self.attention not in ATTENTION_IMPLS:
+      out.append(f"model.attention={self.attention!r} is not one of {ATTENTION_IMPLS}")
+    if not isinstance(self.scan_layers, bool):
+      out.append(f"model.scan_layers must be True or False, got {self.scan_layers!r}")
+    if (not isinstance(self.loss_chunk, int) or isinstance(self.loss_chunk, bool)
+        or self.loss_chunk < 0):
+      out.append(f"model.loss_chunk must be an integer >= 0 (0 = full logits), got "
+                 f"{self.loss_chunk!r}")
     for name in ("dtype", "param_dtype"):
       if getattr(self, name) not in _DTYPES:
         out.append(f"model.{name}={getattr(self, name)!r} is not one of {_DTYPES}")

@@ -1,10 +1,12 @@
 """A Llama-family decoder-only transformer in Flax NNX.
 
 Pre-norm RMSNorm, rotary position embeddings, grouped-query causal attention, SwiGLU MLP, final
-norm, tied or untied LM head; no biases except on the q/k/v projections of the Qwen2 family.
-Every parameter carries logical axis names (`vocab`, `embed`, `heads`, `kv_heads`, `mlp`,
-`norm`) that mesh rules map to devices; matmuls accumulate in float32 and softmax/logits are
-float32 whatever the compute dtype.
+norm, tied or untied LM head; no biases except on the q/k/v projections of the Qwen2
+family. Every parameter carries logical axis names (`vocab`, `embed`, `heads`, `kv_heads`,
+`mlp`, `norm`) that mesh rules map to devices. Matmuls take and give the compute dtype
+(float32 accumulation is the hardware's, so a bf16 backward pass runs bf16 GEMMs); norms,
+softmax and logits are float32 whatever the compute dtype. Execution-only choices
+(attention backend, remat policy, scanned layers) never change the parameter tree.
 """
 from __future__ import annotations
 
@@ -12,8 +14,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
+from models import attention as attention_lib
+from models.attention import attend
 from models.config import ModelConfig
+from models.matmul import dense, head_logits
+from models.sharding_hook import constrain
 
 _INIT_STD = 0.02
 KV = tuple[jax.Array, jax.Array]
@@ -24,8 +31,8 @@ def _normal(std: float, names: tuple[str | None, ...]) -> nnx.Initializer:
 
 
 class Dense(nnx.Module):
-  """Projection whose matmul accumulates in float32 (bf16 inputs, f32 sums); bias-free unless
-  `bias` (Qwen2's q/k/v), whose zero-initialised bias is added to the float32 sums."""
+  """Projection in the compute dtype, forward and backward (models/matmul.py); bias-free
+  unless `bias` (Qwen2's q/k/v), whose zero-initialised bias is added in that dtype."""
 
   def __init__(self, d_in: int, d_out: int, names: tuple[str, str], cfg: ModelConfig, *,
                std: float = _INIT_STD, bias: bool = False, rngs: nnx.Rngs):
@@ -37,12 +44,9 @@ class Dense(nnx.Module):
     self.has_bias = bias
     self.dtype = cfg.compute_dtype
 
-  def __call__(self, x: jax.Array, out_dtype: jnp.dtype | None = None) -> jax.Array:
-    y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype),
-                preferred_element_type=jnp.float32)
-    if self.has_bias:
-      y = y + self.bias[...].astype(jnp.float32)
-    return y.astype(out_dtype or self.dtype)
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = dense(x, self.kernel[...], self.dtype)
+    return y + self.bias[...].astype(y.dtype) if self.has_bias else y
 
 
 class RMSNorm(nnx.Module):
@@ -80,24 +84,6 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
   return out.astype(x.dtype)
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-  """Grouped-query attention. q [B,T,H,D], k/v [B,S,KV,D], mask [B|1,T,S] bool -> [B,T,H,D].
-
-  Each group of H/KV query heads shares one key/value head (repeated here: plain 4-D
-  contractions ran 2x faster on XLA:CPU than a grouped 5-D einsum); scores and softmax run in
-  float32. Masked scores are selected away inside the softmax fusion (an additive bias was
-  materialized as a [B,H,T,S] array every step).
-  """
-  groups = q.shape[2] // k.shape[2]
-  if groups > 1:
-    k, v = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)
-  scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32)
-  scores = jnp.where(mask[:, None], scores * (q.shape[-1] ** -0.5), -1e30)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-  out = jnp.einsum("bhts,bshd->bthd", probs, v, preferred_element_type=jnp.float32)
-  return out.astype(v.dtype)
-
-
 class Attention(nnx.Module):
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     hd, resid_std = cfg.head_dim, _INIT_STD / (2 * cfg.n_layers) ** 0.5
@@ -123,7 +109,10 @@ class Attention(nnx.Module):
       k = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), cache_index, 1)
       v = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), cache_index, 1)
       cache = (k, v)
-    out = attend(q, k, v, mask)
+    if mask is None:
+      out = attention_lib.causal_attention(q, k, v, attention_lib.resolve(self.cfg))
+    else:
+      out = attend(q, k, v, mask)
     return self.wo(out.reshape(b, t, self.cfg.n_heads * hd)), cache
 
 
@@ -137,7 +126,9 @@ class SwiGLU(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     """The gate runs in float32 and is rounded once (bf16 SiLU rounded after every op)."""
     f32 = jnp.float32
-    return self.w_down(jax.nn.silu(self.w_gate(x, f32)) * self.w_up(x, f32))
+    gate = checkpoint_name(self.w_gate(x), "mlpwi_0")
+    up = checkpoint_name(self.w_up(x), "mlpwi_1")
+    return checkpoint_name(self.w_down(jax.nn.silu(gate.astype(f32)) * up.astype(f32)), "mlpwo")
 
 
 class Block(nnx.Module):
@@ -148,17 +139,30 @@ class Block(nnx.Module):
     self.mlp = SwiGLU(cfg, rngs=rngs)
 
   def __call__(self, x, cos, sin, mask, cache=None, cache_index=None):
+    """mask None: full causal self-attention by the configured backend (no KV cache)."""
     h, cache = self.attn(self.attn_norm(x), cos, sin, mask, cache, cache_index)
-    x = x + h
+    x = x + checkpoint_name(h, "out_proj")
     return x + self.mlp(self.mlp_norm(x)), cache
 
 
+# What `minimal_with_context` keeps (MaxText's names): every projection and the attention
+# output, so the backward recomputes only norms, RoPE, SiLU, and never the attention.
+SAVED_ACTIVATIONS = ("query_proj", "key_proj", "value_proj", "context", "out_proj", "mlpwi_0",
+                     "mlpwi_1", "mlpwo")
+
+
+def remat_policy(name: str):
+  """jax.checkpoint policy of a remat setting: full recomputes everything; dots_saveable keeps
+  matmul outputs; minimal_with_context keeps the named activations above."""
+  return {"full": None,
+          "dots_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+          "minimal_with_context": jax.checkpoint_policies.save_only_these_names(
+              *SAVED_ACTIVATIONS)}[name]
+
+
 def _remat_block(policy: str):
-  """Recompute a block's activations in the backward pass instead of storing them; with
-  dots_saveable, matmul outputs are kept and only cheap elementwise work is recomputed."""
-  saveable = jax.checkpoint_policies.dots_with_no_batch_dims_saveable
-  return nnx.remat(lambda block, *args: block(*args),
-                   policy=saveable if policy == "dots_saveable" else None)
+  """Recompute a block's activations in the backward pass instead of storing them."""
+  return nnx.remat(lambda block, *args: block(*args), policy=remat_policy(policy))
 
 
 class Transformer(nnx.Module):
@@ -175,8 +179,57 @@ class Transformer(nnx.Module):
       self.lm_head = Dense(cfg.d_model, cfg.vocab_size, ("embed", "vocab"), cfg, rngs=rngs)
 
   def __call__(self, tokens: jax.Array, positions: jax.Array | None = None) -> jax.Array:
-    """Full causal forward pass."""
-    return self.decode(tokens, positions)[0]
+    """Full causal forward pass: float32 logits."""
+    return head_logits(self.hidden(tokens, positions), self.head())
+
+  def head(self) -> jax.Array:
+    """The LM head kernel [d_model, vocab] in the parameter dtype (embed.T when tied)."""
+    return self.embed[...].T if self.cfg.tie_embeddings else self.lm_head.kernel[...]
+
+  def hidden(self, tokens: jax.Array, positions: jax.Array | None = None) -> jax.Array:
+    """Final-normed hidden states [B, T, d_model] of the full causal pass, compute dtype."""
+    x = self._embed(tokens)
+    cos, sin = self._rope(tokens.shape[1], positions)
+    run = self._scanned_blocks if self.cfg.scan_layers else self._unrolled_blocks
+    return self.final_norm(run(x, cos, sin))
+
+  def _embed(self, tokens: jax.Array) -> jax.Array:
+    return constrain(jnp.take(self.embed[...], tokens, axis=0).astype(self.cfg.compute_dtype))
+
+  def _rope(self, length: int, positions: jax.Array | None):
+    """cos/sin rows for positions [B, T], or constants [1, T] for 0..T-1 when positions is None."""
+    cos, sin = rope_table(max(self.cfg.max_seq_len, length), self.cfg.head_dim,
+                          self.cfg.rope_theta)
+    if positions is None:
+      return cos[None, :length], sin[None, :length]
+    return jnp.take(cos, positions, axis=0), jnp.take(sin, positions, axis=0)
+
+  def _unrolled_blocks(self, x: jax.Array, cos, sin) -> jax.Array:
+    for block in self.blocks:
+      if self.cfg.remat == "none":
+        x, _ = block(x, cos, sin, None)
+      else:
+        x, _ = _remat_block(self.cfg.remat)(block, x, cos, sin, None)
+      x = constrain(x)
+    return x
+
+  def _scanned_blocks(self, x: jax.Array, cos, sin) -> jax.Array:
+    """One lax.scan over the blocks: the program holds one block, however deep the model.
+
+    The per-layer parameters are stacked here, inside the traced step, so the stored tree (and
+    every checkpoint) keeps the unrolled layout `blocks/<i>/...`; the copy costs one pass over
+    the block parameters per step.
+    """
+    graphdef, _ = nnx.split(self.blocks[0])
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *(nnx.state(b) for b in self.blocks))
+
+    def body(h: jax.Array, layer: nnx.State):
+      h, _ = nnx.merge(graphdef, layer)(h, cos, sin, None)
+      return constrain(h), None
+
+    if self.cfg.remat != "none":
+      body = jax.checkpoint(body, policy=remat_policy(self.cfg.remat), prevent_cse=False)
+    return jax.lax.scan(body, x, stacked)[0]
 
   def init_cache(self, batch: int, length: int) -> list[KV]:
     """Zeroed key/value buffers for `length` positions, one pair per layer."""
@@ -188,30 +241,19 @@ class Transformer(nnx.Module):
              caches: list[KV] | None = None, cache_index: jax.Array | None = None
              ) -> tuple[jax.Array, list[KV] | None]:
     """Forward pass; with `caches`, writes keys/values at `cache_index` and attends to all
-    cached positions <= each query's position. Returns (float32 logits, updated caches)."""
-    b, t = tokens.shape
-    cfg = self.cfg
-    x = jnp.take(self.embed[...], tokens, axis=0).astype(cfg.compute_dtype)
-    cos, sin = rope_table(max(cfg.max_seq_len, t), cfg.head_dim, cfg.rope_theta)
-    if positions is None and caches is None:
-      cos, sin = cos[None, :t], sin[None, :t]
-    else:
-      if positions is None:
-        positions = jnp.broadcast_to(cache_index + jnp.arange(t), (b, t))
-      cos, sin = jnp.take(cos, positions, axis=0), jnp.take(sin, positions, axis=0)
+    cached positions <= each query's position (the einsum path, on every platform). Returns
+    (float32 logits, updated caches)."""
     if caches is None:
-      mask = np.tril(np.ones((t, t), dtype=bool))[None]
-    else:
-      mask = jnp.arange(caches[0][0].shape[1])[None, None, :] <= positions[:, :, None]
-    new_caches = None if caches is None else []
-    for i, block in enumerate(self.blocks):
-      if caches is None and self.cfg.remat != "none":
-        x, cache = _remat_block(self.cfg.remat)(block, x, cos, sin, mask)
-        continue
-      x, cache = block(x, cos, sin, mask, None if caches is None else caches[i], cache_index)
-      if new_caches is not None:
-        new_caches.append(cache)
-    x = self.final_norm(x)
-    head = self.embed[...].T if self.cfg.tie_embeddings else self.lm_head.kernel[...]
-    logits = jnp.dot(x, head.astype(x.dtype), preferred_element_type=jnp.float32)
-    return logits, new_caches
+      return self(tokens, positions), None
+    b, t = tokens.shape
+    if positions is None:
+      positions = jnp.broadcast_to(cache_index + jnp.arange(t), (b, t))
+    length = caches[0][0].shape[1]
+    cos, sin = self._rope(max(length, t), positions)
+    mask = jnp.arange(length)[None, None, :] <= positions[:, :, None]
+    x = self._embed(tokens)
+    new_caches = []
+    for block, cache in zip(self.blocks, caches):
+      x, cache = block(x, cos, sin, mask, cache, cache_index)
+      new_caches.append(cache)
+    return head_logits(self.final_norm(x), self.head()), new_caches

@@ -78,13 +78,19 @@ def bench(config: Any, steps: int, warmup: int, saves: int) -> dict[str, float |
     step_s = statistics.median(times)
     tokens = bcfg.global_batch * bcfg.seq_len
     fpt = flops.flops_per_token(model_cfg, counts.total, bcfg.seq_len)
+    stats = flops.compiled_stats(rs.compiled)
     out.update(step_ms=1e3 * step_s, tokens_per_s=tokens / step_s,
                model_gflops=tokens * fpt / step_s / 1e9,
-               xla_gflops_per_step=(rs.compiled.cost_analysis() or {}).get("flops", 0) / 1e9)
+               xla_gflops_per_step=stats["xla_flops"] / 1e9,
+               step_memory_mib=stats.get("memory_bytes", 0) / 2**20)
+    peak_mem = flops.device_peak_memory()
+    if peak_mem is not None:
+      out["device_peak_memory_mib"] = peak_mem / 2**20
     for dt in ("float32", "bfloat16"):
       peak, src = flops.device_peak(dt)
       out[f"peak_{dt}_gflops"] = peak * jax.device_count() / 1e9
       out[f"mfu_vs_{dt}"] = tokens * fpt / step_s / (peak * jax.device_count())
+      out[f"hfu_vs_{dt}"] = stats["xla_flops"] / step_s / peak  # one device's program
     out["peak_source"] = src
     out["data_vs_step_demand"] = out["data_tokens_per_s"] / out["tokens_per_s"]
     ckpt = Checkpointer(os.path.join(tmp, "ckpt"), keep=2, keep_best=0)

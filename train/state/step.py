@@ -2,7 +2,8 @@
 
 The model's graph is split once into a static GraphDef and a pure-dict parameter tree; the step
 merges them inside `jax.jit`, so there is no per-step NNX graph traversal in Python and the
-state buffers can be donated.
+state buffers can be donated. Given the run's mesh, the steps pin activation shardings at the
+embedding and block boundaries (`train.activation_sharding`).
 """
 from __future__ import annotations
 
@@ -12,10 +13,14 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
 from models.config import ModelConfig
+from models.loss import chunked_cross_entropy, cross_entropy
+from models.sharding_hook import activation_constraints
 from models.transformer import Transformer
+from train.state.activation_sharding import mesh_constraint
 
 Params = dict[str, Any]
 Batch = dict[str, jax.Array]
@@ -72,33 +77,56 @@ def init_fn(model_cfg: ModelConfig, tx: optax.GradientTransformation, seed: int
   return graphdef, init
 
 
-def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
-  """Mean next-token cross-entropy in float32."""
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
-  return jnp.mean(losses)
-
-
 def make_loss_fn(graphdef: nnx.GraphDef) -> Callable[[Params, Batch], jax.Array]:
+  """Mean next-token cross-entropy; with model.loss_chunk > 0 the logits are computed and
+  consumed `loss_chunk` positions at a time, never all at once (models/loss.py)."""
   def loss_fn(params: Params, batch: Batch) -> jax.Array:
     model = nnx.merge(graphdef, params)
+    if model.cfg.loss_chunk:
+      return chunked_cross_entropy(model.hidden(batch["inputs"]), model.head(),
+                                   batch["targets"], model.cfg.loss_chunk)
     return cross_entropy(model(batch["inputs"]), batch["targets"])
   return loss_fn
 
 
+def split_microbatches(batch: Batch, n: int) -> Batch:
+  """[B, ...] -> [n, B/n, ...], microbatch j = rows j, j+n, j+2n, ...
+
+  Strided, not contiguous: a batch split over devices in contiguous row blocks then gives
+  every device its own rows in every microbatch, so scanning the microbatches moves no data
+  between devices (contiguous blocks put each device's rows in one microbatch).
+  """
+  return jax.tree.map(lambda x: jnp.swapaxes(x.reshape(x.shape[0] // n, n, *x.shape[1:]), 0, 1),
+                      batch)
+
+
+def eval_microbatches(eval_batch: int, train_microbatch: int, batch_ways: int = 1) -> int:
+  """The fewest microbatches an eval batch splits into so that each is no larger than the
+  training microbatch (global_batch / grad_accum, which is known to fit) and still splits
+  evenly over the batch-parallel devices (data x fsdp)."""
+  for n in range(1, eval_batch + 1):
+    size, rest = divmod(eval_batch, n)
+    if not rest and size <= train_microbatch and size % batch_ways == 0:
+      return n
+  return 1  # no even split (the mesh check refuses such an eval batch before this runs)
+
+
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule, grad_accum: int = 1, skip_nonfinite: bool = False
+                    schedule: optax.Schedule, grad_accum: int = 1, skip_nonfinite: bool = False,
+                    mesh: Mesh | None = None
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
   """A pure step. With grad_accum > 1 the batch is split into microbatches whose gradients are
   averaged in a `lax.scan`, so memory is that of one microbatch and the result equals the large
   batch's (equal-size microbatches, mean loss). With skip_nonfinite, a step whose loss or
-  gradient norm is NaN/Inf leaves params and optimizer state unchanged (metrics['skipped'])."""
+  gradient norm is NaN/Inf leaves params and optimizer state unchanged (metrics['skipped']).
+  With the run's `mesh`, activations are pinned batch-split at block boundaries."""
   grad_fn = jax.value_and_grad(make_loss_fn(graphdef))
+  constraint = mesh_constraint(mesh)
 
   def grads_of(params: Params, batch: Batch) -> tuple[jax.Array, Params]:
     if grad_accum == 1:
       return grad_fn(params, batch)
-    micro = jax.tree.map(
-        lambda x: x.reshape(grad_accum, x.shape[0] // grad_accum, *x.shape[1:]), batch)
+    micro = split_microbatches(batch, grad_accum)
 
     def body(carry, mb):
       loss, grads = grad_fn(params, mb)
@@ -109,7 +137,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     return jax.tree.map(lambda g: g / grad_accum, (loss, grads))
 
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
-    loss, grads = grads_of(state.params, batch)
+    with activation_constraints(constraint):
+      loss, grads = grads_of(state.params, batch)
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -125,6 +154,22 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
   return train_step
 
 
-def make_eval_step(graphdef: nnx.GraphDef) -> Callable[[Params, Batch], jax.Array]:
-  """Mean loss of one batch; the caller averages equal-size batches."""
-  return make_loss_fn(graphdef)
+def make_eval_step(graphdef: nnx.GraphDef, microbatches: int = 1, mesh: Mesh | None = None
+                   ) -> Callable[[Params, Batch], jax.Array]:
+  """Mean loss of one batch; the caller averages equal-size batches.
+
+  With microbatches > 1 the batch is evaluated in that many equal slices one after another
+  (`lax.map`), so an eval batch as large as the global batch needs only a training
+  microbatch's activation memory (see `eval_microbatches`); the mean is the same.
+  """
+  loss_fn = make_loss_fn(graphdef)
+  constraint = mesh_constraint(mesh)
+
+  def eval_step(params: Params, batch: Batch) -> jax.Array:
+    with activation_constraints(constraint):
+      if microbatches == 1:
+        return loss_fn(params, batch)
+      losses = jax.lax.map(lambda mb: loss_fn(params, mb), split_microbatches(batch, microbatches))
+      return jnp.mean(losses)
+
+  return eval_step

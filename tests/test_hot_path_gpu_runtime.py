@@ -1,0 +1,66 @@
+"""GPU runtime settings: applied only on GPU hosts, the environment wins flag by flag, every
+flag name exists in the pinned XLA, and describe() is one line."""
+import os
+import subprocess
+import sys
+
+import helpers
+from train.runtime import gpu_runtime
+
+
+def test_nothing_on_a_cpu_host():
+  assert not gpu_runtime.is_gpu_host({"JAX_PLATFORMS": "cpu"})
+  assert gpu_runtime.is_gpu_host({"JAX_PLATFORMS": "cuda"})
+  assert not gpu_runtime.is_gpu_host({})  # this host: no CUDA plugin, no NVIDIA driver
+  settings = gpu_runtime.plan("/w", environ={"JAX_PLATFORMS": "cpu"})
+  assert not settings.gpu and settings.env == {} and settings.cache_dir is None
+  assert gpu_runtime.describe(settings) == "gpu runtime: not a GPU host, nothing set"
+
+
+def test_gpu_defaults():
+  settings = gpu_runtime.plan("/runs/a", environ={}, gpu=True)
+  flags = settings.env["XLA_FLAGS"].split()
+  assert flags == [f"--{k}={v}" for k, v in gpu_runtime.XLA_GPU_FLAGS.items()]
+  assert settings.env["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.90"
+  assert settings.cache_dir == "/runs/a/xla_cache"
+  line = gpu_runtime.describe(settings)
+  assert "\n" not in line and "8 XLA flags added" in line and "/runs/a/xla_cache" in line
+
+
+def test_environment_wins():
+  environ = {"XLA_FLAGS": "--xla_gpu_enable_latency_hiding_scheduler=false --xla_dump_to=/d",
+             "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.5", "PREGATE_XLA_CACHE": "/cache"}
+  settings = gpu_runtime.plan("/runs/a", cache_dir="/configured", environ=environ, gpu=True)
+  flags = settings.env["XLA_FLAGS"]
+  assert flags.startswith(environ["XLA_FLAGS"] + " ")  # the user's flags first, unchanged
+  assert "latency_hiding_scheduler=true" not in flags and flags.count("latency_hiding") == 1
+  assert settings.xla_flags_kept == ("xla_gpu_enable_latency_hiding_scheduler",)
+  assert "XLA_PYTHON_CLIENT_MEM_FRACTION" not in settings.env
+  assert settings.cache_dir == "/cache"
+  assert gpu_runtime.plan("/w", "/configured", environ={}, gpu=True).cache_dir == "/configured"
+  jax_own = {"JAX_COMPILATION_CACHE_DIR": "/jax", "PREGATE_XLA_CACHE": "/cache"}
+  assert gpu_runtime.plan("/w", environ=jax_own, gpu=True).cache_dir == "/jax"
+  assert "1 kept" in gpu_runtime.describe(settings)
+
+
+def test_flag_names_exist_in_the_pinned_xla():
+  """XLA aborts at start-up on an unknown XLA_FLAGS entry, on any backend: start JAX on CPU
+  with the GPU flags (a misspelled flag makes this fail)."""
+  flags = gpu_runtime.plan("/w", environ={}, gpu=True).env["XLA_FLAGS"]
+  env = {**helpers.child_env(), "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
+  code = "import jax; print(int(jax.numpy.ones(3).sum()))"
+  proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                        timeout=120)
+  assert proc.returncode == 0 and proc.stdout.strip() == "3", proc.stderr[-2000:]
+  bad = {**env, "XLA_FLAGS": flags + " --xla_gpu_enable_latency_hiding_schedular=true"}
+  proc = subprocess.run([sys.executable, "-c", code], env=bad, capture_output=True, text=True,
+                        timeout=120)
+  assert proc.returncode != 0  # the check above can fail
+
+
+def test_apply_is_a_no_op_off_gpu(monkeypatch):
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  settings = gpu_runtime.apply("/nonexistent/workdir")
+  assert not settings.gpu
+  assert "XLA_FLAGS" not in os.environ
