@@ -1,8 +1,11 @@
 """Programmatic restore for evaluation: `load_for_eval(path)` needs no config file.
 
 The model is rebuilt from the checkpoint's own metadata, the stored tensors are proven to match
-that architecture (and `expected`, when given) before any array is read, and the parameters are
-restored onto the current devices whatever topology saved them.
+that architecture (and `expected`, when given) before any array is read, the parameters are
+restored onto the current devices whatever topology saved them, and the functional fingerprint
+is recomputed under the metadata's model: metadata that is wrong in a field no shape shows
+(rope_theta, norm_eps, compute dtype, head split) is refused, not loaded as another model.
+Every evaluation-side consumer (pregate-eval, pregate-sample, export, a teacher) comes here.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from core.errors import ConfigError
 from gates import arch_match
 from models.config import ModelConfig
 from models.transformer import Transformer
-from train.ckpt import metadata
+from train.ckpt import fingerprint, metadata
 from train.ckpt.checkpointer import Checkpointer
 from train.ckpt.resume import validate
 from train.ckpt.stepspec import checkpoint_dir
@@ -42,7 +45,8 @@ def load_for_eval(path: str, step: str | int = "latest", mesh: jax.sharding.Mesh
   """Rebuild, validate and restore a model for evaluation.
 
   Raises MissingMetadataError (no pregate metadata), ArchitectureMismatchError (tensors differ
-  from the metadata's architecture, or metadata differs from `expected`), CheckpointError.
+  from the metadata's architecture, or metadata differs from `expected`; its subclass
+  FingerprintMismatchError when only behaviour shows it), CheckpointError (damaged arrays).
   """
   ckpt = Checkpointer(checkpoint_dir(path), read_only=True)
   try:
@@ -62,6 +66,7 @@ def load_for_eval(path: str, step: str | int = "latest", mesh: jax.sharding.Mesh
     validate(setup, ckpt, resolved, None)
     params_target, _ = setup.targets()
     params = ckpt.restore(resolved, params_target=params_target)["params"]
+    fingerprint.verify(source, meta, params, f"{ckpt.directory}/{resolved}")
   finally:
     ckpt.close()
   model = nnx.merge(setup.graphdef, params)
