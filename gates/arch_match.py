@@ -3,6 +3,9 @@
 Pure comparisons of plain data: the checkpoint's recorded model config and tokenizer against the
 configured ones, and the stored array signature (path -> shape, dtype, from orbax's metadata)
 against the configured model's abstract state. Every difference is listed, not just the first.
+Then the decisions on numbers measured elsewhere: the step-0 loss check, the functional
+fingerprint (what the tensors compute under the recorded architecture, which proves the fields
+no shape shows) and pregate-stamp's held-out proof.
 """
 from __future__ import annotations
 
@@ -177,7 +180,9 @@ def fingerprint_difference(recorded: Mapping[str, Any], measured: Mapping[str, A
     for rec_row, got_row in zip(recorded[key], measured[key], strict=True):
       for a, b in zip(rec_row, got_row, strict=True):
         diff = abs(b - a) / max(1.0, abs(a))
-        worst = diff if not diff <= worst else worst  # NaN counts as the worst
+        if math.isnan(diff):  # a NaN measured value matches nothing
+          return math.inf
+        worst = max(worst, diff)
   return worst
 
 

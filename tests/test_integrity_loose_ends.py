@@ -224,3 +224,22 @@ def test_second_sigterm_during_multi_process_save(tmp_path, prepared_data):
   assert not [p for p in (workdir / "checkpoints").iterdir() if "tmp" in p.name]
   from train.restore import load_for_eval
   assert load_for_eval(str(workdir)).step == end["step"]
+  meta = helpers.checkpoint_meta(workdir, end["step"])
+  print(f"fingerprint saved by 2 processes on mesh {meta['mesh']} vs recomputed in 1 process on "
+        f"1 device: {_recomputed_difference(workdir, end['step'], meta):.3g}")
+
+
+def _recomputed_difference(workdir: Path, step: int, meta: dict) -> float:
+  import jax
+
+  from gates import arch_match
+  from models.config import ModelConfig
+  from train.ckpt import fingerprint, resume
+  from train.state import sharding
+  from train.state import step as step_lib
+  from train.state.setup import TrainSetup
+  cfg = ModelConfig.from_dict(meta["model"])
+  setup = TrainSetup.build(cfg, step_lib.make_optimizer(helpers.tiny_config(None)), 0,
+                           sharding.make_mesh((1, 1, 1), jax.devices()[:1]))
+  params, _ = resume.init_params(setup, f"{workdir}:{step}", None)
+  return arch_match.fingerprint_difference(meta["fingerprint"], fingerprint.compute(params, cfg))
