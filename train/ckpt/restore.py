@@ -46,28 +46,49 @@ def load_for_eval(path: str, step: str | int = "latest", mesh: jax.sharding.Mesh
 
   Raises MissingMetadataError (no pregate metadata), ArchitectureMismatchError (tensors differ
   from the metadata's architecture, or metadata differs from `expected`; its subclass
-  FingerprintMismatchError when only behaviour shows it), CheckpointError (damaged arrays).
+  FingerprintMismatchError when only behaviour shows it), CheckpointError (damaged arrays),
+  DataError (no usable tokenizer).
   """
   ckpt = Checkpointer(checkpoint_dir(path), read_only=True)
   try:
     resolved = ckpt.resolve(step)
-    source = f"checkpoint {ckpt.directory}/{resolved}"
     meta = metadata.require(ckpt.read_meta(resolved), f"{ckpt.directory}/{resolved}")
     if expected is not None:
       diffs = arch_match.config_differences(expected.to_dict(), meta["model"])
       if diffs:
-        raise arch_match.ArchitectureMismatchError(source, diffs)
-    try:
-      model_cfg = ModelConfig.from_dict(meta["model"])
-    except (ConfigError, TypeError) as e:
-      raise arch_match.ArchitectureMismatchError(
-          source, [f"model config unusable: {e}"]) from None
-    setup = TrainSetup.build(model_cfg, optax.identity(), 0, mesh or default_mesh())
-    validate(setup, ckpt, resolved, None)
-    params_target, _ = setup.targets()
-    params = ckpt.restore(resolved, params_target=params_target)["params"]
-    fingerprint.verify(source, meta, params, f"{ckpt.directory}/{resolved}")
+        raise arch_match.ArchitectureMismatchError(f"checkpoint {ckpt.directory}/{resolved}",
+                                                   diffs)
+    tokenizer = tokenizer_from_json(meta.get("tokenizer"))  # a DataError line, before arrays
+    setup, params, _ = _verified_params(ckpt, resolved, meta, mesh or default_mesh())
   finally:
     ckpt.close()
-  model = nnx.merge(setup.graphdef, params)
-  return Restored(model, meta, tokenizer_from_json(meta["tokenizer"]), resolved)
+  return Restored(nnx.merge(setup.graphdef, params), meta, tokenizer, resolved)
+
+
+def verify_stored(path: str, step: str | int = "latest") -> float | None:
+  """Prove a stored checkpoint's metadata against its tensors, fingerprint included, on this
+  host's devices (what `pregate-inspect --quality` reports); -> the fingerprint difference, or
+  None (with the one-line warning) when none is recorded. Raises like `load_for_eval`."""
+  ckpt = Checkpointer(checkpoint_dir(path), read_only=True)
+  try:
+    resolved = ckpt.resolve(step)
+    meta = metadata.require(ckpt.read_meta(resolved), f"{ckpt.directory}/{resolved}")
+    return _verified_params(ckpt, resolved, meta, default_mesh())[2]
+  finally:
+    ckpt.close()
+
+
+def _verified_params(ckpt: Checkpointer, step: int, meta: dict[str, Any],
+                     mesh: jax.sharding.Mesh) -> tuple[TrainSetup, Any, float | None]:
+  """The model the metadata describes, its tensors proven (config, signature), restored onto
+  `mesh` and fingerprint-verified; -> (setup, params, fingerprint difference or None)."""
+  source = f"checkpoint {ckpt.directory}/{step}"
+  try:
+    model_cfg = ModelConfig.from_dict(meta["model"])
+  except (ConfigError, TypeError) as e:
+    raise arch_match.ArchitectureMismatchError(source, [f"model config unusable: {e}"]) from None
+  setup = TrainSetup.build(model_cfg, optax.identity(), 0, mesh)
+  validate(setup, ckpt, step, None)
+  params = ckpt.restore(step, params_target=setup.targets()[0])["params"]
+  diff = fingerprint.verify(source, meta, params, f"{ckpt.directory}/{step}")
+  return setup, params, diff

@@ -56,16 +56,16 @@ def report(path: str, step: str | None = None, as_json: bool = False,
 def _recompute(directory: str, step: int, meta: dict | None) -> str:
   """With --quality: the fingerprint recomputed now under the metadata's model (the check
   every load path makes), reported rather than raised."""
-  from train.restore import load_for_eval
+  from train.ckpt.restore import verify_stored
   if not quality.fingerprint_status(meta)["present"]:
     return "not possible (no fingerprint recorded)"
   try:
-    load_for_eval(directory, step)
+    diff = verify_stored(directory, step)
   except arch_match.FingerprintMismatchError as e:
     return "MISMATCH: " + str(e).split(": ", 1)[-1]
   except PregateError as e:
     return f"not possible ({type(e).__name__}: {e})"
-  return "matches: the metadata describes the tensors"
+  return f"matches (difference {diff:.2g}): the metadata describes the tensors"
 
 
 def _define_flags() -> None:
