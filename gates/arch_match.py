@@ -3,9 +3,13 @@
 Pure comparisons of plain data: the checkpoint's recorded model config and tokenizer against the
 configured ones, and the stored array signature (path -> shape, dtype, from orbax's metadata)
 against the configured model's abstract state. Every difference is listed, not just the first.
+Then the decisions on numbers measured elsewhere: the step-0 loss check, the functional
+fingerprint (what the tensors compute under the recorded architecture, which proves the fields
+no shape shows) and pregate-stamp's held-out proof.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 from core.errors import PregateError
@@ -119,3 +123,134 @@ def check_init_eval(source: str, recorded: float, measured: float, compute_dtype
         f"on the same validation batches; the parameters are not the ones that were saved. "
         f"Use an intact checkpoint")
   return diff
+
+
+# The functional fingerprint (train/ckpt/fingerprint.py records it at every save and stamp):
+# float32 log-softmax summaries of the model on a fixed probe input. Fields that change no
+# tensor shape, so only the model's behaviour can prove them:
+NON_SHAPE_FIELDS = ("rope_theta", "norm_eps", "dtype", "n_heads", "n_kv_heads")
+FINGERPRINT_KEYS = ("target_logp", "max_logp")
+
+# Largest allowed |measured - recorded| / max(1, |recorded|) over every probe value, by compute
+# dtype; a record and a claim in different dtypes get the tighter one. Same parameters, same
+# probe: only reduction order (device count, mesh split, XLA fusion) and rounding remain.
+# Measured on the default experiment (notes/integrity.md, notes/integrity_measure.py): float32
+# 0 on data-parallel meshes of 1-8 devices and 2 processes, <= 3.1e-6 with fsdp/tensor splits
+# (1e-4 leaves 30x), while the smallest edit tried moved 6.0e-3 (float32 -> float16 compute;
+# norm_eps 1e-5 -> 1e-6 1.5e-2, rope_theta and head splits 0.5-3). bfloat16 differed by up to
+# 7.2e-3 across splits (one rounding flip, fsdp=8), hence 5e-2.
+FINGERPRINT_TOL = {"float32": 1e-4, "bfloat16": 5e-2, "float16": 5e-2}
+
+
+class FingerprintMismatchError(ArchitectureMismatchError):
+  """The metadata does not describe the tensors: every shape matches, but under the recorded
+  architecture the parameters do not compute what they computed when they were saved."""
+
+  def __init__(self, source: str, message: str):
+    self.differences = [message]
+    PregateError.__init__(self, f"{source}: {message}")
+
+
+def _grid(x: Any, batch: int, length: int) -> bool:
+  return (isinstance(x, list) and len(x) == batch and all(
+      isinstance(r, list) and len(r) == length and all(
+          isinstance(v, (int, float)) and not isinstance(v, bool) and v == v for v in r)
+      for r in x))
+
+
+def fingerprint_problems(record: Any) -> list[str]:
+  """Why a recorded fingerprint cannot be compared (empty when it can)."""
+  if not isinstance(record, dict):
+    return ["the fingerprint is not a JSON object"]
+  probe = record.get("probe")
+  if not isinstance(probe, dict) or not all(
+      isinstance(probe.get(k), int) and probe[k] >= 1 for k in ("batch", "length", "seed")):
+    return ["fingerprint.probe must hold positive integers batch, length and seed"]
+  if probe["batch"] * probe["length"] > 4096:
+    return [f"fingerprint.probe is {probe['batch']}x{probe['length']} tokens; at most 4096"]
+  bad = [k for k in FINGERPRINT_KEYS if not _grid(record.get(k), probe["batch"],
+                                                   probe["length"])]
+  if bad:
+    return [f"fingerprint.{', '.join(bad)} must be {probe['batch']} lists of {probe['length']} "
+            f"finite numbers"]
+  if record.get("dtype") not in FINGERPRINT_TOL:
+    return [f"fingerprint.dtype {record.get('dtype')!r} is not one of {list(FINGERPRINT_TOL)}"]
+  return []
+
+
+def fingerprint_difference(recorded: Mapping[str, Any], measured: Mapping[str, Any]) -> float:
+  """max |measured - recorded| / max(1, |recorded|) over every probe value of both summaries."""
+  worst = 0.0
+  for key in FINGERPRINT_KEYS:
+    for rec_row, got_row in zip(recorded[key], measured[key], strict=True):
+      for a, b in zip(rec_row, got_row, strict=True):
+        diff = abs(b - a) / max(1.0, abs(a))
+        if math.isnan(diff):  # a NaN measured value matches nothing
+          return math.inf
+        worst = max(worst, diff)
+  return worst
+
+
+def fingerprint_tolerance(recorded_dtype: str, claimed_dtype: str) -> float:
+  return min(FINGERPRINT_TOL.get(recorded_dtype, 1e-4), FINGERPRINT_TOL.get(claimed_dtype, 1e-4))
+
+
+def suspects(model: Mapping[str, Any]) -> str:
+  """The non-shape fields as claimed, for a message: the likely culprits of a mismatch."""
+  return (f"model.rope_theta={model.get('rope_theta')!r}, model.norm_eps="
+          f"{model.get('norm_eps')!r}, compute model.dtype={model.get('dtype')!r}, head split "
+          f"model.n_heads/n_kv_heads={model.get('n_heads')!r}/{model.get('n_kv_heads')!r}")
+
+
+def check_fingerprint(source: str, recorded: Any, measured: Mapping[str, Any],
+                      model: Mapping[str, Any]) -> float:
+  """Raise FingerprintMismatchError unless the probe values recomputed under the claimed
+  architecture `model` reproduce the recorded ones within the dtype tolerance; -> difference."""
+  problems = fingerprint_problems(recorded)
+  if problems:
+    raise FingerprintMismatchError(
+        source, f"its functional fingerprint is malformed ({problems[0]}), so the metadata "
+        f"cannot be proven to describe the tensors. Re-stamp it with pregate-stamp, the config "
+        f"it was trained with and held-out text (--heldout)")
+  tol = fingerprint_tolerance(recorded["dtype"], str(model.get("dtype")))
+  diff = fingerprint_difference(recorded, measured)
+  if not diff <= tol:
+    raise FingerprintMismatchError(
+        source, f"the metadata does not describe the tensors: every shape and dtype matches, but "
+        f"under the recorded architecture the parameters' probe log-probabilities differ from "
+        f"the ones recorded at {recorded.get('by', 'save')} by {diff:.3g} (tolerance {tol:g}, "
+        f"{recorded['dtype']} recorded, {model.get('dtype')} claimed). Likely a wrong non-shape "
+        f"field: {suspects(model)}; or the arrays changed after save. Restore the metadata the "
+        f"checkpoint was saved with (pregate-stamp keeps a metadata.bak-*), or re-stamp it with "
+        f"the config it was trained with")
+  return diff
+
+
+# pregate-stamp's held-out proof (train/ckpt/heldout.py measures, this decides). A claimed
+# architecture is refused when its held-out loss is at least RANDOM_FRACTION of ln V (uniform
+# predictions: an untrained model, or a trained one scrambled by a wrong field), when it is
+# further than the stated relative tolerance from the loss the operator states, or when another
+# config with the same tensor shapes scores lower by more than BETTER_BY nats (run-to-run noise
+# is ~1e-5 nats; a wrong head split or rope_theta on a trained model costs far more).
+RANDOM_FRACTION = 0.95
+BETTER_BY = 0.02
+
+
+def stamp_proof_problems(loss: float, vocab_size: int, expected: float | None, tolerance: float,
+                         alternatives: Mapping[str, float]) -> list[str]:
+  """Why the held-out evaluation refutes the claimed config (empty when it stands)."""
+  out = []
+  random = math.log(vocab_size)
+  if not loss < RANDOM_FRACTION * random:
+    out.append(f"held-out loss {loss:.4f} is near the random level ln V = {random:.4f} (at least"
+               f" {RANDOM_FRACTION:g} of it): run as this config the tensors compute no trained "
+               f"model, so a non-shape field ({', '.join(NON_SHAPE_FIELDS)}) is likely wrong")
+  if expected is not None and not abs(loss - expected) <= tolerance * abs(expected):
+    out.append(f"held-out loss {loss:.4f} is far from the stated {expected:.4f} (more than "
+               f"{tolerance:g} relative)")
+  better = {k: v for k, v in alternatives.items() if v < loss - BETTER_BY}
+  if better:
+    out.append("the same tensors score clearly better as " + ", ".join(
+        f"{k} (loss {v:.4f} vs {loss:.4f})" for k, v in sorted(better.items(),
+                                                               key=lambda kv: kv[1])))
+  return out

@@ -203,11 +203,15 @@ def test_cli_resume_with_other_architecture_exits_before_training(copy, prepared
   assert helpers.checkpoint_steps(copy) == steps_before
 
 
-def _tamper(src: Path, dst: Path) -> None:
-  """A copy whose `embed` tensor was scaled by 1.5 after save; metadata unchanged."""
+def _tamper(src: Path, dst: Path, keep_fingerprint: bool = False) -> None:
+  """A copy whose `embed` tensor was scaled by 1.5 after save; metadata unchanged, except that
+  the fingerprint is dropped unless kept (as from an older pregate: the step-0 check is then
+  what stops it)."""
   params = helpers.load_params(src, STEP)
   params["embed"] = params["embed"] * 1.5
   meta = helpers.checkpoint_meta(src, STEP)
+  if not keep_fingerprint:
+    del meta["fingerprint"]
   ckpt = ckpt_lib.Checkpointer(str(dst / "checkpoints"), keep=1, keep_best=0, async_save=False)
   ckpt.save(STEP, params, {"unused": np.zeros(1)}, None, meta, meta["val_loss"])
   ckpt.close()
@@ -233,7 +237,13 @@ def test_tampered_params_stopped_at_step0(trained, tmp_path, prepared_data):
                        workdir=work)
   assert r.rc == 2, r.stderr[-3000:]
   assert "InitEvalMismatchError" in r.stderr and "Traceback" not in r.stderr
-  assert not helpers.events(helpers.read_jsonl(work / "metrics.jsonl"), "train")
+  assert not (work / "metrics.jsonl").exists() and not (work / "run.json").exists()
+  kept = tmp_path / "tampered-fingerprinted"
+  _tamper(trained, kept, keep_fingerprint=True)  # the fingerprint stops it even earlier
+  r = helpers.run_main(helpers.FORCE, f"--init={kept}", *helpers.tiny_flags(prepared_data),
+                       workdir=tmp_path / "warm2")
+  assert r.rc == 2 and "FingerprintMismatchError" in r.stderr, r.stderr[-3000:]
+  assert not (tmp_path / "warm2").exists()
   with pytest.raises(InitEvalMismatchError):
     check_init_eval("x", 1.5, 1.5 * (1 + 2e-4), "float32")
   assert check_init_eval("x", 1.5, 1.5 * (1 + 5e-5), "float32") < 1e-4

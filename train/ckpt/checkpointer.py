@@ -8,8 +8,9 @@ delete the best checkpoint.
 """
 from __future__ import annotations
 
-import json
+import logging as py_logging
 import os
+import sys
 from typing import Any, Callable
 
 import grain
@@ -19,9 +20,61 @@ from orbax.checkpoint import checkpoint_managers as cm
 
 from core.checks import first_line
 from core.errors import CheckpointError, ConfigError
-from train.ckpt.stepspec import parse_step
+from train.ckpt.stepspec import parse_step, read_meta_file
 
 METRIC = "val_loss"
+# What a failed array read looks like, anywhere in an exception's chain (orbax wraps
+# tensorstore's error; its other pending shard reads fail later on background threads).
+_READ_ERRORS = ("Encountered error while reading array", "Error reading", "Event loop is closed",
+                "FAILED_PRECONDITION", "DATA_LOSS", "NOT_FOUND")
+_quieted = False
+
+
+def _chain(err: BaseException | None) -> list[BaseException]:
+  out: list[BaseException] = []
+  while err is not None and err not in out:
+    out.append(err)
+    err = err.__cause__ or err.__context__
+  return out
+
+
+def is_read_error(err: BaseException | None) -> bool:
+  return any(any(m in str(e) for m in _READ_ERRORS) for e in _chain(err))
+
+
+def read_error_line(err: BaseException) -> str:
+  """The root cause of a failed array read as one line: tensorstore's own message (which
+  names the array and what is wrong with it), not orbax's wrapper and its spec dump."""
+  root = _chain(err)[-1]
+  return " ".join(first_line(root, 400).split())
+
+
+class _DropBackgroundReadErrors(py_logging.Filter):
+  """asyncio's 'Future exception was never retrieved' for a failed shard read."""
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    return not (record.exc_info and is_read_error(record.exc_info[1]))
+
+
+def quiet_background_read_errors() -> None:
+  """After a failed read, orbax's other pending shard reads fail later on tensorstore and
+  asyncio threads and print pages of tracebacks ('Event loop is closed', 'Future exception was
+  never retrieved', 'Exception ignored in: <coroutine _read_array_index_and_device_put>') that
+  would bury pregate's one-line error. They repeat the error already reported, so they are
+  dropped for the rest of the process; any other unraisable exception still prints."""
+  global _quieted
+  if _quieted:
+    return
+  _quieted = True
+  previous = sys.unraisablehook
+
+  def hook(unraisable: Any) -> None:
+    if is_read_error(unraisable.exc_value) or "_read_array" in repr(unraisable.object):
+      return
+    previous(unraisable)
+
+  sys.unraisablehook = hook
+  py_logging.getLogger("asyncio").addFilter(_DropBackgroundReadErrors())
 
 
 def _handlers() -> dict[str, Any]:
@@ -119,21 +172,14 @@ class Checkpointer:
       items = {k: ocp.args.StandardRestore(fallback_sharding=one) for k in names}
       got = self.manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # pylint: disable=broad-except
+      quiet_background_read_errors()
       raise CheckpointError(f"checkpoint {self.directory}/{step} is damaged: its arrays cannot "
-                            f"be read ({first_line(e)})") from None
+                            f"be read ({read_error_line(e)})") from None
     return sum(x.nbytes for x in jax.tree.leaves([got[k] for k in items]))
 
   def read_meta(self, step: int) -> dict[str, Any] | None:
     """The JSON metadata item, read from its file (no arrays, no manager state); None if absent."""
-    path = os.path.join(self.directory, str(step), "meta", "metadata")
-    if not os.path.exists(path):
-      return None
-    try:
-      with open(path) as f:
-        return json.load(f)
-    except (OSError, ValueError) as e:
-      raise CheckpointError(
-          f"checkpoint {self.directory}/{step}: unreadable metadata ({e})") from None
+    return read_meta_file(self.directory, step)
 
   def array_signature(self, step: int, item: str = "params") -> dict[str, tuple[tuple, str]]:
     """Stored 'a/b/c' -> (shape, dtype) from orbax's array metadata; reads no array data.
@@ -159,7 +205,14 @@ class Checkpointer:
       items["opt_state"] = ocp.args.StandardRestore(opt_target)
     if data_iter is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
-    restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:  # pylint: disable=broad-except
+      if not is_read_error(e):
+        raise
+      quiet_background_read_errors()
+      raise CheckpointError(f"checkpoint {self.directory}/{step} is damaged: its arrays cannot "
+                            f"be read ({read_error_line(e)})") from None
     return {k: restored[k] for k in items}
 
   def wait(self) -> None:

@@ -3,9 +3,18 @@
 Every save writes one JSON record (the orbax item `meta`) that makes the checkpoint
 self-describing: the architecture stamp and model config (from which the model is rebuilt),
 the parameter signature, the embedded tokenizer, the data fingerprint, the gate verdict and
-the training provenance. `pregate-stamp` writes the same record for a checkpoint that lacks one,
-with what it cannot know set to null; `inspect --quality` scores the fields listed here.
-Adding a field means editing this module: the record builders and the field tables below.
+the training provenance, and the functional fingerprint. `pregate-stamp` writes the same record
+for a checkpoint that lacks one, with what it cannot know set to null; `inspect --quality` scores
+the fields listed here. Adding a field means editing this module: the record builders and the
+field tables below.
+
+`fingerprint` (train/ckpt/fingerprint.py) binds the metadata to the tensors' behaviour, which
+shape checks cannot: {version, probe: {seed, batch, length}, dtype (the compute dtype it was
+measured under), mean_nll, target_logp and max_logp ([batch][length] float32 log-softmax
+summaries of the model on the probe), by: "save" | "stamp", and for a stamp `verified`: the
+held-out evaluation that proved the claimed architecture}. Every load path recomputes it under
+`model` and refuses a mismatch (FingerprintMismatchError); a checkpoint saved before it existed
+loads with a one-line warning.
 """
 from __future__ import annotations
 
@@ -108,11 +117,13 @@ def run_record(*, config: dict[str, Any], model_cfg: ModelConfig, counts: ParamC
 def save_record(run: Mapping[str, Any], *, step: int, tokens_seen: int,
                 val_loss: float | None, best_val_loss: float | None,
                 evals_without_improvement: int, nonfinite_skipped: int,
-                termination: str | None) -> dict[str, Any]:
-  """One save's record: the run's record plus where the run stands at `step`."""
+                termination: str | None, fingerprint: dict[str, Any]) -> dict[str, Any]:
+  """One save's record: the run's record plus where the run stands at `step` and what its
+  parameters compute (the fingerprint, measured by the run that trained them)."""
   return dict(run, step=step, tokens_seen=tokens_seen, val_loss=val_loss,
               best_val_loss=best_val_loss, evals_without_improvement=evals_without_improvement,
-              nonfinite_skipped=nonfinite_skipped, termination=termination)
+              nonfinite_skipped=nonfinite_skipped, termination=termination,
+              fingerprint=dict(fingerprint, by="save"))
 
 
 def import_record(*, model_cfg: ModelConfig, counts: ParamCounts, tokenizer: dict[str, Any],
@@ -131,10 +142,13 @@ def import_record(*, model_cfg: ModelConfig, counts: ParamCounts, tokenizer: dic
 
 def stamp_record(*, config: dict[str, Any], model_cfg: ModelConfig, counts: ParamCounts,
                  tokenizer: dict[str, Any], signature: Signature, step: int, planned_tokens: int,
-                 replaced: bool, tokenizer_from: dict[str, Any]) -> dict[str, Any]:
-  """The record `pregate-stamp` writes: unknowable provenance null and listed in `stamped`."""
+                 replaced: bool, tokenizer_from: dict[str, Any], fingerprint: dict[str, Any],
+                 verified: dict[str, Any]) -> dict[str, Any]:
+  """The record `pregate-stamp` writes: unknowable provenance null and listed in `stamped`;
+  the fingerprint carries the held-out evaluation that proved the claimed architecture."""
   return dict(_model_record(config, model_cfg, counts, tokenizer, signature),
               planned_tokens=planned_tokens, step=step, **{k: None for k in STAMP_UNKNOWN},
+              fingerprint=dict(fingerprint, by="stamp", verified=verified),
               stamped={"by": "train.stamp",
                        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                        "replaced_existing": replaced, "tokenizer_from": tokenizer_from,

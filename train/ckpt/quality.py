@@ -15,6 +15,9 @@ alone and the stored tensors agree) weighs most. Every lost point says what is m
                           model 1
   signature 20            the model config's abstract param signature == orbax's stored one 12;
                           a `signature` key, when present, == stored 4; param_counts == stored 4
+Beside the score, `fingerprint` says whether the checkpoint carries a functional fingerprint
+and who verified it: the training run at save, or pregate-stamp on held-out text. Without one,
+the non-shape fields (rope_theta, norm_eps, compute dtype, head split) are unverifiable.
 """
 from __future__ import annotations
 
@@ -158,7 +161,30 @@ def quality(meta: dict[str, Any] | None, stored_signature: Signature,
   for name, weight in SUBSCORES.items():
     lost = [{"points": p, "reason": why} for p, ok, why in checks[name] if not ok]
     subs[name] = {"score": weight - sum(x["points"] for x in lost), "max": weight, "lost": lost}
-  return {"score": sum(s["score"] for s in subs.values()), "max": 100, "subscores": subs}
+  return {"score": sum(s["score"] for s in subs.values()), "max": 100, "subscores": subs,
+          "fingerprint": fingerprint_status(meta)}
+
+
+def fingerprint_status(meta: Any) -> dict[str, Any]:
+  """Whether a verified functional fingerprint is present, and what verified it."""
+  fp = _d(meta).get("fingerprint")
+  if fp is None:
+    return {"present": False, "verified": False, "by": None,
+            "detail": "none: the non-shape fields (rope_theta, norm_eps, compute dtype, head "
+                      "split) cannot be verified against the tensors; fix: re-stamp it with "
+                      "--heldout, or resume it once with its data present"}
+  problems = arch_match.fingerprint_problems(fp)
+  if problems:
+    return {"present": True, "verified": False, "by": _d(fp).get("by"),
+            "detail": f"malformed: {problems[0]}"}
+  probe = f"{fp['probe']['batch']}x{fp['probe']['length']} probe, {fp['dtype']}"
+  if fp.get("by") == "stamp":
+    v = _d(fp.get("verified"))
+    detail = (f"verified by pregate-stamp ({probe}): held-out loss {_v(v.get('loss'))} on "
+              f"{v.get('heldout', '<missing>')}, random level {_v(v.get('random_loss'))}")
+    return {"present": True, "verified": bool(v), "by": "stamp", "detail": detail}
+  return {"present": True, "verified": fp.get("by") == "save", "by": fp.get("by"),
+          "detail": f"recorded by the training run at save ({probe})"}
 
 
 def _v(x: Any) -> str:
@@ -202,6 +228,8 @@ def summary(directory: str, step: int, steps: list[int], meta: dict[str, Any] | 
                                                     if gate.get("bypassed") else "")),
       ("mesh at save", _kv(m.get("mesh"))), ("git commit", _v(m.get("git_commit"))),
       ("libraries", _kv(m.get("libraries")))]
+  rows.append(("fingerprint", fingerprint_status(m)["detail"] if meta is not None
+                else "<missing>"))
   if "stamped" in m:
     rows.append(("stamped", _kv(m["stamped"], ("by", "time", "replaced_existing")) +
                  "; training provenance it could not know is <missing>"))

@@ -1,8 +1,11 @@
 """Programmatic restore for evaluation: `load_for_eval(path)` needs no config file.
 
 The model is rebuilt from the checkpoint's own metadata, the stored tensors are proven to match
-that architecture (and `expected`, when given) before any array is read, and the parameters are
-restored onto the current devices whatever topology saved them.
+that architecture (and `expected`, when given) before any array is read, the parameters are
+restored onto the current devices whatever topology saved them, and the functional fingerprint
+is recomputed under the metadata's model: metadata that is wrong in a field no shape shows
+(rope_theta, norm_eps, compute dtype, head split) is refused, not loaded as another model.
+Every evaluation-side consumer (pregate-eval, pregate-sample, export, a teacher) comes here.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from core.errors import ConfigError
 from gates import arch_match
 from models.config import ModelConfig
 from models.transformer import Transformer
-from train.ckpt import metadata
+from train.ckpt import fingerprint, metadata
 from train.ckpt.checkpointer import Checkpointer
 from train.ckpt.resume import validate
 from train.ckpt.stepspec import checkpoint_dir
@@ -42,27 +45,50 @@ def load_for_eval(path: str, step: str | int = "latest", mesh: jax.sharding.Mesh
   """Rebuild, validate and restore a model for evaluation.
 
   Raises MissingMetadataError (no pregate metadata), ArchitectureMismatchError (tensors differ
-  from the metadata's architecture, or metadata differs from `expected`), CheckpointError.
+  from the metadata's architecture, or metadata differs from `expected`; its subclass
+  FingerprintMismatchError when only behaviour shows it), CheckpointError (damaged arrays),
+  DataError (no usable tokenizer).
   """
   ckpt = Checkpointer(checkpoint_dir(path), read_only=True)
   try:
     resolved = ckpt.resolve(step)
-    source = f"checkpoint {ckpt.directory}/{resolved}"
     meta = metadata.require(ckpt.read_meta(resolved), f"{ckpt.directory}/{resolved}")
     if expected is not None:
       diffs = arch_match.config_differences(expected.to_dict(), meta["model"])
       if diffs:
-        raise arch_match.ArchitectureMismatchError(source, diffs)
-    try:
-      model_cfg = ModelConfig.from_dict(meta["model"])
-    except (ConfigError, TypeError) as e:
-      raise arch_match.ArchitectureMismatchError(
-          source, [f"model config unusable: {e}"]) from None
-    setup = TrainSetup.build(model_cfg, optax.identity(), 0, mesh or default_mesh())
-    validate(setup, ckpt, resolved, None)
-    params_target, _ = setup.targets()
-    params = ckpt.restore(resolved, params_target=params_target)["params"]
+        raise arch_match.ArchitectureMismatchError(f"checkpoint {ckpt.directory}/{resolved}",
+                                                   diffs)
+    tokenizer = tokenizer_from_json(meta.get("tokenizer"))  # a DataError line, before arrays
+    setup, params, _ = _verified_params(ckpt, resolved, meta, mesh or default_mesh())
   finally:
     ckpt.close()
-  model = nnx.merge(setup.graphdef, params)
-  return Restored(model, meta, tokenizer_from_json(meta["tokenizer"]), resolved)
+  return Restored(nnx.merge(setup.graphdef, params), meta, tokenizer, resolved)
+
+
+def verify_stored(path: str, step: str | int = "latest") -> float | None:
+  """Prove a stored checkpoint's metadata against its tensors, fingerprint included, on this
+  host's devices (what `pregate-inspect --quality` reports); -> the fingerprint difference, or
+  None (with the one-line warning) when none is recorded. Raises like `load_for_eval`."""
+  ckpt = Checkpointer(checkpoint_dir(path), read_only=True)
+  try:
+    resolved = ckpt.resolve(step)
+    meta = metadata.require(ckpt.read_meta(resolved), f"{ckpt.directory}/{resolved}")
+    return _verified_params(ckpt, resolved, meta, default_mesh())[2]
+  finally:
+    ckpt.close()
+
+
+def _verified_params(ckpt: Checkpointer, step: int, meta: dict[str, Any],
+                     mesh: jax.sharding.Mesh) -> tuple[TrainSetup, Any, float | None]:
+  """The model the metadata describes, its tensors proven (config, signature), restored onto
+  `mesh` and fingerprint-verified; -> (setup, params, fingerprint difference or None)."""
+  source = f"checkpoint {ckpt.directory}/{step}"
+  try:
+    model_cfg = ModelConfig.from_dict(meta["model"])
+  except (ConfigError, TypeError) as e:
+    raise arch_match.ArchitectureMismatchError(source, [f"model config unusable: {e}"]) from None
+  setup = TrainSetup.build(model_cfg, optax.identity(), 0, mesh)
+  validate(setup, ckpt, step, None)
+  params = ckpt.restore(step, params_target=setup.targets()[0])["params"]
+  diff = fingerprint.verify(source, meta, params, f"{ckpt.directory}/{step}")
+  return setup, params, diff

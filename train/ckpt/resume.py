@@ -3,7 +3,10 @@
 The metadata's model config and tokenizer, and orbax's stored array signature (paths, shapes,
 dtypes; no array data read), are compared with the configured model's abstract state by
 `gates.arch_match` before a single array is restored. Restores target the current mesh's
-shardings, so a checkpoint saved on one topology loads on another.
+shardings, so a checkpoint saved on one topology loads on another. After the restore, the
+functional fingerprint (train/ckpt/fingerprint.py) is recomputed under the metadata's model and
+must match: the non-shape fields (rope_theta, norm_eps, compute dtype, head split) are proven
+too. A warm start (`--init`) is loaded and verified before the run writes anything.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from absl import logging
 from core.checks import first_line
 from core.errors import CheckpointError
 from gates import arch_match
-from train.ckpt import metadata
+from train.ckpt import fingerprint, metadata
 from train.ckpt.checkpointer import Checkpointer
 from train.ckpt.stepspec import checkpoint_dir, split_path_step
 from train.state.setup import TrainSetup
@@ -52,6 +55,8 @@ def restore_or_init(setup: TrainSetup, checkpointer: Checkpointer, data_iter: An
     try:
       meta = validate(setup, checkpointer, step, tokenizer)
       state = _restore(setup, checkpointer, step, data_iter)
+      fingerprint.verify(f"checkpoint {checkpointer.directory}/{step}", meta, state.params,
+                         checkpointer.directory)
     except (arch_match.ArchitectureMismatchError, arch_match.MissingMetadataError):
       raise
     except Exception as e:  # pylint: disable=broad-except
@@ -94,6 +99,12 @@ def _restore(setup: TrainSetup, checkpointer: Checkpointer, step: int, data_iter
                                    setup.shardings.step), got["params"], got["opt_state"])
 
 
+def has_steps(directory: str) -> bool:
+  """Whether a checkpoints dir holds a committed step (what a run would resume); file names
+  only, no orbax manager (which would start the JAX backend)."""
+  return os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))
+
+
 def open_init(spec: str) -> tuple[Checkpointer, int]:
   """`--init=PATH[:STEP]` -> (read-only checkpointer, resolved step); refuses before any write
   when the path or step does not exist."""
@@ -106,19 +117,36 @@ def open_init(spec: str) -> tuple[Checkpointer, int]:
     raise
 
 
-def init_from(setup: TrainSetup, spec: str, tokenizer: dict | None,
-              tx: optax.GradientTransformation) -> tuple[TrainState, dict[str, Any]]:
-  """Warm start from `PATH[:STEP]`: validated parameters only; fresh optimizer and schedule."""
+def init_params(setup: TrainSetup, spec: str, tokenizer: dict | None
+                ) -> tuple[Any, dict[str, Any]]:
+  """`--init=PATH[:STEP]`'s parameters, validated (config, tokenizer when given, signature),
+  restored onto the setup's mesh and fingerprint-verified; -> (params, metadata)."""
   ckpt, resolved = open_init(spec)
   try:
     meta = validate(setup, ckpt, resolved, tokenizer)
     try:
       params = ckpt.restore(resolved, params_target=setup.targets()[0])["params"]
+    except CheckpointError as e:
+      raise CheckpointError(f"--init={spec}: {e}; pick another step") from None
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(f"--init={spec}: checkpoint step {resolved} is damaged "
                             f"({first_line(e)}); pick another step") from None
+    fingerprint.verify(f"--init={spec}: checkpoint {ckpt.directory}/{resolved}", meta, params,
+                       f"{ckpt.directory}/{resolved}")
   finally:
     ckpt.close()
+  return params, meta
+
+
+def warm_state(setup: TrainSetup, params: Any, tx: optax.GradientTransformation) -> TrainState:
+  """A fresh optimizer and schedule (step 0) around warm-started parameters."""
   opt_state = jax.jit(tx.init, out_shardings=setup.shardings.opt_state)(params)
   step0 = jax.device_put(jax.numpy.zeros((), jax.numpy.int32), setup.shardings.step)
-  return TrainState(step0, params, opt_state), meta
+  return TrainState(step0, params, opt_state)
+
+
+def init_from(setup: TrainSetup, spec: str, tokenizer: dict | None,
+              tx: optax.GradientTransformation) -> tuple[TrainState, dict[str, Any]]:
+  """Warm start from `PATH[:STEP]`: validated parameters only; fresh optimizer and schedule."""
+  params, meta = init_params(setup, spec, tokenizer)
+  return warm_state(setup, params, tx), meta

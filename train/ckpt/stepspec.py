@@ -3,7 +3,9 @@ step `latest | best | N`, alone (`--step=`) or as `PATH[:STEP]` (`--init=`, `--t
 Parsed here only, so every command accepts the same spellings."""
 from __future__ import annotations
 
+import json
 import os
+from typing import Any
 
 from core.checks import is_int
 from core.errors import CheckpointError, ConfigError
@@ -57,3 +59,39 @@ def locate(path: str, step: str | int | None) -> tuple[str, str | int]:
     raise ConfigError(f"{path} is the dir of step {name} but --step={step}; pass the "
                       f"checkpoints dir with --step, or the step dir alone")
   return os.path.dirname(path), int(name)
+
+
+def read_meta_file(directory: str, step: int) -> dict[str, Any] | None:
+  """A step's JSON metadata item, read from its file; None if absent, CheckpointError if torn."""
+  path = os.path.join(directory, str(step), "meta", "metadata")
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    raise CheckpointError(f"checkpoint {directory}/{step}: unreadable metadata ({e})") from None
+
+
+def resolve_on_disk(directory: str, step: str | int) -> int:
+  """'latest' | 'best' | N -> a committed step, from file names (and each step's saved metrics
+  for 'best') alone: no orbax manager, so it can run before the JAX backend starts."""
+  step = parse_step(step)
+  steps = sorted(int(n) for n in os.listdir(directory) if n.isdigit())
+  if not steps:
+    raise CheckpointError(f"no checkpoints in {directory}")
+  if step == "latest":
+    return steps[-1]
+  if step == "best":
+    scored = []
+    for s in steps:
+      try:
+        with open(os.path.join(directory, str(s), "metrics", "metrics")) as f:
+          scored.append((float(json.load(f)["val_loss"]), s))
+      except (OSError, ValueError, KeyError, TypeError):
+        continue
+    if scored:
+      return min(scored)[1]
+  elif step in steps:
+    return step
+  raise CheckpointError(f"checkpoint step {step!r} not found in {directory}; available: {steps}")

@@ -11,7 +11,7 @@ import json
 from absl import flags
 
 from core import cli
-from core.errors import CheckpointError
+from core.errors import CheckpointError, PregateError
 from gates import arch_match
 from train.ckpt import quality
 from train.ckpt.checkpointer import Checkpointer
@@ -35,6 +35,8 @@ def report(path: str, step: str | None = None, as_json: bool = False,
   if meta is not None and not isinstance(meta, dict):
     raise CheckpointError(f"checkpoint {directory}/{at}: metadata is not a JSON object")
   q = quality.quality(meta, stored, at) if with_quality else None
+  if q and verify:
+    q["fingerprint"]["recomputed"] = _recompute(directory, at, meta)
   if as_json:
     if meta is None and q is None:
       raise arch_match.MissingMetadataError(f"{directory}/{at}")
@@ -42,11 +44,28 @@ def report(path: str, step: str | None = None, as_json: bool = False,
   lines = quality.summary(directory, at, steps, meta, stored)
   if verified is not None:
     lines.append(f"arrays        all readable ({verified / 2**20:.1f} MiB)")
+  if q and verify:
+    lines.append(f"  recomputed  {q['fingerprint']['recomputed']}")
   lines += [f"quality       {q['score']}/{q['max']}"] if q else []
   for name, r in (q or {}).get("subscores", {}).items():
     lines.append(f"  {name:<21} {r['score']:>2}/{r['max']}")
     lines += [f"    -{x['points']} {x['reason']}" for x in r["lost"]]
   return "\n".join(lines)
+
+
+def _recompute(directory: str, step: int, meta: dict | None) -> str:
+  """With --quality: the fingerprint recomputed now under the metadata's model (the check
+  every load path makes), reported rather than raised."""
+  from train.ckpt.restore import verify_stored
+  if not quality.fingerprint_status(meta)["present"]:
+    return "not possible (no fingerprint recorded)"
+  try:
+    diff = verify_stored(directory, step)
+  except arch_match.FingerprintMismatchError as e:
+    return "MISMATCH: " + str(e).split(": ", 1)[-1]
+  except PregateError as e:
+    return f"not possible ({type(e).__name__}: {e})"
+  return f"matches (difference {diff:.2g}): the metadata describes the tensors"
 
 
 def _define_flags() -> None:

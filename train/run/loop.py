@@ -23,7 +23,7 @@ from absl import logging
 from core.errors import CheckpointError, DiskSpaceError, NonFiniteLossError
 from core.jsonio import write_json_atomic
 from gates import arch_match, chinchilla
-from train.ckpt import metadata, resume
+from train.ckpt import fingerprint, metadata, resume
 from train.ckpt.checkpointer import Checkpointer
 from train.data import pipeline
 from train.run import guards
@@ -34,6 +34,8 @@ from train.run.preflight import Plan
 from train.run.setup import RunData, RunSetup, open_data
 from train.runtime import host_memory
 from train.state import flops, sharding
+from train.state import step as step_lib
+from train.state.setup import TrainSetup
 
 
 @dataclasses.dataclass
@@ -146,7 +148,8 @@ class _Edges:
     meta = metadata.save_record(
         self.run_meta, step=step, tokens_seen=step * self.tokens_per_step, val_loss=loss,
         best_val_loss=self.tracker.best, evals_without_improvement=self.tracker.bad_evals,
-        nonfinite_skipped=self.pipe.guard.skipped, termination=reason)
+        nonfinite_skipped=self.pipe.guard.skipped, termination=reason,
+        fingerprint=fingerprint.compute(self.state.params, self.rs.model_cfg))
     t = time.perf_counter()
     try:
       self.checkpointer.save(step, self.state.params, self.state.opt_state, self.it, meta, loss)
@@ -169,62 +172,92 @@ class _Started:
   run_meta: dict[str, Any]
   resumed: dict[str, Any]  # the resumed checkpoint's metadata ({} for a fresh or --init run)
   eval_set: list[Any]
+  records: list[dict[str, Any]]  # metrics records of the start (the step-0 check), not yet logged
 
 
-def _start(config: Any, workdir: str, plan: Plan, data: RunData, rs: RunSetup, init: str,
-           seams: Seams, log: MetricsLog) -> _Started:
-  """Iterator, checkpointer, the state (resumed, warm-started or fresh, each validated),
-  eval batches and the run's metadata record; the step-0 check runs on a loaded state."""
-  it = rs.train_iter(data.train, config.train_steps)
-  checkpointer = Checkpointer(
-      os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
-      keep_best=config.checkpoint.keep_best, async_save=config.checkpoint.async_save,
-      fault_hook=seams.checkpoint_fault)
-  tok = data.tokenizer.to_json()
-  state, resumed = resume.restore_or_init(rs.state, checkpointer, it, tok)
-  loaded, source = resumed, f"resume from {checkpointer.directory}"
-  if init and resumed is None:
-    state, loaded = resume.init_from(rs.state, init, tok, rs.tx)
-    source = f"--init={init}"
-  elif init:
+def _warm_start(config: Any, workdir: str, plan: Plan, shape: tuple[int, int, int],
+                init: str) -> tuple[Any, dict[str, Any]] | None:
+  """`--init`'s parameters, restored and verified (signature, fingerprint) before the run
+  writes anything (not even its data cache): None when there is no --init, or the workdir
+  already holds checkpoints (the run resumes them instead)."""
+  if not init:
+    return None
+  if resume.has_steps(os.path.join(workdir, "checkpoints")):
     logging.warning("resuming the run in %s; --init=%s applies only to a fresh run and is "
                     "ignored", workdir, init)
+    return None
+  setup = TrainSetup.build(plan.model_cfg, step_lib.make_optimizer(config), config.seed,
+                           sharding.make_mesh(shape))
+  return resume.init_params(setup, init, None)
+
+
+def _start(config: Any, workdir: str, plan: Plan, data: RunData, rs: RunSetup,
+           warm: tuple[Any, dict[str, Any]] | None, init: str, seams: Seams) -> _Started:
+  """Iterator, the state (resumed, warm-started or fresh, each validated), eval batches, the
+  step-0 check on a loaded state, the checkpointer and the run's metadata record. Writes
+  nothing but the checkpoints dir of a fresh run (and renames damaged steps aside on resume)."""
+  it = rs.train_iter(data.train, config.train_steps)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  open_ckpt = lambda: Checkpointer(
+      ckpt_dir, keep=config.checkpoint.keep, keep_best=config.checkpoint.keep_best,
+      async_save=config.checkpoint.async_save, fault_hook=seams.checkpoint_fault)
+  tok = data.tokenizer.to_json()
+  checkpointer, resumed = None, None
+  if resume.has_steps(ckpt_dir):
+    checkpointer = open_ckpt()
+    state, resumed = resume.restore_or_init(rs.state, checkpointer, it, tok)
+  loaded, source = resumed, f"resume from {ckpt_dir}"
+  if resumed is None and warm is not None:
+    params, loaded = warm
+    diffs = arch_match.tokenizer_differences(tok, loaded.get("tokenizer"))
+    if diffs:
+      raise arch_match.ArchitectureMismatchError(f"--init={init}", diffs)
+    state, source = resume.warm_state(rs.state, params, rs.tx), f"--init={init}"
+  elif resumed is None:
+    state = rs.state.fresh_state()
   eval_set, eval_desc = pipeline.eval_batches(
       data.val, batch_size=config.eval.batch_size or config.batch.global_batch,
       seq_len=config.batch.seq_len, n_batches=config.eval.eval_batches, seed=config.seed,
       process_index=jax.process_index(), process_count=jax.process_count())
   eval_global = [rs.to_global(b) for b in eval_set]
+  records = []
   if loaded is not None:
-    _step0_check(loaded, source, data.val, lambda bs: rs.eval_loss(
-        state.params, [rs.to_global(b) for b in bs]), plan.model_cfg.dtype, log,
+    records = _step0_check(loaded, source, data.val, lambda bs: rs.eval_loss(
+        state.params, [rs.to_global(b) for b in bs]), plan.model_cfg.dtype,
         strict_data=resumed is not None)
   run_meta = metadata.run_record(
       config=config.to_dict(), model_cfg=plan.model_cfg, counts=plan.counts, tokenizer=tok,
       signature=rs.state.expected_signature(), manifest=data.manifest,
       gate=plan.verdict.to_dict(), eval_batches=eval_desc,
       mesh={a: int(rs.mesh.shape[a]) for a in sharding.AXES}, changes=plan.changes)
-  return _Started(state, it, checkpointer, run_meta, resumed or {}, eval_global)
+  return _Started(state, it, checkpointer or open_ckpt(), run_meta, resumed or {}, eval_global,
+                  records)
 
 
 def run(config: Any, workdir: str, plan: Plan, *, stop_after: int = 0, init: str = "",
         seams: Seams | None = None) -> RunResult:
   seams = seams or Seams()
-  # Mesh and data first: such refusals must leave no run directory behind (no compile needed).
-  sharding.run_mesh_shape(config, plan.model_cfg, jax.device_count())
+  # Nothing is written until the state is loaded and proven: the mesh, the --init checkpoint
+  # (before even the data cache), the data, a resumed checkpoint and the step-0 check may each
+  # refuse, and a refused run must not claim the workdir (run.json) or log to it.
+  shape = sharding.run_mesh_shape(config, plan.model_cfg, jax.device_count())
+  warm = _warm_start(config, workdir, plan, shape, init)
   data = open_data(config, workdir, plan.model_cfg)
   if not plan.verdict.unique_tokens_known:  # e.g. a tokenizer trained by the preparation
     plan = dataclasses.replace(plan, verdict=chinchilla.enforce(
         chinchilla.recheck(plan.verdict, data.unique_tokens())))
+  rs = RunSetup.build(config, plan.model_cfg)
+  s = _start(config, workdir, plan, data, rs, warm, init, seams)
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
-  if is_main:
+  if is_main:  # The run has really started: now it owns the workdir.
     write_json_atomic(os.path.join(workdir, "gate.json"), plan.verdict.to_dict())
     workdir_lib.record_owner(workdir, config.to_dict(), plan.verdict.to_dict(), plan.changes)
   log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), enabled=is_main,
                    on_write=seams.after_record)
   log.write_gate(plan.verdict)
-  rs = RunSetup.build(config, plan.model_cfg)
-  s = _start(config, workdir, plan, data, rs, init, seams, log)
+  for record in s.records:
+    log.write(record)
   start = int(s.state.step)
   _log_start(plan, rs, start, config.train_steps)
   step, last, termination = start, config.train_steps, Termination.COMPLETED
@@ -318,14 +351,14 @@ def _write_error(err: OSError, directory: str, step: int) -> Exception:
 
 
 def _step0_check(meta: dict, source: str, val_arr: pipeline.TokenArray,
-                 eval_loss: Callable[[list], float], compute_dtype: str, log: MetricsLog,
-                 strict_data: bool) -> None:
+                 eval_loss: Callable[[list], float], compute_dtype: str,
+                 strict_data: bool) -> list[dict[str, Any]]:
   """Before the first step: restored params must reproduce the recorded val loss on the very
-  batches that produced it, or the run stops (InitEvalMismatchError)."""
+  batches that produced it, or the run stops (InitEvalMismatchError); -> the record to log."""
   recorded, desc = meta.get("val_loss"), meta.get("eval_batches")
   if recorded is None or not desc:
     logging.warning("step-0 check skipped for %s: no recorded val loss", source)
-    return
+    return []
   try:
     batches = pipeline.reproduce_eval_batches(
         val_arr, desc, process_index=jax.process_index(), process_count=jax.process_count())
@@ -333,10 +366,10 @@ def _step0_check(meta: dict, source: str, val_arr: pipeline.TokenArray,
     if strict_data:
       raise
     logging.warning("step-0 check skipped for %s: %s", source, err)
-    return
+    return []
   measured = eval_loss(batches)
   diff = arch_match.check_init_eval(source, recorded, measured, compute_dtype)
-  log.write({"event": "step0_check", "source": source, "recorded": recorded,
-             "measured": measured, "abs_diff": diff})
   logging.info("step-0 check passed for %s: val loss %.6f vs recorded %.6f", source, measured,
                recorded)
+  return [{"event": "step0_check", "source": source, "recorded": recorded,
+           "measured": measured, "abs_diff": diff}]

@@ -1,21 +1,26 @@
 """Everything that can refuse a run, with nothing compiled and nothing written.
 
-Order: the config's sanity, the model config, N from the abstract model (no compile), the
-Chinchilla gate, the workdir and its owner, `--init`'s path, the corpus. A refusal here costs
-one JAX import and leaves the disk untouched.
+Order: the config's sanity (every field), the model config, N from the abstract model (no
+compile), the Chinchilla gate, the workdir and its owner, `--init`'s checkpoint (its step, its
+metadata against the config and tokenizer, from files alone), the corpus. A refusal here costs
+one JAX import and leaves the disk untouched. What needs the devices (the mesh, the stored
+arrays, the fingerprint) is checked by the loop, still before anything is written.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Any
 
 from core.errors import ConfigError, DataError
-from core.paths import resolve_path
-from gates import chinchilla, config_sanity, unique_tokens
+from core.paths import data_dirs, resolve_path
+from gates import arch_match, chinchilla, config_sanity, unique_tokens
 from models.config import ModelConfig
 from models.params import ParamCounts, count_params
-from train.ckpt.stepspec import split_path_step
+from train.ckpt import metadata
+from train.ckpt.stepspec import checkpoint_dir, read_meta_file, resolve_on_disk, split_path_step
+from train.data.tokenizer import build_tokenizer
 from train.hf import importer
 from train.run import workdir as workdir_lib
 
@@ -54,7 +59,40 @@ def preflight(config: Any, workdir: str, force: bool, init: str = "",
     raise ConfigError(f"--init={init}: no such checkpoint directory; pass a run's workdir or "
                       f"checkpoints dir (optionally with :STEP), or hf:DIR")
   _check_corpus(cfg["data"])
+  if init and not importer.is_hf_init(init) and not workdir_lib.has_checkpoints(workdir):
+    _check_init(init, cfg, model_cfg, workdir)
   return Plan(model_cfg, counts, verdict, changes)
+
+
+def _check_init(init: str, cfg: dict[str, Any], model_cfg: ModelConfig, workdir: str) -> None:
+  """--init's step exists and its metadata is readable and matches the config and the run's
+  tokenizer: a missing, torn or foreign checkpoint is refused before the workdir is created."""
+  path, step = split_path_step(init)
+  directory = checkpoint_dir(path)
+  resolved = resolve_on_disk(directory, step)
+  source = f"--init={init}: checkpoint {directory}/{resolved}"
+  meta = metadata.require(read_meta_file(directory, resolved), f"{directory}/{resolved}")
+  diffs = arch_match.config_differences(model_cfg.to_dict(), meta["model"])
+  diffs += arch_match.tokenizer_differences(_run_tokenizer(cfg["data"], workdir),
+                                            meta.get("tokenizer"))
+  if diffs:
+    raise arch_match.ArchitectureMismatchError(source, diffs)
+
+
+def _run_tokenizer(data_cfg: dict[str, Any], workdir: str) -> dict[str, Any] | None:
+  """The tokenizer the run will use, without preparing anything: the prepared data's, else
+  the one preparing would build from the corpus (None for a remote corpus)."""
+  data_dir = data_dirs(data_cfg, workdir)[0]
+  corpus = resolve_path(data_cfg["corpus"])
+  if "://" in data_dir + corpus:
+    return None
+  try:
+    with open(os.path.join(data_dir, "manifest.json")) as f:
+      return json.load(f)["tokenizer"]
+  except (OSError, ValueError, KeyError, TypeError):
+    pass
+  from train.data.prepare import read_corpus  # tensorstore: only for a warm start
+  return build_tokenizer(data_cfg["tokenizer"], read_corpus(corpus)[0]).to_json()
 
 
 def _check_corpus(data_cfg: dict[str, Any]) -> None:

@@ -1,0 +1,181 @@
+"""No refusal may claim a workdir: hypothesis draws invalid values for EVERY config field (wrong
+type, out of range, negative, NaN/inf, empty, huge) and each run either starts or exits 2/3 with
+one line, leaving the workdir byte-identical (or absent).
+
+The bulk runs in-process through `preflight` (what every run passes first) plus, for a value
+it accepts, a dry start of every consumer of the config that runs before the first step (the
+mesh check, optimizer and schedule, data iterator and eval batches, the checkpointer's
+retention) which must not crash; a handful of real subprocess runs prove the CLI wiring. The
+number of cases tried is printed (`-s`) and recorded in notes/integrity.md's fault table.
+"""
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import test_main_cli
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from ml_collections import ConfigDict
+
+import helpers
+from configs import base
+from core.errors import PregateError
+from gates import config_sanity
+from train.run.preflight import preflight
+
+PASSING = test_main_cli.PASSING  # long enough that the Chinchilla gate passes unbypassed
+COUNTS = {"values": 0, "refused": 0, "accepted": 0}  # refused/accepted: per workdir kind
+
+
+def _wrong_types(rule: config_sanity.Rule) -> list:
+  out = [None, [], {}, "x", ""]
+  if rule.kind in ("int", "float", "choice", "str"):
+    out.append(True)
+  if rule.kind == "int":
+    out += [1.5, "1"]
+  if rule.kind in ("str", "choice"):
+    out += [0, 1.0, "FLOAT32 "]
+  if rule.kind == "bool":
+    out += [0, 1, "true"]
+  return out
+
+
+def invalid(rule: config_sanity.Rule) -> st.SearchStrategy:
+  """Values a field of this rule should refuse (a few, e.g. -1 for mesh.data, are valid)."""
+  numbers = [st.sampled_from([math.nan, math.inf, -math.inf]),
+             st.integers(max_value=-1), st.floats(max_value=-1e-12, allow_nan=False),
+             st.sampled_from([2**31, 2**63, 10**30, 1e30, 1e308, 0, 0.0])]
+  if math.isfinite(rule.low):
+    numbers.append(st.just(rule.low - (1 if rule.kind == "int" else 1e-9)))
+  if math.isfinite(rule.high):
+    numbers.append(st.just(rule.high + 1))
+  return st.one_of(st.sampled_from(_wrong_types(rule)), *numbers)
+
+
+def _config(data_dir: str, field: str, value) -> ConfigDict:
+  """The passing tiny config with one field set to `value`, type checks off (a config file can
+  hold anything; the CLI's own parser refuses some of these earlier)."""
+  cfg = helpers.tiny_config(data_dir, PASSING).to_dict()
+  *parents, leaf = field.split(".")
+  node = cfg
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
+  return ConfigDict(cfg, type_safe=False)
+
+
+def _dry_start(config: ConfigDict, data_dir: str, tmp: Path) -> None:
+  """What a started run does with the config before its first step, minus compiling."""
+  import jax
+  import numpy as np
+
+  from models.config import ModelConfig
+  from train.ckpt.checkpointer import Checkpointer
+  from train.data import pipeline
+  from train.state import sharding
+  from train.state import step as step_lib
+  model_cfg = ModelConfig.from_dict(config.model.to_dict())
+  try:
+    sharding.run_mesh_shape(config, model_cfg, 1)
+  except PregateError as e:  # refused by the loop's first check, before anything is written
+    assert e.exit_code == 2 and "\n" not in str(e)
+    return
+  tx = step_lib.make_optimizer(config)
+  assert np.isfinite(float(step_lib.lr_schedule(config)(0)))
+  jax.eval_shape(tx.init, {"w": jax.ShapeDtypeStruct((2, 2), np.float32)})
+  b = config.batch
+  train = pipeline.open_split(data_dir, "train")
+  it = pipeline.make_train_iter(train, global_batch=b.global_batch, seq_len=b.seq_len,
+                                seed=config.seed, num_batches=min(config.train_steps, 2))
+  next(iter(it))
+  pipeline.eval_batches(pipeline.open_split(data_dir, "val"),
+                        batch_size=config.eval.batch_size or b.global_batch, seq_len=b.seq_len,
+                        n_batches=min(config.eval.eval_batches, 2), seed=config.seed)
+  Checkpointer(str(tmp / "ckpt"), keep=config.checkpoint.keep,
+               keep_best=config.checkpoint.keep_best,
+               async_save=config.checkpoint.async_save).close()
+
+
+def test_every_field_has_a_rule():
+  assert set(config_sanity.FIELDS) == set(config_sanity.flatten(base.get_config().to_dict()))
+
+
+@pytest.fixture(scope="module")
+def workdirs(tmp_path_factory) -> tuple[Path, Path]:
+  root = tmp_path_factory.mktemp("fuzz")
+  existing = root / "existing"
+  existing.mkdir()
+  (existing / "notes.txt").write_text("someone's files\n")
+  return existing, root / "absent"
+
+
+@pytest.mark.parametrize("field", sorted(config_sanity.FIELDS))
+def test_invalid_value_refused_in_one_line_or_run_starts(field, prepared_data, workdirs,
+                                                          tmp_path_factory):
+  existing, absent = workdirs
+  before = helpers.snapshot(existing)
+
+  @settings(max_examples=12, deadline=None, database=None,
+            suppress_health_check=list(HealthCheck))
+  @given(value=invalid(config_sanity.FIELDS[field]))
+  def check(value):
+    config = _config(prepared_data, field, value)
+    COUNTS["values"] += 1
+    for workdir in (existing, absent):
+      try:
+        plan = preflight(config, str(workdir), force=False)
+      except PregateError as e:
+        assert e.exit_code in (2, 3), e
+        assert str(e).strip() and "Traceback" not in str(e)
+        if e.exit_code == 2 and "Chinchilla" not in type(e).__name__:
+          assert field.split(".")[-1] in str(e) or "config" in str(e).lower(), str(e)
+        COUNTS["refused"] += 1
+      else:
+        assert plan.model_cfg is not None
+        _dry_start(config, prepared_data, tmp_path_factory.mktemp("dry"))
+        COUNTS["accepted"] += 1
+      assert helpers.snapshot(existing) == before and not absent.exists()
+
+  check()
+
+
+def test_zz_report_counts():
+  """Printed with -s: the number of in-process cases behind the fault table's row."""
+  print(f"config fuzz: {COUNTS['values']} drawn values over {len(config_sanity.FIELDS)} fields, "
+        f"each against an existing and an absent workdir: {COUNTS['refused']} refusals, "
+        f"{COUNTS['accepted']} accepted and dry-started")
+
+
+
+# Through the real command: the CLI parses the override (its own type check), preflight
+# refuses, and the workdir stays as it was. The last row is a huge but valid value: it starts.
+CLI_ROWS = [("model.norm_eps", "nan", 2), ("optimizer.weight_decay", "nan", 2),
+            ("seed", "-1", 2), ("data.corpus", "", 2), ("mesh.cpu_devices", "100000", 2),
+            ("eval.eval_batches", "1000000000", 2), ("model.rope_theta", "inf", 2),
+            ("eval.early_stop_min_delta", "1e30", 0)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("field, value, rc", CLI_ROWS, ids=[r[0] for r in CLI_ROWS])
+def test_cli_refuses_or_starts(field, value, rc, prepared_data, tmp_path):
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "notes.txt").write_text("someone's files\n")
+  before = helpers.snapshot(workdir)
+  flags = helpers.tiny_flags(prepared_data, {**PASSING, "train_steps": 12} if rc == 0 else PASSING)
+  if rc == 0:
+    flags.append(helpers.FORCE)
+  proc = subprocess.run([sys.executable, "-m", "train.main", f"--config={helpers.CONFIG}",
+                         f"--workdir={workdir}", *flags, f"--config.{field}={value}"],
+                        cwd=helpers.REPO, env=helpers.child_env(), capture_output=True,
+                        text=True, timeout=600)
+  res = helpers.Result(proc.returncode, proc.stdout, proc.stderr, 0.0)
+  if rc:
+    helpers.assert_one_line_error(res, field.split(".")[-1])
+    assert helpers.snapshot(workdir) == before
+  else:
+    assert res.rc == 0 and (workdir / "run.json").exists(), res.stderr[-3000:]

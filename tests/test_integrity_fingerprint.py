@@ -1,0 +1,203 @@
+"""Issue 16 acceptance matrix: metadata that lies without changing a shape never loads.
+
+For each non-shape field (rope_theta, norm_eps, the compute dtype, the head split with every
+shape unchanged) x each load path (resume, --init, load_for_eval, pregate-eval, pregate-sample),
+a checkpoint whose metadata was edited in that field is refused with one line and nothing is
+written; the unedited checkpoint loads on 1 and 2 devices. The library paths run in-process
+(1 device) with a configured model that agrees with the edited metadata, so only the functional
+fingerprint can catch the lie; the commands run as real subprocesses on 1 and 2 devices.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import pytest
+from test_integrity_loose_ends import one_error
+
+import helpers
+from gates import arch_match
+from models.config import ModelConfig
+from train.ckpt import checkpointer as ckpt_lib
+from train.ckpt import fingerprint, resume
+from train.restore import load_for_eval
+from train.state import setup as run_state
+from train.state import sharding
+from train.state import step as step_lib
+
+pytestmark = pytest.mark.slow
+
+STEP = 20
+# Each edit keeps every tensor's shape and dtype (d_model 32: 2 heads of 16 with 1 kv head and
+# 4 heads of 8 with 2 kv heads give the same projections).
+EDITS = {"rope_theta": {"rope_theta": 500000.0}, "norm_eps": {"norm_eps": 1e-3},
+         "dtype": {"dtype": "bfloat16"}, "head_split": {"n_heads": 4, "n_kv_heads": 2}}
+TWO = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+ONE = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, prepared_data) -> Path:
+  """A 20-step run on this host's automatic device split (2 devices on a 2-core CI machine)."""
+  work = tmp_path_factory.mktemp("fingerprint") / "run"
+  r = helpers.run_main(helpers.FORCE, *helpers.tiny_flags(prepared_data, {"train_steps": STEP}),
+                       workdir=work)
+  assert r.rc == 0, r.stderr[-3000:]
+  return work
+
+
+def _copy(trained: Path, tmp_path: Path, field: str | None = None) -> Path:
+  dst = Path(shutil.copytree(trained, tmp_path / f"run-{field}"))
+  if field:
+    path = dst / "checkpoints" / str(STEP) / "meta" / "metadata"
+    meta = json.loads(path.read_text())
+    meta["model"].update(EDITS[field])
+    meta["config"]["model"].update(EDITS[field])
+    path.write_text(json.dumps(meta))
+  return dst
+
+
+def _model(work: Path) -> dict:
+  return helpers.checkpoint_meta(work, STEP)["model"]
+
+
+def _setup(work: Path) -> run_state.TrainSetup:
+  """The configured model a user whose config agrees with the metadata would build."""
+  mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+  tx = step_lib.make_optimizer(helpers.tiny_config(None))
+  return run_state.TrainSetup.build(ModelConfig.from_dict(_model(work)), tx, 0, mesh)
+
+
+def _resume(work: Path):
+  ckpt = ckpt_lib.Checkpointer(str(work / "checkpoints"))  # writable, as the loop opens it
+  try:
+    return resume.restore_or_init(_setup(work), ckpt, None,
+                                  helpers.checkpoint_meta(work, STEP)["tokenizer"])
+  finally:
+    ckpt.close()
+
+
+PATHS = {
+    "resume": _resume,
+    "init": lambda w: resume.init_from(_setup(w), f"{w}:{STEP}",
+                                       helpers.checkpoint_meta(w, STEP)["tokenizer"],
+                                       step_lib.make_optimizer(helpers.tiny_config(None))),
+    "load_for_eval": lambda w: load_for_eval(str(w), STEP),
+}
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
+@pytest.mark.parametrize("field", sorted(EDITS))
+def test_edited_field_refused_in_process(trained, tmp_path, field, path):
+  work = _copy(trained, tmp_path, field)
+  before = helpers.snapshot(work)
+  with pytest.raises(arch_match.FingerprintMismatchError) as e:
+    PATHS[path](work)
+  line = str(e.value)
+  assert "\n" not in line and "the metadata does not describe the tensors" in line, line
+  for name in ("model.rope_theta", "model.norm_eps", "model.dtype", "model.n_heads"):
+    assert name in line, line
+  assert helpers.snapshot(work) == before
+
+
+def test_unedited_loads_on_every_path_in_process(trained, tmp_path):
+  work = _copy(trained, tmp_path)
+  before = helpers.snapshot(work)
+  for load in PATHS.values():
+    load(work)
+  assert helpers.snapshot(work) == before
+  meta = helpers.checkpoint_meta(work, STEP)
+  params, _ = resume.init_params(_setup(work), str(work), meta["tokenizer"])
+  measured = fingerprint.compute(params, ModelConfig.from_dict(meta["model"]))
+  diff = arch_match.fingerprint_difference(meta["fingerprint"], measured)
+  print(f"fingerprint saved on mesh {meta['mesh']} vs recomputed on 1 device: {diff:.3g}")
+  assert diff <= arch_match.FINGERPRINT_TOL["float32"] / 100
+
+
+def _cli(module: str, *args: str, env: dict) -> helpers.Result:
+  proc = subprocess.run([sys.executable, "-m", module, *args], cwd=helpers.REPO,
+                        env={**helpers.child_env(), **env}, capture_output=True, text=True,
+                        timeout=300)
+  return helpers.Result(proc.returncode, proc.stdout, proc.stderr, 0.0)
+
+
+COMMANDS = {"pregate-eval": ("train.cli.evaluate",),
+            "pregate-sample": ("train.cli.sample", "--max_new_tokens=4")}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+@pytest.mark.parametrize("field", sorted(EDITS))
+def test_edited_field_refused_by_commands(trained, tmp_path, field, command):
+  work = _copy(trained, tmp_path, field)
+  before = helpers.snapshot(work)
+  module, *extra = COMMANDS[command]
+  res = _cli(module, f"--checkpoint={work}", *extra, env=TWO)
+  helpers.assert_one_line_error(res, "FingerprintMismatchError",
+                                "the metadata does not describe the tensors")
+  assert helpers.snapshot(work) == before
+
+
+@pytest.mark.parametrize("devices", [ONE, TWO], ids=["1-device", "2-devices"])
+def test_unedited_loads_in_commands(trained, tmp_path, devices):
+  work = _copy(trained, tmp_path)
+  res = _cli("train.cli.evaluate", f"--checkpoint={work}", env=devices)
+  assert res.rc == 0, res.stderr[-3000:]
+  result = json.loads([x for x in res.stdout.splitlines() if x.startswith("RESULT ")][0][7:])
+  assert result["abs_diff"] <= 1e-4 * result["recorded_val_loss"], result
+  res = _cli("train.cli.sample", f"--checkpoint={work}", "--max_new_tokens=4", env=devices)
+  assert res.rc == 0 and "fingerprint" not in res.stderr, res.stderr[-3000:]
+
+
+def _train(work: Path, data: str, *extra: str, overrides: dict | None = None,
+           env: dict | None = None) -> helpers.Result:
+  flags = [*helpers.tiny_flags(data, {"train_steps": STEP, **(overrides or {})}),
+           helpers.FORCE, *extra]
+  proc = subprocess.run([sys.executable, "-m", "train.main", f"--config={helpers.CONFIG}",
+                         f"--workdir={work}", *flags], cwd=helpers.REPO,
+                        env={**helpers.child_env(), **(env or {})}, capture_output=True,
+                        text=True, timeout=600)
+  return helpers.Result(proc.returncode, proc.stdout, proc.stderr, 0.0)
+
+
+def _model_flags(field: str) -> dict:
+  return {f"model.{k}": v for k, v in EDITS[field].items()}
+
+
+@pytest.mark.parametrize("field", sorted(EDITS))
+def test_edited_field_refused_on_resume_command(trained, tmp_path, prepared_data, field):
+  """Resuming with the run's own config: a field the metadata misstates is refused (by the
+  config comparison, or for the compute dtype, which a resume may change, by the
+  fingerprint), before any step, and the workdir is left byte for byte as it was."""
+  work = _copy(trained, tmp_path, field)
+  before = helpers.snapshot(work)
+  res = _train(work, prepared_data)
+  one_error(res, "MismatchError", "model.")
+  assert helpers.snapshot(work) == before
+
+
+@pytest.mark.parametrize("field", sorted(EDITS))
+def test_edited_field_refused_on_init_command(trained, tmp_path, prepared_data, field):
+  """--init with a config that agrees with the edited metadata: only the fingerprint can
+  refuse, and it does before the new workdir exists."""
+  src = _copy(trained, tmp_path, field)
+  work = tmp_path / "warm"
+  res = _train(work, prepared_data, f"--init={src}:{STEP}", overrides=_model_flags(field))
+  one_error(res, "FingerprintMismatchError")
+  assert not work.exists(), sorted(p.name for p in work.iterdir())
+
+
+@pytest.mark.parametrize("devices", [ONE, TWO], ids=["1-device", "2-devices"])
+def test_unedited_resumes_and_warm_starts(trained, tmp_path, prepared_data, devices):
+  work = _copy(trained, tmp_path)
+  res = _train(work, prepared_data, "--allow_config_change", overrides={"train_steps": STEP + 5},
+               env=devices)
+  assert res.rc == 0, res.stderr[-3000:]
+  assert helpers.checkpoint_meta(work, STEP + 5)["fingerprint"]["by"] == "save"
+  warm = tmp_path / "warm"
+  res = _train(warm, prepared_data, f"--init={trained}:{STEP}", env=devices)
+  assert res.rc == 0, res.stderr[-3000:]
+  assert helpers.events(helpers.read_jsonl(warm / "metrics.jsonl"), "step0_check")
