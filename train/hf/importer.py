@@ -277,13 +277,17 @@ def write_checkpoint(out_dir: str, cfg: ModelConfig, params: Mapping[str, np.nda
   from train.ckpt import metadata
   from train.ckpt.checkpointer import Checkpointer
   step = provenance.get("step") if isinstance(provenance.get("step"), int) else 0
+  from train.ckpt import fingerprint
+  nested = _nested(params, cfg)
   meta = metadata.import_record(model_cfg=cfg, counts=count_params(cfg),
                                 tokenizer=tok.to_json(), signature=signature(cfg), step=step,
                                 provenance=provenance)
+  if meta.get("fingerprint") is None:  # bind the tensors to the architecture, as saves do
+    meta["fingerprint"] = dict(fingerprint.compute(nested, cfg), by="import")
   ckpt = Checkpointer(os.path.join(out_dir, "checkpoints"), async_save=False)
   try:
     ckpt.manager.save(step, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(_nested(params, cfg)), meta=ocp.args.JsonSave(meta)),
+        params=ocp.args.StandardSave(nested), meta=ocp.args.JsonSave(meta)),
         force=True)
   finally:
     ckpt.close()
