@@ -13,11 +13,16 @@ With a budget it advises instead (gates.advise_cli): the N, D and model shape to
   pregate-plan --config=configs/shakespeare_char.py --budget_flops=3e12 [--fit=FIT.json]
   pregate-plan --config=... --budget_hours=0.1 --tokens_per_sec=50000
 
+With --measure (opt-in: it compiles) it also times the real step, an eval and a save on this
+host and prints the run's wall-time forecast (gates.forecast). The timing needs the train stack,
+which gates/ may not import: the `pregate-plan` command (train.cli.plan) passes it in as
+`measure`; `python -m gates.plan --measure` refuses.
+
 Exit status: 0 the run would proceed (passed, or bypassed), 3 the gate would refuse it, 2 bad input.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from absl import flags
 from ml_collections import ConfigDict, config_flags
@@ -39,6 +44,8 @@ def _define_flags() -> None:
                       "default config.data.data_dir")
   flags.DEFINE_bool("force_under_provisioned", False,
                     "proceed even if the Chinchilla gate refuses; the bypass is recorded")
+  flags.DEFINE_bool("measure", False, "compile and time the real step, one eval and one save "
+                    "on this host, then print the run's wall-time forecast (takes a compile)")
   advise_cli.define_flags()
 
 
@@ -104,15 +111,26 @@ def plan(config: ConfigDict, *, tokens_per_sec: float | None = None, data_dir: s
   return lines, verdict
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str],
+         measure: Callable[[ConfigDict], list[str]] | None = None) -> int:
+  """`measure(config)` -> forecast lines, run only for --measure and a plan that proceeds."""
   del argv
   if FLAGS.config is None:
     raise ConfigError("no experiment config: pass --config=configs/<experiment>.py")
+  if FLAGS.measure and measure is None:
+    raise ConfigError("--measure times the run's real step, which gates/ cannot build: use "
+                      "the pregate-plan command (python -m train.cli.plan)")
+  if FLAGS.measure and advise_cli.wanted(FLAGS):
+    raise ConfigError("--measure forecasts the config's own plan: drop the --budget_* flags")
   if advise_cli.wanted(FLAGS):
     lines, verdict = advise_cli.advise(FLAGS.config, FLAGS, data_dir=FLAGS.data_dir)
   else:
     lines, verdict = plan(FLAGS.config, tokens_per_sec=FLAGS.tokens_per_sec,
                           data_dir=FLAGS.data_dir, bypass=FLAGS.force_under_provisioned)
+  if FLAGS.measure and verdict.proceeds:
+    lines += measure(FLAGS.config)
+  elif FLAGS.measure:
+    lines.append("forecast: not measured, the gate refuses this run (nothing was compiled)")
   print("\n".join(lines))
   return 0 if verdict.proceeds else chinchilla.ChinchillaGateError.exit_code
 

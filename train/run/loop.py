@@ -26,7 +26,7 @@ from gates import arch_match, chinchilla
 from train.ckpt import fingerprint, metadata, resume
 from train.ckpt.checkpointer import Checkpointer
 from train.data import pipeline
-from train.run import guards
+from train.run import guards, measure
 from train.run import workdir as workdir_lib
 from train.run.edges import EvalTracker, MetricsPipe, Termination, ThroughputWindow, is_due
 from train.run.metrics_log import MetricsLog, format_line
@@ -259,7 +259,7 @@ def run(config: Any, workdir: str, plan: Plan, *, stop_after: int = 0, init: str
   for record in s.records:
     log.write(record)
   start = int(s.state.step)
-  _log_start(plan, rs, start, config.train_steps)
+  _log_start(config, plan, rs, start)
   step, last, termination = start, config.train_steps, Termination.COMPLETED
   e = _Edges(config, rs, plan, s, log, seams)
   with _Signals(s.checkpointer) as signals, _record_failure(log, s.checkpointer, lambda: step):
@@ -294,8 +294,8 @@ def run(config: Any, workdir: str, plan: Plan, *, stop_after: int = 0, init: str
   return _finish(log, step, termination, e.tracker, e.window.elapsed(), is_main)
 
 
-def _log_start(plan: Plan, rs: RunSetup, start: int, train_steps: int) -> None:
-  v, counts = plan.verdict, plan.counts
+def _log_start(config: Any, plan: Plan, rs: RunSetup, start: int) -> None:
+  v, counts, train_steps = plan.verdict, plan.counts, config.train_steps
   peak, peak_src = flops.device_peak(plan.model_cfg.dtype)
   logging.info("N = %s parameters (%s non-embedding); D = %s planned tokens (D/N = %s, %s)",
                f"{counts.total:,}", f"{counts.non_embedding:,}", f"{v.tokens:,}",
@@ -303,6 +303,8 @@ def _log_start(plan: Plan, rs: RunSetup, start: int, train_steps: int) -> None:
   logging.info("mesh: %s; compile %.2fs; peak %.1f TFLOP/s/device (%s); start step %d/%d; "
                "malloc: %s", sharding.describe(rs.mesh), rs.compile_s, peak / 1e12, peak_src,
                start, train_steps, host_memory.describe())
+  if jax.process_index() == 0:
+    logging.info("%s", measure.start_line(config, start, rs.compile_s))
 
 
 def _finish(log: MetricsLog, step: int, termination: Termination, tracker: EvalTracker,
