@@ -37,7 +37,8 @@ def get_config() -> ConfigDict:
       early_stop_patience=0,  # evaluations without improvement; 0 = off
       early_stop_min_delta=0.0))
   c.checkpoint = ConfigDict(dict(save_every=500, keep=2, keep_best=1, async_save=True))
-  c.logging = ConfigDict(dict(log_every=50))
+  # tensorboard: event files under WORKDIR/tensorboard on process 0 (tensorboardX).
+  c.logging = ConfigDict(dict(log_every=50, tensorboard=True))
   # cpu_devices: XLA devices a CPU host's cores are split into (data parallel over cores);
   # 0 = auto (the most, up to one per core, that the batch and mesh divide).
   c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1, cpu_devices=0))

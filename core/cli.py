@@ -79,7 +79,7 @@ def define_checkpoint_flags() -> None:
 
 
 def run_command(main: Main, define_flags: Callable[[], None], *,
-                positional: Sequence[str] = (),
+                positional: Sequence[str] = (), usage: str = "",
                 quiet_error: Callable[[PregateError], bool] = lambda e: False) -> None:
   """Define the command's flags, parse them, and run `main(positional_args)`.
 
@@ -97,7 +97,7 @@ def run_command(main: Main, define_flags: Callable[[], None], *,
     varargs = bool(positional) and positional[-1].endswith("...")
     want = " ".join(p.upper() for p in positional) or "no positional arguments"
     if len(args) < len(positional):
-      fail(ConfigError(f"missing {want}; see --help"))
+      fail(ConfigError(f"missing {want}; usage: {usage or 'see --help'}"))
     if len(args) > len(positional) and not varargs:
       fail(ConfigError(f"unexpected arguments {args}; this command takes {want} and --flags"))
     quiet_libraries()

@@ -98,7 +98,8 @@ def main(workdirs: list[str]) -> int:
 
 def run() -> None:
   """Console-script entry point."""
-  cli.run_command(main, _define_flags, positional=("workdir...",))
+  cli.run_command(main, _define_flags, positional=("workdir...",),
+                  usage="pregate-fit WORKDIR [WORKDIR ...] [--out=FIT.json]")
 
 
 if __name__ == "__main__":

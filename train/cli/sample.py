@@ -16,16 +16,23 @@ def _define_flags() -> None:
   flags.DEFINE_float("temperature", 1.0, "Softmax temperature; 0 = greedy (argmax).")
   flags.DEFINE_integer("top_k", 0, "Sample only from the k most likely tokens; 0 = all.")
   flags.DEFINE_integer("seed", 0, "PRNG seed: the same seed gives the same text.")
+  flags.DEFINE_integer("num_samples", 1, "Independent samples of the same prompt, drawn in one "
+                       "batch and printed one after another.")
+  flags.DEFINE_integer("window_shift", 1, "Past max_seq_len the window over the last "
+                       "max_seq_len tokens is re-run every this many tokens: 1 = exact sliding "
+                       "window (nanoGPT), larger = faster, each token then sees between "
+                       "max_seq_len - shift + 1 and max_seq_len tokens.")
 
 
 def main(argv: list[str]) -> None:
   del argv
   from train.ckpt.restore import load_for_eval
-  from train.infer.generate import generate
+  from train.infer.generate import SEPARATOR, generate_samples
   restored = load_for_eval(FLAGS.checkpoint, FLAGS.step)
-  text = generate(restored.model, restored.tokenizer, FLAGS.prompt, FLAGS.max_new_tokens,
-                  FLAGS.temperature, FLAGS.top_k, FLAGS.seed)
-  print(FLAGS.prompt + text, flush=True)
+  texts = generate_samples(restored.model, restored.tokenizer, FLAGS.prompt,
+                           FLAGS.max_new_tokens, FLAGS.temperature, FLAGS.top_k, FLAGS.seed,
+                           FLAGS.num_samples, FLAGS.window_shift)
+  print(SEPARATOR.join(FLAGS.prompt + text for text in texts), flush=True)
 
 
 def run() -> None:

@@ -7,18 +7,22 @@
 - `ThroughputWindow`: tokens/s over the steps since the last log line, with the time spent at
   edges (eval, logging, saves) paused out.
 - `EvalTracker`: best val loss and early stopping.
+- `Signals`: SIGTERM/SIGINT (and multi-host preemption) stop the loop at one agreed step.
 """
 from __future__ import annotations
 
 import dataclasses
 import enum
+import signal
 import time
 from typing import Any
 
 import jax
 import numpy as np
+from absl import logging
 
 from core.errors import CheckpointError, DiskSpaceError, NonFiniteLossError
+from train.ckpt.checkpointer import Checkpointer
 from train.run.guards import NonFiniteGuard
 
 
@@ -128,3 +132,39 @@ class EvalTracker:
 def mean_loss(losses: list[Any]) -> float:
   """Mean of equal-size batch losses (device values are fetched together)."""
   return float(np.mean(jax.device_get(losses)))
+
+
+class Signals:
+  """SIGTERM/SIGINT ask the loop to finish the current step, checkpoint and stop.
+
+  Multi-process, the decision must be the same step on every process, so SIGTERM is left to
+  JAX's preemption notifier and the loop asks the coordination service (orbax's
+  `reached_preemption`) each step; only SIGINT is handled here.
+  """
+
+  def __init__(self, checkpointer: Checkpointer):
+    self.requested = False
+    self._old: dict[int, Any] = {}
+    self._multi = jax.process_count() > 1
+    self._ckpt = checkpointer
+
+  def __enter__(self) -> Signals:
+    for sig in (signal.SIGINT,) if self._multi else (signal.SIGTERM, signal.SIGINT):
+      self._old[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def stop_at(self, step: int) -> bool:
+    """True on every process at the same step once a preemption was signalled."""
+    if self._multi and self._ckpt.manager.reached_preemption(step):
+      self.requested = True
+    return self.requested
+
+  def _handle(self, signum: int, frame: Any) -> None:
+    del frame
+    if not self.requested:
+      logging.warning("signal %d: finishing this step, then checkpointing", signum)
+    self.requested = True
+
+  def __exit__(self, *exc: Any) -> None:
+    for sig, old in self._old.items():
+      signal.signal(sig, old)

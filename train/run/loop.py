@@ -12,7 +12,6 @@ import errno
 import math
 import os
 import shutil
-import signal
 import time
 from typing import Any, Callable, Iterator
 
@@ -26,12 +25,14 @@ from gates import arch_match, chinchilla
 from train.ckpt import fingerprint, metadata, resume
 from train.ckpt.checkpointer import Checkpointer
 from train.data import pipeline
+from train.report import records, summary
 from train.run import guards, measure
 from train.run import workdir as workdir_lib
-from train.run.edges import EvalTracker, MetricsPipe, Termination, ThroughputWindow, is_due
+from train.run.edges import EvalTracker, MetricsPipe, Signals, Termination, ThroughputWindow, is_due
 from train.run.metrics_log import MetricsLog, format_line
 from train.run.preflight import Plan
 from train.run.setup import RunData, RunSetup, open_data
+from train.run.tensorboard import TensorBoardSink
 from train.runtime import host_memory
 from train.state import flops, sharding
 from train.state import step as step_lib
@@ -55,41 +56,6 @@ class RunResult:
   best_val_loss: float | None
 
 
-class _Signals:
-  """SIGTERM/SIGINT ask the loop to finish the current step, checkpoint and stop.
-
-  Multi-process, the decision must be the same step on every process, so SIGTERM is left to
-  JAX's preemption notifier and the loop asks the coordination service (orbax's
-  `reached_preemption`) each step; only SIGINT is handled here.
-  """
-
-  def __init__(self, checkpointer: Checkpointer):
-    self.requested = False
-    self._old: dict[int, Any] = {}
-    self._multi = jax.process_count() > 1
-    self._ckpt = checkpointer
-
-  def __enter__(self) -> _Signals:
-    for sig in (signal.SIGINT,) if self._multi else (signal.SIGTERM, signal.SIGINT):
-      self._old[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def stop_at(self, step: int) -> bool:
-    """True on every process at the same step once a preemption was signalled."""
-    if self._multi and self._ckpt.manager.reached_preemption(step):
-      self.requested = True
-    return self.requested
-
-  def _handle(self, signum: int, frame: Any) -> None:
-    del frame
-    if not self.requested:
-      logging.warning("signal %d: finishing this step, then checkpointing", signum)
-    self.requested = True
-
-  def __exit__(self, *exc: Any) -> None:
-    for sig, old in self._old.items():
-      signal.signal(sig, old)
-
 
 class _Edges:
   """The run's mutable state and the work done at its edges (eval, log line, save)."""
@@ -111,9 +77,13 @@ class _Edges:
     self.flops_per_token = flops.flops_per_token(plan.model_cfg, plan.counts.total, b.seq_len)
     self.peak_total = flops.device_peak(plan.model_cfg.dtype)[0] * jax.device_count()
     self.ckpt_bytes = guards.state_bytes((self.state.params, self.state.opt_state))
+    self.eval_s = self.save_s = 0.0  # wall time spent at these edges (the run summary)
 
   def evaluate(self) -> float:
-    return self.rs.eval_loss(self.state.params, self.eval_set)
+    t = time.perf_counter()
+    loss = self.rs.eval_loss(self.state.params, self.eval_set)
+    self.eval_s += time.perf_counter() - t
+    return loss
 
   def eval_edge(self, step: int) -> None:
     self.tracker.update(self.evaluate())
@@ -125,7 +95,9 @@ class _Edges:
     rec = {"event": "train", "step": step, "train_steps": self.config.train_steps,
            "loss": float(np.mean(self.pipe.losses)),
            "val_loss": self.tracker.val_loss, "grad_norm": float(m["grad_norm"]),
-           "lr": float(m["lr"]), "tokens_per_s": tps,
+           "lr": float(m["lr"]), "param_norm": float(m["param_norm"]),
+           "update_norm": float(m["update_norm"]), "tokens_seen": step * self.tokens_per_step,
+           "step_time_s": step_s, "tokens_per_s": tps,
            "model_tflops": tps * self.flops_per_token / 1e12,
            "mfu": tps * self.flops_per_token / self.peak_total,
            "elapsed_s": self.window.elapsed(),
@@ -155,6 +127,7 @@ class _Edges:
       self.checkpointer.save(step, self.state.params, self.state.opt_state, self.it, meta, loss)
     except OSError as e:  # A failed write (or an earlier async one) stops as one typed line.
       raise _write_error(e, self.checkpointer.directory, step) from None
+    self.save_s += time.perf_counter() - t
     self.log.write({"event": "save", "step": step, "blocking_s": time.perf_counter() - t})
 
   def close_checkpointer(self, step: int) -> None:
@@ -237,6 +210,7 @@ def _start(config: Any, workdir: str, plan: Plan, data: RunData, rs: RunSetup,
 def run(config: Any, workdir: str, plan: Plan, *, stop_after: int = 0, init: str = "",
         seams: Seams | None = None) -> RunResult:
   seams = seams or Seams()
+  run_t0 = time.perf_counter()
   # Nothing is written until the state is loaded and proven: the mesh, the --init checkpoint
   # (before even the data cache), the data, a resumed checkpoint and the step-0 check may each
   # refuse, and a refused run must not claim the workdir (run.json) or log to it.
@@ -250,19 +224,23 @@ def run(config: Any, workdir: str, plan: Plan, *, stop_after: int = 0, init: str
   s = _start(config, workdir, plan, data, rs, warm, init, seams)
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
+  start = int(s.state.step)
   if is_main:  # The run has really started: now it owns the workdir.
     write_json_atomic(os.path.join(workdir, "gate.json"), plan.verdict.to_dict())
     workdir_lib.record_owner(workdir, config.to_dict(), plan.verdict.to_dict(), plan.changes)
+  tb = TensorBoardSink(workdir, enabled=is_main and config.logging.tensorboard,
+                       start_step=start)
   log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), enabled=is_main,
-                   on_write=seams.after_record)
+                   on_write=_sinks(tb.write, seams.after_record))
   log.write_gate(plan.verdict)
+  tb.write_config(config.to_dict(), step=start)
+  log.write({"event": "compile", "step": start, "compile_s": rs.compile_s})
   for record in s.records:
     log.write(record)
-  start = int(s.state.step)
   _log_start(config, plan, rs, start)
   step, last, termination = start, config.train_steps, Termination.COMPLETED
   e = _Edges(config, rs, plan, s, log, seams)
-  with _Signals(s.checkpointer) as signals, _record_failure(log, s.checkpointer, lambda: step):
+  with Signals(s.checkpointer) as signals, _record_failure(log, s.checkpointer, lambda: step):
     while step < last:
       e.state, metrics = rs.compiled(e.state, rs.to_global(next(s.it)))
       step += 1
@@ -291,7 +269,24 @@ def run(config: Any, workdir: str, plan: Plan, *, stop_after: int = 0, init: str
       e.save(step, None if termination == Termination.PREEMPTED else e.tracker.val_loss,
              termination.value)
     e.close_checkpointer(step)
-  return _finish(log, step, termination, e.tracker, e.window.elapsed(), is_main)
+  result = _finish(log, step, termination, e.tracker, e.window.elapsed(), is_main)
+  tb_dir = tb.directory if tb.enabled else None
+  tb.close()
+  if is_main:
+    print(summary.build(records.load(workdir), termination=termination.value,
+                        compile_s=rs.compile_s, eval_s=e.eval_s,
+                        steps_s=e.window.elapsed() - e.eval_s - e.save_s,
+                        wall_s=time.perf_counter() - run_t0, workdir=workdir,
+                        checkpoint_dir=s.checkpointer.directory,
+                        tensorboard_dir=tb_dir), flush=True)
+  return result
+
+
+def _sinks(*sinks: Callable[[dict[str, Any]], None] | None
+           ) -> Callable[[dict[str, Any]], None]:
+  """One metrics-record callback that feeds every given sink in order."""
+  live = [s for s in sinks if s is not None]
+  return lambda record: [sink(record) for sink in live] and None
 
 
 def _log_start(config: Any, plan: Plan, rs: RunSetup, start: int) -> None:

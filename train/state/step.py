@@ -111,6 +111,13 @@ def eval_microbatches(eval_batch: int, train_microbatch: int, batch_ways: int = 
   return 1  # no even split (the mesh check refuses such an eval batch before this runs)
 
 
+def weight_norms(old: Params, new: Params) -> dict[str, jax.Array]:
+  """Global L2 norms of the parameters after the step and of what the step changed (new - old,
+  so a skipped step reports 0): device values, read one step late like the loss."""
+  return {"param_norm": optax.tree.norm(new),
+          "update_norm": optax.tree.norm(jax.tree.map(jnp.subtract, new, old))}
+
+
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, grad_accum: int = 1, skip_nonfinite: bool = False,
                     mesh: Mesh | None = None
@@ -148,7 +155,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
       params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
     metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step),
                "skipped": jnp.logical_not(finite).astype(jnp.int32) if skip_nonfinite
-               else jnp.zeros((), jnp.int32)}
+               else jnp.zeros((), jnp.int32),
+               **weight_norms(state.params, params)}
     return TrainState(state.step + 1, params, opt_state), metrics
 
   return train_step

@@ -1,0 +1,100 @@
+"""The end-of-run summary: what a practitioner reads first when a run stops.
+
+Built from the run's metrics.jsonl records (its whole history, resumes included) plus what only
+the loop knows about this process: its wall-time split and where it wrote things. Figures the
+records cannot give are left out rather than guessed.
+"""
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+from train.report.records import effective
+
+
+def _duration(seconds: float) -> str:
+  seconds = max(seconds, 0.0)
+  if seconds < 60:
+    return f"{seconds:.1f}s"
+  m, s = divmod(round(seconds), 60)
+  h, m = divmod(m, 60)
+  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def _tokens(n: float) -> str:
+  for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+    if n >= size:
+      return f"{n / size:.2f}{unit}"
+  return f"{n:.0f}"
+
+
+def _loss_line(evals: list[dict[str, Any]]) -> str:
+  if not evals:
+    return "val loss: not evaluated"
+  last = evals[-1]
+  best = min(evals, key=lambda r: r["val_loss"])
+  bpb = lambda r: f" ({r['val_bpb']:.4f} bpb)" if r.get("val_bpb") is not None else ""
+  return (f"val loss: final {last['val_loss']:.4f}{bpb(last)} at step {last['step']}; "
+          f"best {best['val_loss']:.4f}{bpb(best)} at step {best['step']}")
+
+
+def _time_line(compile_s: float | None, steps_s: float | None, eval_s: float | None,
+               checkpoint_s: float | None, wall_s: float | None) -> str | None:
+  """This process's wall time split; `steps` defaults to what the other parts leave of wall."""
+  parts = {"compile": compile_s, "eval": eval_s, "checkpoint": checkpoint_s}
+  if steps_s is None and wall_s is not None:
+    steps_s = wall_s - sum(v for v in parts.values() if v is not None)
+  parts = {"steps": steps_s, **parts}
+  known = {k: v for k, v in parts.items() if v is not None}
+  if not known:
+    return None
+  total = wall_s if wall_s is not None else sum(known.values())
+  split = ", ".join(f"{k} {_duration(v)} ({100 * v / total:.0f}%)" if total > 0 else
+                    f"{k} {_duration(v)}" for k, v in known.items())
+  return f"wall time (this process): {_duration(total)} = {split}"
+
+
+def build(records: list[dict[str, Any]], *, termination: str | None = None,
+          compile_s: float | None = None, steps_s: float | None = None,
+          eval_s: float | None = None, checkpoint_s: float | None = None,
+          wall_s: float | None = None, workdir: str | None = None,
+          checkpoint_dir: str | None = None, tensorboard_dir: str | None = None,
+          plots_dir: str | None = None) -> str:
+  """The summary as text lines. `records` is the run's metrics.jsonl; the keyword arguments are
+  what the caller measured in this process (None = unknown, left out). Without checkpoint_s,
+  the blocking time of this process's saves (its `save` records) is used."""
+  run = effective(records)
+  segment = records[max(i for i, r in enumerate(records) if r.get("event") == "gate"):] \
+      if any(r.get("event") == "gate" for r in records) else records
+  if checkpoint_s is None:
+    saves = [r["blocking_s"] for r in segment if r.get("event") == "save" and "blocking_s" in r]
+    checkpoint_s = sum(saves) if saves else None
+  termination = termination or run.termination or "no end record (crashed or still running)"
+  train = run.events("train")
+  lines = [f"run summary: {termination} at step {run.last_step}"
+           + (f" of {train[-1]['train_steps']}" if train and "train_steps" in train[-1] else "")
+           + (f" (resumed at step {', '.join(map(str, run.resumes))})" if run.resumes else "")]
+  lines.append(_loss_line(run.events("eval")))
+  at_end = train[-1] if train and train[-1]["step"] == run.last_step else {"step": run.last_step}
+  tokens = run.tokens(at_end)
+  if tokens is not None:
+    planned = (run.gate or {}).get("tokens")
+    lines.append(f"tokens seen: {_tokens(tokens)}"
+                 + (f" of {_tokens(planned)} planned" if planned else ""))
+  tps = [r["tokens_per_s"] for r in train if r.get("tokens_per_s") is not None]
+  mfu = [r["mfu"] for r in train if r.get("mfu") is not None]
+  if tps:
+    lines.append(f"throughput: median {statistics.median(tps):,.0f} tokens/s"
+                 + (f", median MFU {100 * statistics.median(mfu):.1f}%" if mfu else "")
+                 + f" over {len(tps)} log windows")
+  time_line = _time_line(compile_s, steps_s, eval_s, checkpoint_s, wall_s)
+  if time_line:
+    lines.append(time_line)
+  where = {"checkpoints": checkpoint_dir, "tensorboard": tensorboard_dir, "plots": plots_dir}
+  if workdir and not plots_dir:
+    where["plots"] = f"run `pregate-plot {workdir}` (writes {workdir}/plots)"
+  if tensorboard_dir:
+    where["tensorboard"] = (f"{tensorboard_dir} "
+                            f"(`tensorboard --logdir {workdir or tensorboard_dir}`)")
+  lines.extend(f"{k}: {v}" for k, v in where.items() if v)
+  return "\n".join(lines)
