@@ -13,6 +13,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c = base.get_config()
   c.model.update(vocab_size=65, d_model=96, n_layers=3, n_heads=4, n_kv_heads=2, d_ff=256,
                  max_seq_len=128)
+  # nanoGPT's data: the file is one document with no end-of-text symbol (vocab 65) and the
+  # last 10% of its characters are validation (one document cannot be held out whole).
+  c.data.update(eot_token="", val_split="tail")
   c.batch.update(global_batch=32, seq_len=128)
   # N = 311,040 -> 20 N = 6.22M tokens = 1,519 steps of 4,096 tokens; 1,600 gives D/N = 21.1.
   c.train_steps = 1600

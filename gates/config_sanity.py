@@ -9,7 +9,7 @@ from typing import Any, Mapping
 
 from core.errors import ConfigError
 
-TOKENIZERS = ("char", "byte")
+TOKENIZERS = ("char", "byte", "bpe")
 
 
 def _positive(cfg: Mapping[str, Any], path: str, kind: type = int) -> list[str]:

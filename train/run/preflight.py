@@ -10,12 +10,12 @@ import dataclasses
 import os
 from typing import Any
 
-from core.errors import ConfigError, DataError
-from core.paths import resolve_path
+from core.errors import ConfigError
 from gates import chinchilla, config_sanity
 from models.config import ModelConfig
 from models.params import ParamCounts, count_params
 from train.ckpt.stepspec import split_path_step
+from train.data import spec as data_spec
 from train.run import workdir as workdir_lib
 
 
@@ -49,21 +49,12 @@ def preflight(config: Any, workdir: str, force: bool, init: str = "",
   if init and not os.path.isdir(split_path_step(init)[0]):
     raise ConfigError(f"--init={init}: no such checkpoint directory; pass a run's workdir or "
                       f"checkpoints dir, optionally with :STEP")
-  _check_corpus(cfg["data"])
+  _check_corpus(cfg["data"], model_cfg.vocab_size)
   return Plan(model_cfg, counts, verdict, changes)
 
 
-def _check_corpus(data_cfg: dict[str, Any]) -> None:
-  """A missing/empty corpus fails here, before the workdir is created (cheap: stat only)."""
-  if data_cfg["data_dir"] and os.path.exists(os.path.join(
-      resolve_path(data_cfg["data_dir"]), "manifest.json")):
-    return
-  corpus = resolve_path(data_cfg["corpus"])
-  if "://" in corpus:
-    return
-  if not os.path.isfile(corpus):
-    raise DataError(f"corpus file {data_cfg['corpus']} does not exist; set "
-                    f"--config.data.corpus to a text file")
-  if os.path.getsize(corpus) == 0:
-    raise DataError(f"corpus file {data_cfg['corpus']} is empty; point "
-                    f"--config.data.corpus at a non-empty text file")
+def _check_corpus(data_cfg: dict[str, Any], model_vocab: int) -> None:
+  """Missing/empty inputs, globs matching nothing, bad mixture weights, an unusable or too
+  large tokenizer fail here, before the workdir is created (stat and small reads only); the
+  documents themselves are checked while preparing, still before anything compiles."""
+  data_spec.check(data_cfg, model_vocab)
