@@ -23,7 +23,8 @@ def corpus(tmp_path_factory):
 @pytest.mark.parametrize("kind,extra", [
     ("byte", {}), ("char", {"val_split": "tail"}), ("bpe", {"bpe_vocab_size": 400})])
 def test_one_and_two_workers_write_identical_dirs(corpus, tmp_path, monkeypatch, kind, extra):
-  monkeypatch.setattr(prepare, "UNIT_CHARS", 20_000)  # ~20 units: the pool really runs
+  monkeypatch.setattr(prepare, "UNIT_CHARS", 20_000)  # ~22 units: the pool really runs
+  monkeypatch.setattr(prepare, "UNITS_PER_WORKER", 4)
   pools = []
   real = prepare.multiprocessing.get_context
   monkeypatch.setattr(prepare.multiprocessing, "get_context",

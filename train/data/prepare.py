@@ -38,6 +38,9 @@ from train.data.tokenizer import ByteTokenizer, CharTokenizer, Tokenizer
 
 UNIT_CHARS = 1 << 20  # characters per unit of tokenization work
 UNIT_DOCS = 4096
+# A spawned worker costs ~1 s to start: each must get at least this many units, so a small
+# corpus (Tiny Shakespeare: 2 units) is tokenized in-process.
+UNITS_PER_WORKER = 8
 
 
 def read_corpus(path: str) -> tuple[str, str, int]:
@@ -201,7 +204,7 @@ def _fill(data_dir: str, fp: Fingerprint, spec: DataSpec, tok: Tokenizer, worker
   """Pass 2: tokenize into data_dir's arrays; -> per-split results and tokens per file."""
   dtype, table = store.token_dtype(tok.vocab_size), tok.token_bytes()
   per_file = [0] * len(fp.files)
-  progress = Progress("tokenizing", sum(sc.chars))
+  progress = Progress("tokenizing", sum(sc.chars), unit="char")
   docs_split = spec.val_split == "documents"
   names = store.SPLITS if docs_split else (writer.ALL,)
   writers = {s: writer.SplitWriter(data_dir, s, dtype, table) for s in names}
@@ -216,7 +219,7 @@ def _fill(data_dir: str, fp: Fingerprint, spec: DataSpec, tok: Tokenizer, worker
       writers[writer.ALL].add_docs(enc.tokens, enc.lengths)
     progress.update(chars, enc.tokens.size)
 
-  workers = min(workers, max(1, math.ceil(sum(sc.chars) / UNIT_CHARS)))
+  workers = min(workers, max(1, math.ceil(sum(sc.chars) / (UNITS_PER_WORKER * UNIT_CHARS))))
   try:
     _run_units(fp, spec, tok, dtype, workers, sink)
   finally:

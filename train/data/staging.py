@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 import uuid
 from pathlib import Path
@@ -39,6 +40,29 @@ def _check_replaceable(out: Path) -> None:
                     "or empty directory for prepared data")
 
 
+_OWNER = f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _remove_stale(out: Path) -> None:
+  """Temp dirs beside `out` left by a preparation on this host that was killed (its process
+  is gone): never a complete dir (no rename happened), only disk to reclaim."""
+  host = socket.gethostname()
+  for tmp in out.parent.glob(f".{out.name}.tmp-{host}-*"):
+    pid = tmp.name[len(f".{out.name}.tmp-{host}-"):].split("-")[0]
+    if pid.isdigit() and not _alive(int(pid)):
+      shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
 def write_local_atomic(out: Path, fill: Callable[[str], dict[str, Any]],
                        reuse_if: dict[str, Any]) -> dict[str, Any]:
   """Build in a temp dir beside `out`, then rename it into place. Directories this call had to
@@ -51,7 +75,8 @@ def write_local_atomic(out: Path, fill: Callable[[str], dict[str, Any]],
   tmp = None
   try:
     _check_replaceable(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    _remove_stale(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{_OWNER}-", dir=out.parent))
     manifest = write_dir(str(tmp), fill)
     if out.exists():
       old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
