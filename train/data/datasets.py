@@ -27,7 +27,7 @@ def ensure(data: Mapping[str, Any], data_dir: str, model_vocab: int | None = Non
   if not srcs:
     return prepare.ensure_prepared(spec_lib.resolve_corpus(data["corpus"]), data_dir, spec=spec,
                                    workers=workers)
-  return ensure_mixture(srcs, data_dir, int(data.get("mixture_block", mixture.DEFAULT_BLOCK)),
+  return ensure_mixture(srcs, data_dir, data.get("mixture_block", mixture.DEFAULT_BLOCK),
                         workers)
 
 
