@@ -131,3 +131,14 @@ def test_unknown_scheme_is_one_clear_line(tmp_path):
   msg = str(e.value)
   assert "nosuchscheme://bucket/data.jsonl" in msg and "\n" not in msg
   assert "copy the files to a local path" in msg and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("block", [1, 3, 7, 64])
+def test_txt_separator_split_is_independent_of_read_blocks(tmp_path, monkeypatch, block):
+  text = "\n\n".join(DOCS[:12]) + "\n\n\n\nlast — ünï\n"
+  path = tmp_path / "c.txt"
+  path.write_text(text, encoding="utf-8")
+  monkeypatch.setattr(inputs, "_BLOCK", block)  # separators and UTF-8 sequences cut anywhere
+  f = inputs.resolve(str(path))[0]
+  got = list(inputs.documents(f, inputs.ReadOptions(txt_separator="\n\n")))
+  assert got == [d for d in text.split("\n\n") if d]
