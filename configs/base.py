@@ -19,11 +19,27 @@ def get_config() -> ConfigDict:
       # cross-entropy tile in sequence positions (0 = full logits).
       attention="auto", scan_layers=False, loss_chunk=0))
   c.data = ConfigDict(dict(
-      corpus="data/tinyshakespeare.txt",  # relative paths resolve against the repo root
-      tokenizer="char",  # char | byte
+      # Files, directories or globs, comma-separated (.txt, .jsonl[.gz|.zst], .parquet);
+      # relative paths resolve against the repo root. Unused when `sources` is set.
+      corpus="data/tinyshakespeare.txt",
+      format="auto",  # auto (by extension) | txt | jsonl | parquet
+      text_field="text",  # the JSONL field / Parquet column holding a document's text
+      txt_separator="",  # "" = a .txt file is one document; else the text between documents
+      tokenizer="char",  # char | byte | bpe
+      tokenizer_json="",  # bpe: an existing tokenizer.json, used as is ("" = train one)
+      bpe_vocab_size=0,  # bpe training: ids incl. special tokens; 0 = model.vocab_size
+      special_tokens="",  # bpe training: extra special tokens, comma-separated
+      eot_token="<|endoftext|>",  # appended after every document; "" = none (char/byte)
       val_fraction=0.1,
+      val_split="documents",  # documents (whole ones, by content hash) | tail (last tokens)
+      workers=0,  # tokenizing processes; 0 = one per CPU core
       data_dir="",  # prepared shards; "" = WORKDIR/data
       val_dir="",  # a separately prepared validation shard; "" = the val split of data_dir
+      # A weighted mixture: name -> dict(weight=w, corpus=... or data_dir=..., and optionally
+      # format / text_field / txt_separator). Batches follow the weights in blocks of
+      # `mixture_block` sequences (stateless: batch i is a function of (seed, i)).
+      sources=ConfigDict(),
+      mixture_block=2048,
   ))
   c.batch = ConfigDict(dict(global_batch=32, seq_len=128, grad_accum=1))
   c.optimizer = ConfigDict(dict(

@@ -17,6 +17,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c = base.get_config()
   c.model.update(vocab_size=65, d_model=128, n_layers=4, n_heads=4, n_kv_heads=4, d_ff=344,
                  max_seq_len=64, tie_embeddings=True)
+  # nanoGPT's data: the file is one document with no end-of-text symbol (vocab 65) and the
+  # last 10% of its characters are validation (one document cannot be held out whole).
+  c.data.update(eot_token="", val_split="tail")
   c.batch.update(global_batch=12, seq_len=64)
   c.train_steps = 2000
   c.optimizer.update(lr=1e-3, b1=0.9, b2=0.99, weight_decay=0.1, grad_clip=1.0)

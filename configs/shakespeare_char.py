@@ -18,6 +18,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c = base.get_config()
   c.model.update(vocab_size=65, d_model=64, n_layers=3, n_heads=4, n_kv_heads=2, d_ff=192,
                  max_seq_len=128)
+  # nanoGPT's data: the file is one document with no end-of-text symbol (vocab 65) and the
+  # last 10% of its characters are validation (one document cannot be held out whole).
+  c.data.update(eot_token="", val_split="tail")
   c.batch.update(global_batch=32, seq_len=128)
   c.train_steps = 850
   c.optimizer.update(lr=2e-3, b2=0.99, weight_decay=0.1)

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 from core.checks import is_int
 from core.errors import ConfigError
 
-TOKENIZERS = ("char", "byte")
+TOKENIZERS = ("char", "byte", "bpe")
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT = ("none", "full", "dots_saveable")
 I32 = 2**31 - 1  # step counters are int32; numpy seeds and grain indices stay below too

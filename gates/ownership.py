@@ -14,6 +14,7 @@ from core.errors import ConfigError
 
 IDENTITY = ("model.", "data.", "seed")
 SCHEDULE = ("train_steps", "batch.", "optimizer.", "schedule.")
+SAFE = ("data.workers",)  # how many processes tokenize: the prepared data is the same
 
 
 class WorkdirOwnershipError(ConfigError):
@@ -36,6 +37,8 @@ def config_hash(cfg: Mapping[str, Any]) -> str:
 
 
 def _kind(key: str) -> str:
+  if key in SAFE:
+    return "safe"
   if any(key == p or key.startswith(p) for p in IDENTITY):
     return "identity"
   if any(key == p or key.startswith(p) for p in SCHEDULE):

@@ -112,9 +112,10 @@ def median_wall(cmd: list[str], n: int = 3) -> float:
 
 
 def prepare_once(out_dir: Path) -> str:
-  """Tokenize Tiny Shakespeare once into out_dir (the session's shared prepared data)."""
+  """Tokenize Tiny Shakespeare once into out_dir (the session's shared prepared data), with the
+  data settings of CONFIG (one document, no end-of-text token, the tail held out)."""
   from train.data import prepare
-  prepare.prepare(str(CORPUS), str(out_dir), "char", 0.1)
+  prepare.prepare(str(CORPUS), str(out_dir), "char", 0.1, eot_token="", val_split="tail")
   return str(out_dir)
 
 

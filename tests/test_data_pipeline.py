@@ -20,7 +20,8 @@ def prepared(tmp_path_factory):
   rng = np.random.default_rng(123)
   text = "".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz .,\n"), size=20_000))
   (root / "corpus.txt").write_text(text, encoding="utf-8")
-  pd.prepare(str(root / "corpus.txt"), str(root / "data"), "char", 0.1)
+  pd.prepare(str(root / "corpus.txt"), str(root / "data"), "char", 0.1, eot_token="",
+             val_split="tail")
   return root / "data"
 
 

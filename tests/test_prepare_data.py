@@ -1,4 +1,5 @@
-"""prepare_data: the nanoGPT split, manifest hashes, reuse/redo, atomicity and clear refusals."""
+"""prepare_data: the nanoGPT split, whole-document validation, manifest hashes, reuse/redo,
+atomicity and clear refusals."""
 import hashlib
 import json
 import os
@@ -10,14 +11,19 @@ import numpy as np
 import pytest
 import tensorstore as ts
 
+import helpers
 from core.errors import DataError
 from train.data import prepare as pd
-from train.data import store
+from train.data import store, writer
 from train.data import tokenizer as tk
 
 REPO = Path(__file__).resolve().parents[1]
 SHAKESPEARE = REPO / "data" / "tinyshakespeare.txt"
 SHAKESPEARE_SHA = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+TAIL = {"eot_token": "", "val_split": "tail"}  # nanoGPT's data (configs/shakespeare_char.py)
+SEP = "\n\n"
+DOCS = [f"document {i}: the quick brown fox jumps over the lazy dog {i * 7 % 13} times"
+        for i in range(60)]
 
 
 def _read_split(data_dir, split) -> np.ndarray:
@@ -30,13 +36,21 @@ def _read_split(data_dir, split) -> np.ndarray:
 @pytest.fixture(scope="module")
 def shakespeare(tmp_path_factory):
   out = tmp_path_factory.mktemp("prep") / "shakespeare"
-  return out, pd.prepare(str(SHAKESPEARE), str(out), "char", 0.1)
+  return out, pd.prepare(str(SHAKESPEARE), str(out), "char", 0.1, **TAIL)
 
 
-def _corpus(tmp_path, text="the quick brown fox jumps over the lazy dog\n" * 50, name="c.txt"):
+TEXT = SEP.join(DOCS)
+
+
+def _corpus(tmp_path, text=TEXT, name="c.txt"):
   p = tmp_path / name
   p.write_text(text, encoding="utf-8")
   return p
+
+
+def _prep(corpus, out, kind="char", vf=0.1, **kw):
+  """Whole-document preparation of a separator-split .txt corpus."""
+  return pd.ensure_prepared(str(corpus), str(out), kind, vf, txt_separator=SEP, **kw)
 
 
 def test_nanogpt_split_counts(shakespeare):
@@ -45,6 +59,8 @@ def test_nanogpt_split_counts(shakespeare):
   assert m["vocab_size"] == 65 and m["dtype"] == "uint16"
   assert m["source_sha256"] == SHAKESPEARE_SHA and m["source_bytes"] == 1_115_394
   assert m["val_fraction"] == 0.1 and m["format_version"] == store.FORMAT_VERSION
+  assert (m["train_documents"], m["val_documents"], m["eos_id"]) == (1, 1, None)
+  assert m["val_split"] == "tail" and m["sources"]["corpus"]["train_tokens"] == 1_003_854
 
 
 def test_manifest_hashes_match_stored_tokens(shakespeare):
@@ -59,17 +75,20 @@ def test_manifest_hashes_match_stored_tokens(shakespeare):
     assert hashlib.sha256(stored.astype("<u2").tobytes()).hexdigest() == m[f"{split}_sha256"]
     assert tok.decode(stored) == expected
   assert m["train_sha256"] != m["val_sha256"]
+  for split in ("train", "val"):
+    assert _read_split(out, split + "_offsets").tolist() == [0, m[f"{split}_tokens"]]
 
 
 def test_no_temp_dirs_left_behind(shakespeare):
   out, _ = shakespeare
   assert os.listdir(out.parent) == [out.name]
-  assert sorted(os.listdir(out)) == ["manifest.json", "train", "val"]
+  assert sorted(os.listdir(out)) == ["manifest.json", "train", "train_offsets", "val",
+                                     "val_offsets"]
 
 
 def test_byte_tokenizer_counts_utf8_bytes(tmp_path):
   text = "naïve café — ünïcödé\n" * 20
-  m = pd.prepare(str(_corpus(tmp_path, text)), str(tmp_path / "out"), "byte", 0.25)
+  m = pd.prepare(str(_corpus(tmp_path, text)), str(tmp_path / "out"), "byte", 0.25, **TAIL)
   n = len(text.encode("utf-8"))
   assert m["train_tokens"] + m["val_tokens"] == n and m["val_tokens"] == n - int(n * 0.75)
   assert m["tokenizer"] == {"type": "byte"} and m["vocab_size"] == 256
@@ -82,15 +101,34 @@ def test_token_dtype_widens_past_uint16():
   assert store.token_dtype(65_537) == "uint32"
 
 
+def test_whole_documents_held_out_each_followed_by_end_of_text(tmp_path):
+  m = _prep(_corpus(tmp_path), tmp_path / "out")
+  tok = tk.tokenizer_from_json(m["tokenizer"])
+  assert m["eos_id"] == tok.eos_id == tok.vocab_size - 1 and m["documents"] == len(DOCS)
+  got = {}
+  for split in ("train", "val"):
+    ids, offs = _read_split(tmp_path / "out", split), _read_split(tmp_path / "out",
+                                                                 split + "_offsets")
+    assert offs[0] == 0 and offs[-1] == len(ids) == m[f"{split}_tokens"]
+    assert len(offs) - 1 == m[f"{split}_documents"]
+    assert (ids[offs[1:] - 1] == tok.eos_id).all()  # every document ends with end-of-text
+    got[split] = [tok.decode(ids[a:b - 1]) for a, b in zip(offs[:-1], offs[1:])]
+  assert sorted(got["train"] + got["val"]) == sorted(DOCS)  # whole documents, none split
+  assert m["val_documents"] == len(got["val"]) >= 1 and not set(got["train"]) & set(got["val"])
+  again = pd.prepare(str(tmp_path / "c.txt"), str(tmp_path / "again"), "char", 0.1,
+                     txt_separator=SEP)
+  assert again["val_sha256"] == m["val_sha256"]  # the hold-out is deterministic
+
+
 def test_reuse_when_unchanged_redo_when_source_changes(tmp_path):
   corpus, out = _corpus(tmp_path), tmp_path / "data"
-  m1 = pd.ensure_prepared(str(corpus), str(out), "char", 0.1)
+  m1 = _prep(corpus, out)
   stamp = (out / "manifest.json").stat().st_mtime_ns, out.stat().st_ino
-  m2 = pd.ensure_prepared(str(corpus), str(out), "char", 0.1)
+  m2 = _prep(corpus, out)
   assert m2 == m1
   assert ((out / "manifest.json").stat().st_mtime_ns, out.stat().st_ino) == stamp
-  corpus.write_text("a different corpus, with new letters: XYZ\n" * 40, encoding="utf-8")
-  m3 = pd.ensure_prepared(str(corpus), str(out), "char", 0.1)
+  corpus.write_text(SEP.join(d.replace("fox", "XYZ fox") for d in DOCS), encoding="utf-8")
+  m3 = _prep(corpus, out)
   assert m3["source_sha256"] != m1["source_sha256"]
   assert m3["train_sha256"] != m1["train_sha256"]
   assert json.loads((out / "manifest.json").read_text()) == m3
@@ -100,39 +138,43 @@ def test_reuse_when_unchanged_redo_when_source_changes(tmp_path):
 @pytest.mark.parametrize("kind,val_fraction", [("byte", 0.1), ("char", 0.2)])
 def test_redo_when_settings_change(tmp_path, kind, val_fraction):
   corpus, out = _corpus(tmp_path), tmp_path / "data"
-  m1 = pd.ensure_prepared(str(corpus), str(out), "char", 0.1)
-  m2 = pd.ensure_prepared(str(corpus), str(out), kind, val_fraction)
+  m1 = _prep(corpus, out, "char", 0.1)
+  m2 = _prep(corpus, out, kind, val_fraction)
   assert m2 != m1 and m2["tokenizer"]["type"] == kind and m2["val_fraction"] == val_fraction
+  assert _prep(corpus, out, kind, val_fraction, eot_token="") != m2  # the end-of-text too
 
 
 def test_redo_when_manifest_missing_or_array_gone(tmp_path):
   corpus, out = _corpus(tmp_path), tmp_path / "data"
-  m1 = pd.ensure_prepared(str(corpus), str(out))
+  m1 = _prep(corpus, out)
   (out / "manifest.json").unlink()
-  assert pd.ensure_prepared(str(corpus), str(out)) == m1
+  assert _prep(corpus, out) == m1
   assert (out / "manifest.json").exists()
-  for f in (out / "val").rglob("*"):
-    if f.is_file():
-      f.unlink()
-  assert pd.ensure_prepared(str(corpus), str(out)) == m1
+  for name in ("val", "train_offsets"):
+    for f in (out / name).rglob("*"):
+      if f.is_file():
+        f.unlink()
+    assert _prep(corpus, out) == m1
   assert _read_split(out, "val").shape == (m1["val_tokens"],)
 
 
 def test_crash_mid_write_keeps_old_data(tmp_path, monkeypatch):
   corpus, out = _corpus(tmp_path), tmp_path / "data"
-  m1 = pd.prepare(str(corpus), str(out))
-  corpus.write_text("changed text\n" * 30, encoding="utf-8")
-  real = pd._write_array
+  m1 = _prep(corpus, out)
+  before = helpers.snapshot(out)
+  corpus.write_text(SEP.join(d.upper() for d in DOCS), encoding="utf-8")
+  real = writer.SplitWriter.close
 
-  def crash_on_val(path, tokens, dtype):
-    if path.endswith("val"):
+  def crash_on_val(self):
+    if self.tokens.path.endswith("val"):
       raise RuntimeError("simulated crash")
-    real(path, tokens, dtype)
+    return real(self)
 
-  monkeypatch.setattr(pd, "_write_array", crash_on_val)
+  monkeypatch.setattr(writer.SplitWriter, "close", crash_on_val)
   with pytest.raises(RuntimeError):
-    pd.ensure_prepared(str(corpus), str(out))
+    _prep(corpus, out)
   assert store.load_manifest(str(out)) == m1  # old dir intact, still self-consistent
+  assert helpers.snapshot(out) == before
   assert sorted(os.listdir(tmp_path)) == ["c.txt", "data"]  # temp dir removed
 
 
@@ -141,7 +183,7 @@ def test_refuses_to_replace_unrelated_directory(tmp_path):
   out.mkdir()
   (out / "notes.txt").write_text("keep me")
   with pytest.raises(DataError, match="other files"):
-    pd.prepare(str(_corpus(tmp_path)), str(out))
+    _prep(_corpus(tmp_path), out)
   assert (out / "notes.txt").read_text() == "keep me"
 
 
@@ -159,13 +201,17 @@ def test_bad_corpus_is_one_line_data_error(tmp_path, content, needle):
   assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("vf,needle", [(0.0, "outside (0, 1)"), (1.0, "outside (0, 1)"),
-                                       (-0.5, "outside (0, 1)"), (float("nan"), "outside"),
-                                       ("0.1", "must be a number"), (1e-17, "no validation"),
-                                       (0.999, "no training")])
-def test_bad_val_fraction(tmp_path, vf, needle):
-  with pytest.raises(DataError, match=needle.replace("(", r"\(").replace(")", r"\)")):
-    pd.prepare(str(_corpus(tmp_path, "abcdefghij" * 10)), str(tmp_path / "out"), "char", vf)
+@pytest.mark.parametrize("vf,needle,split", [
+    (0.0, "outside (0, 1)", "tail"), (1.0, "outside (0, 1)", "tail"),
+    (-0.5, "outside (0, 1)", "tail"), (float("nan"), "outside", "tail"),
+    ("0.1", "must be a number", "tail"), (1e-17, "no validation", "tail"),
+    (0.999, "no training", "tail"), (1e-17, "held out none", "documents"),
+    (0.999999, "held out all", "documents")])
+def test_bad_val_fraction(tmp_path, vf, needle, split):
+  with pytest.raises(DataError, match=needle.replace("(", r"\(").replace(")", r"\)")) as e:
+    pd.prepare(str(_corpus(tmp_path, "abcdefghij" * 10)), str(tmp_path / "out"), "char", vf,
+               val_split=split, txt_separator="j")
+  assert "\n" not in str(e.value) and not (tmp_path / "out").exists()
 
 
 def test_load_manifest_refuses_unprepared_and_corrupt(tmp_path):
@@ -208,8 +254,9 @@ def test_cli_empty_file_exits_2_with_one_line(tmp_path):
 def test_cli_success_prints_summary(tmp_path):
   out = tmp_path / "out"
   r = _cli(f"--input={_corpus(tmp_path)}", f"--output_dir={out}", "--tokenizer=byte",
-           "--val_fraction=0.2")
+           "--val_fraction=0.2", "--txt_separator=\\n\\n")
   assert r.returncode == 0, r.stderr
   m = store.load_manifest(str(out))
-  assert m["tokenizer"] == {"type": "byte"} and m["val_fraction"] == 0.2
+  assert m["tokenizer"] == {"type": "byte", "eot": "<|endoftext|>"}
+  assert m["val_fraction"] == 0.2 and m["documents"] == len(DOCS)
   assert f"{m['train_tokens']:,}" in r.stdout and "byte" in r.stdout

@@ -66,14 +66,40 @@ def test_unknown_character_names_it():
 
 def test_unknown_kind_lists_valid_kinds():
   with pytest.raises(DataError) as e:
-    tk.build_tokenizer("bpe", "abc")
+    tk.build_tokenizer("wordpiece", "abc")
   msg = str(e.value)
-  assert "'bpe'" in msg and "char" in msg and "byte" in msg and "\n" not in msg
+  assert "'wordpiece'" in msg and "char" in msg and "bpe" in msg and "\n" not in msg
+  with pytest.raises(DataError, match="trained over a corpus"):
+    tk.build_tokenizer("bpe", "abc")  # a BPE comes from its documents, not one string
+
+
+@pytest.mark.parametrize("kind,size", [("char", None), ("byte", 257)])
+def test_end_of_text_id_follows_the_symbols(kind, size):
+  t = tk.build_tokenizer(kind, TEXT, eot="<|endoftext|>")
+  plain = tk.build_tokenizer(kind, TEXT)
+  assert t.vocab_size == plain.vocab_size + 1 == (size or len(set(TEXT)) + 1)
+  assert t.eos_id == plain.vocab_size and plain.eos_id is None
+  np.testing.assert_array_equal(t.encode(TEXT), plain.encode(TEXT))  # text never yields it
+  ids = np.concatenate([t.encode("ab"), [t.eos_id], t.encode("c")]) if kind == "byte" else \
+      np.concatenate([t.encode("He"), [t.eos_id], t.encode("l")])
+  assert t.decode(ids) in ("ab<|endoftext|>c", "He<|endoftext|>l")
+  assert tk.tokenizer_from_json(json.loads(json.dumps(t.to_json()))) == t
+  assert plain.to_json() == {"type": kind, **({"vocab": plain.vocab} if kind == "char" else {})}
+  assert t.token_bytes()[t.eos_id] == 0 and t.token_bytes().shape == (t.vocab_size,)
+
+
+def test_token_bytes_count_utf8_bytes():
+  t = tk.build_tokenizer("char", TEXT)
+  ids = t.encode(TEXT)
+  assert t.token_bytes()[ids].sum() == len(TEXT.encode("utf-8"))
+  b = tk.ByteTokenizer()
+  assert b.token_bytes()[b.encode(TEXT)].sum() == len(TEXT.encode("utf-8"))
 
 
 @pytest.mark.parametrize("bad", [{}, {"type": "bpe"}, {"type": "char"},
                                  {"type": "char", "vocab": "ba"}, {"type": "char", "vocab": "aab"},
-                                 {"type": "char", "vocab": ""}])
+                                 {"type": "char", "vocab": ""}, {"type": "byte", "eot": ""},
+                                 {"type": "bpe", "eot": "<|endoftext|>", "tokenizer": "x"}])
 def test_bad_json_is_refused(bad):
   with pytest.raises(DataError):
     tk.tokenizer_from_json(bad)

@@ -105,13 +105,16 @@ def _model_record(config: dict[str, Any], model_cfg: ModelConfig, counts: ParamC
 def run_record(*, config: dict[str, Any], model_cfg: ModelConfig, counts: ParamCounts,
                tokenizer: dict[str, Any], signature: Signature, manifest: Mapping[str, Any],
                gate: dict[str, Any], eval_batches: dict[str, Any], mesh: dict[str, int],
-               changes: Mapping[str, list[str]] | None = None) -> dict[str, Any]:
-  """The part of a training run's record that is the same for every save."""
+               changes: Mapping[str, list[str]] | None = None,
+               sources: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+  """The part of a training run's record that is the same for every save. `sources`: per data
+  source, its weight, planned tokens, unique train tokens and epochs (`data_sources`)."""
   changes = changes or {}
   return dict(_model_record(config, model_cfg, counts, tokenizer, signature),
               data=data_fingerprint(manifest), gate=gate, planned_tokens=gate["tokens"],
               eval_batches=eval_batches, mesh=mesh,
-              config_changes=changes.get("schedule", []) + changes.get("safe", []))
+              config_changes=changes.get("schedule", []) + changes.get("safe", []),
+              data_sources={k: dict(v) for k, v in (sources or {}).items()})
 
 
 def save_record(run: Mapping[str, Any], *, step: int, tokens_seen: int,

@@ -1,218 +1,321 @@
-"""Tokenize a text corpus once into train/val token arrays (tensorstore zarr3) plus a manifest.
+"""Tokenize a corpus once into train/val token arrays (tensorstore zarr3), document offsets and a
+manifest.
 
-The manifest records the source's sha256, the tokenizer and the tokens' hashes, so a run can
-reuse a prepared dir only when it was made from the same bytes with the same settings, and a
-checkpoint can name exactly which data it saw. The manifest is written last and a local dir is
-built beside its destination and renamed into place, so a crash never leaves a complete-looking
-half-written dir.
+Two streaming passes over the documents (`train.data.inputs`), so memory stays bounded whatever
+the corpus size:
+1. scan: every file is read and checked (bad input is refused here, before anything is
+   written), documents are counted, and the tokenizer is built (char vocabulary, or a BPE
+   trained on the training documents);
+2. tokenize: units of ~1M characters go, in order, to 1 (in-process) or N spawned worker
+   processes (`train.data.encode`); results come back in submission order and are appended at
+   the running offsets, so 1 and N workers write byte-identical arrays and manifests.
+The manifest records the inputs' sha256, the settings, the tokenizer (full JSON) and the
+tokens' hashes, so a run reuses a prepared dir only when it was made from the same bytes with
+the same settings. A local dir is built beside its destination and renamed into place (the
+manifest written last), so an interruption never leaves a complete-looking dir.
 
   pregate-prepare --input=data/tinyshakespeare.txt --output_dir=/tmp/shakespeare
 """
 from __future__ import annotations
 
+import collections
+import contextlib
+import dataclasses
 import hashlib
-import json
+import math
+import multiprocessing
 import os
-import shutil
-import tempfile
-import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
-import tensorstore as ts
 
-from core.checks import is_number
 from core.errors import DataError
-from train.data import store
-from train.data import tokenizer as tokenizer_lib
+from train.data import bpe, encode, inputs, staging, store, writer
+from train.data.progress import Progress
+from train.data.spec import DataSpec
+from train.data.tokenizer import ByteTokenizer, CharTokenizer, Tokenizer
+
+UNIT_CHARS = 1 << 20  # characters per unit of tokenization work
+UNIT_DOCS = 4096
+# A spawned worker costs ~1 s to start: each must get at least this many units, so a small
+# corpus (Tiny Shakespeare: 2 units) is tokenized in-process.
+UNITS_PER_WORKER = 8
 
 
 def read_corpus(path: str) -> tuple[str, str, int]:
-  """(text, sha256, size in bytes) of a UTF-8 corpus; refuses missing, empty and binary files."""
-  fix = "point the corpus at a UTF-8 text file"
-  p = Path(path)
-  if not p.exists():
-    raise DataError(f"corpus file {path} does not exist; {fix} (--config.data.corpus / --input)")
-  if not p.is_file():
-    raise DataError(f"corpus path {path} is not a regular file; {fix}")
-  try:
-    raw = p.read_bytes()
-  except OSError as e:
-    raise DataError(f"corpus file {path} cannot be read ({e.strerror}); {fix} you can read") from e
-  if not raw:
-    raise DataError(f"corpus file {path} is empty (0 bytes); {fix} with some text in it")
-  nul = raw.find(b"\x00")
-  if nul >= 0:
-    raise DataError(f"corpus file {path} is not text (NUL byte at offset {nul}); {fix}")
-  try:
-    text = raw.decode("utf-8")
-  except UnicodeDecodeError as e:
-    raise DataError(f"corpus file {path} is not valid UTF-8 (bad byte at offset {e.start}); "
-                    f"{fix}, or re-encode it to UTF-8") from e
-  if not text.strip():
-    raise DataError(f"corpus file {path} holds only whitespace ({len(raw)} bytes); {fix} with "
-                    "some text in it")
-  return text, hashlib.sha256(raw).hexdigest(), len(raw)
+  """(text, sha256, size in bytes) of one UTF-8 text file (the char tokenizer's corpus)."""
+  f = inputs.resolve(path, "txt")[0]
+  text = next(inputs.documents(f, inputs.ReadOptions("txt")))
+  return text, inputs.file_sha256(f), f.size
 
 
-def _check_val_fraction(val_fraction: float) -> float:
-  if not is_number(val_fraction):
-    raise DataError(f"val_fraction must be a number in (0, 1), got {val_fraction!r}; use e.g. 0.1")
-  if not 0.0 < val_fraction < 1.0:
-    raise DataError(f"val_fraction={val_fraction} is outside (0, 1); use a fraction such as 0.1")
-  return float(val_fraction)
+@dataclasses.dataclass
+class Fingerprint:
+  """The inputs' files and sha256s; `sha256` names the bytes (a single file: its own sha)."""
+
+  spec: str
+  files: list[inputs.InputFile]
+  shas: list[str]
+
+  @property
+  def sha256(self) -> str:
+    if len(self.shas) == 1:
+      return self.shas[0]
+    return hashlib.sha256("\n".join(self.shas).encode()).hexdigest()
+
+  @classmethod
+  def of(cls, corpus: str, fmt: str) -> Fingerprint:
+    files = inputs.resolve(corpus, fmt)
+    return cls(corpus, files, [inputs.file_sha256(f) for f in files])
 
 
-def split_tokens(tokens: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-  """First (1 - val_fraction) of the tokens train, the rest val (nanoGPT's split)."""
-  n = len(tokens)
-  n_train = int(n * (1.0 - val_fraction))
-  if n - n_train < 1:
-    raise DataError(f"val_fraction={val_fraction} of {n} tokens leaves no validation tokens; "
-                    "raise val_fraction or use a larger corpus")
-  if n_train < 1:
-    raise DataError(f"val_fraction={val_fraction} of {n} tokens leaves no training tokens; "
-                    "lower val_fraction or use a larger corpus")
-  return tokens[:n_train], tokens[n_train:]
+@dataclasses.dataclass
+class Scan:
+  """Pass 1's counts for one source (per file: documents and characters)."""
+
+  documents: list[int]
+  chars: list[int]
+  train_documents: int = 0
+  val_documents: int = 0
 
 
-def _write_array(path: str, tokens: np.ndarray, dtype: str) -> None:
-  spec = store.zarr3_spec(path, shape=len(tokens), dtype=dtype)
-  arr = ts.open(spec, create=True, delete_existing=True).result()
-  arr.write(tokens.astype(dtype)).result()
+def _held_out(spec: DataSpec) -> float | None:
+  return spec.val_fraction if spec.val_split == "documents" else None
 
 
+def scan(groups: list[tuple[Fingerprint, DataSpec]], tokenizer: Tokenizer | None = None
+         ) -> tuple[list[Scan], Tokenizer]:
+  """Pass 1 over one or more sources sharing one tokenizer (the first spec's settings):
+  validate and count every document, and build the tokenizer unless one is given."""
+  spec = groups[0][1]
+  scans = [Scan([0] * len(fp.files), [0] * len(fp.files)) for fp, _ in groups]
+  total = sum(f.size for fp, _ in groups for f in fp.files)
+  progress = Progress("scanning", total)
 
-def _write_dir(data_dir: str, splits: dict[str, np.ndarray], manifest: dict[str, Any]) -> None:
-  """Arrays first, manifest last: a dir without a manifest is never taken as prepared."""
-  kv = store.kvstore(data_dir)
-  kv.delete_range(ts.KvStore.KeyRange(store.MANIFEST, store.MANIFEST + "\0")).result()
-  for name, tokens in splits.items():
-    _write_array(store.join(data_dir, name), tokens, manifest["dtype"])
-  kv.write(store.MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=True).encode()).result()
+  def docs() -> Iterator[tuple[str, bool]]:
+    for sc, (fp, gspec) in zip(scans, groups):
+      vf = _held_out(gspec)
+      for i, f in enumerate(fp.files):
+        for doc in inputs.documents(f, gspec.read_options()):
+          held = vf is not None and encode.is_val_document(doc, vf)
+          sc.documents[i] += 1
+          sc.chars[i] += len(doc)
+          sc.val_documents += held
+          sc.train_documents += not held
+          yield doc, held
+        if not sc.documents[i]:
+          raise DataError(f"corpus file {f.path} holds no documents (every text is empty); "
+                          "remove it or fix data.text_field")
+        progress.update(f.size)
+
+  if tokenizer is not None:
+    collections.deque(docs(), maxlen=0)
+  elif spec.tokenizer == "char":
+    tokenizer = _char_vocab((d for d, _ in docs()), spec.eot)
+  elif spec.tokenizer == "byte":
+    collections.deque(docs(), maxlen=0)
+    tokenizer = ByteTokenizer(spec.eot)
+  elif spec.tokenizer_json:
+    tokenizer = bpe.load(spec.tokenizer_json, spec.eot_token)
+    collections.deque(docs(), maxlen=0)
+  else:
+    tokenizer = bpe.train((d for d, held in docs() if not held), spec.bpe_vocab_size,
+                          spec.eot_token, bpe.parse_special_tokens(spec.special_tokens))
+  progress.close()
+  for sc, (fp, gspec) in zip(scans, groups):
+    _check_split(sc, fp.spec, gspec)
+  return scans, tokenizer
 
 
-def _check_replaceable(out: Path) -> None:
-  """Refuse to replace a directory that holds anything but a prepared data dir."""
-  if not out.exists():
+def _char_vocab(docs: Iterator[str], eot: str | None) -> CharTokenizer:
+  points: set[int] = set()
+  for doc in docs:
+    points.update(np.unique(np.frombuffer(doc.encode("utf-32-le", "surrogatepass"), "<u4"))
+                  .tolist())
+  return CharTokenizer("".join(chr(p) for p in sorted(points)), eot)
+
+
+def _check_split(sc: Scan, corpus: str, spec: DataSpec) -> None:
+  n = sum(sc.documents)
+  if spec.val_split != "documents":
     return
-  if not out.is_dir():
-    raise DataError(f"data dir {out} exists and is not a directory; choose a new directory")
-  extra = sorted(set(os.listdir(out)) - {*store.SPLITS, store.MANIFEST})
-  if extra:
-    raise DataError(f"data dir {out} already holds other files (e.g. {extra[0]!r}); choose a new "
-                    "or empty directory for prepared data")
+  fix = ("whole documents are held out by content hash; raise val_fraction, add documents, or "
+         "set data.val_split='tail' (or data.txt_separator to split .txt files)")
+  if not sc.val_documents:
+    raise DataError(f"val_fraction={spec.val_fraction} held out none of the {n:,} document(s) "
+                    f"of {corpus}; {fix}")
+  if not sc.train_documents:
+    raise DataError(f"val_fraction={spec.val_fraction} held out all {n:,} document(s) of "
+                    f"{corpus}, leaving none to train on; lower val_fraction or add documents")
 
 
-def _write_local_atomic(out: Path, splits: dict[str, np.ndarray], manifest: dict[str, Any],
-                        reuse_if: dict[str, Any]) -> dict[str, Any]:
-  """Build in a temp dir beside `out`, then rename it into place."""
-  out.parent.mkdir(parents=True, exist_ok=True)
-  _check_replaceable(out)
-  tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+def _units(fp: Fingerprint, opts: inputs.ReadOptions) -> Iterator[tuple[int, list[str], int]]:
+  """(file index, documents, characters): the work units, the same for any worker count."""
+  for i, f in enumerate(fp.files):
+    docs, chars = [], 0
+    for doc in inputs.documents(f, opts):
+      docs.append(doc)
+      chars += len(doc)
+      if chars >= UNIT_CHARS or len(docs) >= UNIT_DOCS:
+        yield i, docs, chars
+        docs, chars = [], 0
+    if docs:
+      yield i, docs, chars
+
+
+@contextlib.contextmanager
+def _single_threaded() -> Iterator[None]:
+  """One worker means one core: keep the tokenizers library's own thread pool off."""
+  old = os.environ.get("TOKENIZERS_PARALLELISM")
+  os.environ["TOKENIZERS_PARALLELISM"] = "false"
   try:
-    _write_dir(str(tmp), splits, manifest)
-    if out.exists():
-      old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-      os.rename(out, old)
-      shutil.rmtree(old, ignore_errors=True)
-    try:
-      os.rename(tmp, out)
-    except OSError:
-      # Another process (e.g. another host of this run) renamed its copy in first.
-      theirs = _reusable_manifest(str(out), **reuse_if)
-      if theirs is None:
-        raise DataError(f"data dir {out} was replaced while preparing it; re-run so only one "
-                        "process prepares the data") from None
-      return theirs
+    yield
   finally:
-    shutil.rmtree(tmp, ignore_errors=True)
-  return manifest
+    if old is None:
+      os.environ.pop("TOKENIZERS_PARALLELISM", None)
+    else:
+      os.environ["TOKENIZERS_PARALLELISM"] = old
+
+
+def _run_units(fp: Fingerprint, spec: DataSpec, tok: Tokenizer, dtype: str, workers: int,
+               sink: Callable[[int, encode.Encoded, int], None]) -> None:
+  units, vf = _units(fp, spec.read_options()), _held_out(spec)
+  if workers <= 1:
+    with _single_threaded():
+      for i, docs, chars in units:
+        sink(i, encode.encode_docs(tok, docs, dtype, vf), chars)
+    return
+  ctx = multiprocessing.get_context("spawn")  # never fork a process running tensorstore threads
+  with ctx.Pool(workers, encode.init_worker, (tok.to_json(), dtype, vf)) as pool:
+    pending: collections.deque = collections.deque()
+    for i, docs, chars in units:
+      pending.append((i, chars, pool.apply_async(encode.encode_unit, (docs,))))
+      if len(pending) >= 2 * workers:  # bounded: at most 2 units per worker in flight
+        i0, c0, result = pending.popleft()
+        sink(i0, result.get(), c0)
+    while pending:
+      i0, c0, result = pending.popleft()
+      sink(i0, result.get(), c0)
+
+
+def _fill(data_dir: str, fp: Fingerprint, spec: DataSpec, tok: Tokenizer, workers: int,
+          sc: Scan) -> tuple[dict[str, dict[str, Any]], list[int]]:
+  """Pass 2: tokenize into data_dir's arrays; -> per-split results and tokens per file."""
+  dtype, table = store.token_dtype(tok.vocab_size), tok.token_bytes()
+  per_file = [0] * len(fp.files)
+  progress = Progress("tokenizing", sum(sc.chars), unit="char")
+  docs_split = spec.val_split == "documents"
+  names = store.SPLITS if docs_split else (writer.ALL,)
+  writers = {s: writer.SplitWriter(data_dir, s, dtype, table) for s in names}
+
+  def sink(i: int, enc: encode.Encoded, chars: int) -> None:
+    per_file[i] += enc.tokens.size
+    if docs_split:
+      mask = np.repeat(enc.is_val, enc.lengths)
+      writers["train"].add_docs(enc.tokens[~mask], enc.lengths[~enc.is_val])
+      writers["val"].add_docs(enc.tokens[mask], enc.lengths[enc.is_val])
+    else:
+      writers[writer.ALL].add_docs(enc.tokens, enc.lengths)
+    progress.update(chars, enc.tokens.size)
+
+  workers = min(workers, max(1, math.ceil(sum(sc.chars) / (UNITS_PER_WORKER * UNIT_CHARS))))
+  try:
+    _run_units(fp, spec, tok, dtype, workers, sink)
+  finally:
+    progress.close()
+  if docs_split:
+    return {s: w.close() for s, w in writers.items()}, per_file
+  splits = writer.split_tail(data_dir, writers[writer.ALL], spec.val_fraction, dtype, table)
+  return splits, per_file
+
+
+def _manifest(fp: Fingerprint, spec: DataSpec, tok: Tokenizer, sc: Scan,
+              splits: dict[str, dict[str, Any]], per_file: list[int], name: str,
+              tokenizer_json_sha: str | None) -> dict[str, Any]:
+  counts = {f"{s}_{k}": splits[s][k] for s in store.SPLITS
+            for k in ("tokens", "documents", "bytes")}
+  return {
+      "format_version": store.FORMAT_VERSION, "kind": "corpus",
+      "tokenizer": tok.to_json(), "tokenizer_fingerprint": tok.fingerprint(),
+      "vocab_size": tok.vocab_size, "eos_id": tok.eos_id,
+      "dtype": store.token_dtype(tok.vocab_size), "chunk_tokens": store.CHUNK_TOKENS,
+      "source_path": ",".join(f.path if inputs.is_remote(f.path) else os.path.abspath(f.path)
+                              for f in fp.files) if len(fp.files) == 1 else fp.spec,
+      "source_sha256": fp.sha256, "source_bytes": sum(f.size for f in fp.files),
+      "settings": spec.settings(tokenizer_json_sha),
+      "val_fraction": float(spec.val_fraction), "val_split": spec.val_split,
+      "documents": sum(sc.documents), **counts,
+      "train_sha256": splits["train"]["sha256"], "val_sha256": splits["val"]["sha256"],
+      "files": [{"path": f.path, "sha256": sha, "bytes": f.size, "documents": d, "tokens": t}
+                for f, sha, d, t in zip(fp.files, fp.shas, sc.documents, per_file)],
+      "sources": {name: {"source_sha256": fp.sha256, **counts}},
+  }
+
+
+def tokenizer_json_sha(spec: DataSpec) -> str | None:
+  return bpe.read_tokenizer_json(spec.tokenizer_json)[1] if spec.tokenizer_json else None
+
+
+def _spec(tokenizer_kind: str, val_fraction: float, spec: DataSpec | None,
+          fields: dict[str, Any]) -> DataSpec:
+  if spec is None:
+    spec = DataSpec(tokenizer=tokenizer_kind, val_fraction=val_fraction, **fields)
+  return spec.check()
 
 
 def prepare(input_path: str, output_dir: str, tokenizer_kind: str = "char",
-            val_fraction: float = 0.1) -> dict[str, Any]:
-  """Tokenize `input_path` into `output_dir`/{train,val,manifest.json}; returns the manifest."""
-  val_fraction = _check_val_fraction(val_fraction)
-  if tokenizer_kind not in tokenizer_lib.KINDS:
-    raise DataError(f"unknown tokenizer kind {tokenizer_kind!r}; use one of "
-                    f"{', '.join(tokenizer_lib.KINDS)}")
-  text, source_sha, source_bytes = read_corpus(input_path)
-  tok = tokenizer_lib.build_tokenizer(tokenizer_kind, text)
-  train, val = split_tokens(tok.encode(text), val_fraction)
-  dtype = store.token_dtype(tok.vocab_size)
-  manifest = {
-      "format_version": store.FORMAT_VERSION,
-      "tokenizer": tok.to_json(),
-      "tokenizer_fingerprint": tok.fingerprint(),
-      "vocab_size": tok.vocab_size,
-      "dtype": dtype,
-      "chunk_tokens": store.CHUNK_TOKENS,
-      "source_path": os.path.abspath(input_path),
-      "source_sha256": source_sha,
-      "source_bytes": source_bytes,
-      "val_fraction": val_fraction,
-      "train_tokens": len(train),
-      "val_tokens": len(val),
-      "train_sha256": store.tokens_sha256(train, dtype),
-      "val_sha256": store.tokens_sha256(val, dtype),
-  }
-  splits = {"train": train, "val": val}
+            val_fraction: float = 0.1, *, spec: DataSpec | None = None,
+            tokenizer: Tokenizer | None = None, workers: int = 1, name: str = "corpus",
+            fingerprint: Fingerprint | None = None, **fields: Any) -> dict[str, Any]:
+  """Tokenize the inputs into `output_dir` (arrays + manifest.json); returns the manifest.
+
+  `spec` (or tokenizer_kind, val_fraction and `fields` of DataSpec) says how; `tokenizer`
+  forces a tokenizer (a mixture's shared one); `workers` tokenizing processes."""
+  spec = _spec(tokenizer_kind, val_fraction, spec, fields)
+  fp = fingerprint or Fingerprint.of(input_path, spec.format)
+  (sc,), tok = scan([(fp, spec)], tokenizer)
+  tj_sha = tokenizer_json_sha(spec)
+
+  def fill(data_dir: str) -> dict[str, Any]:
+    splits, per_file = _fill(data_dir, fp, spec, tok, workers, sc)
+    return _manifest(fp, spec, tok, sc, splits, per_file, name, tj_sha)
+
   if store.is_remote(output_dir):
-    _write_dir(output_dir, splits, manifest)
-    return manifest
-  reuse_if = dict(source_sha256=source_sha, tokenizer_kind=tokenizer_kind,
-                  val_fraction=val_fraction)
-  return _write_local_atomic(Path(output_dir).absolute(), splits, manifest, reuse_if)
-
-
-
-def _arrays_match(data_dir: str, manifest: dict[str, Any]) -> bool:
-  """Cheap completeness check (metadata only): both arrays exist with the recorded lengths."""
-  for name in store.SPLITS:
-    try:
-      arr = ts.open(store.zarr3_spec(store.join(data_dir, name)), open=True).result()
-    except ValueError:
-      return False
-    if arr.shape != (manifest[f"{name}_tokens"],) or arr.dtype.name != manifest["dtype"]:
-      return False
-  return True
-
-
-def _reusable_manifest(data_dir: str, *, source_sha256: str, tokenizer_kind: str,
-                       val_fraction: float) -> dict[str, Any] | None:
-  """The existing manifest if it was made from these bytes with these settings, else None."""
-  try:
-    manifest = store.load_manifest(data_dir)
-  except DataError:
-    return None
-  same = (manifest["source_sha256"] == source_sha256
-          and manifest["tokenizer"].get("type") == tokenizer_kind
-          and manifest["val_fraction"] == val_fraction)
-  return manifest if same and _arrays_match(data_dir, manifest) else None
+    return staging.write_dir(output_dir, fill)
+  reuse_if = dict(source_sha256=fp.sha256, settings=spec.settings(tj_sha),
+                  tokenizer_fingerprint=tokenizer.fingerprint() if tokenizer else None)
+  return staging.write_local_atomic(Path(output_dir).absolute(), fill, reuse_if)
 
 
 def ensure_prepared(corpus: str, data_dir: str, tokenizer_kind: str = "char",
-                    val_fraction: float = 0.1) -> dict[str, Any]:
-  """Reuse `data_dir` when its manifest matches the corpus bytes and settings, else prepare."""
-  val_fraction = _check_val_fraction(val_fraction)
-  _, source_sha, _ = read_corpus(corpus)
-  existing = _reusable_manifest(data_dir, source_sha256=source_sha,
-                                tokenizer_kind=tokenizer_kind, val_fraction=val_fraction)
+                    val_fraction: float = 0.1, *, spec: DataSpec | None = None,
+                    tokenizer: Tokenizer | None = None, workers: int = 1,
+                    name: str = "corpus", **fields: Any) -> dict[str, Any]:
+  """Reuse `data_dir` when its manifest matches the inputs' bytes and settings, else prepare."""
+  spec = _spec(tokenizer_kind, val_fraction, spec, fields)
+  fp = Fingerprint.of(corpus, spec.format)
+  existing = staging.reusable_manifest(
+      data_dir, source_sha256=fp.sha256, settings=spec.settings(tokenizer_json_sha(spec)),
+      tokenizer_fingerprint=tokenizer.fingerprint() if tokenizer else None)
   if existing is not None:
     return existing
-  return prepare(corpus, data_dir, tokenizer_kind, val_fraction)
+  return prepare(corpus, data_dir, spec=spec, tokenizer=tokenizer, workers=workers, name=name,
+                 fingerprint=fp)
 
 
 def summary(manifest: dict[str, Any], data_dir: str) -> str:
   """A few human-readable lines describing a prepared dir."""
+  eos = manifest.get("eos_id")
   return "\n".join([
       f"prepared {data_dir}: {manifest['tokenizer']['type']} tokenizer, vocab "
-      f"{manifest['vocab_size']}, {manifest['dtype']} tokens",
-      f"  source {manifest.get('source_path')} ({manifest.get('source_bytes', 0):,} bytes, "
-      f"sha256 {manifest['source_sha256'][:16]})",
-      f"  train {manifest['train_tokens']:,} tokens (sha256 {manifest['train_sha256'][:16]})",
-      f"  val   {manifest['val_tokens']:,} tokens (sha256 {manifest['val_sha256'][:16]}), "
-      f"val_fraction {manifest['val_fraction']}",
+      f"{manifest['vocab_size']}, {manifest['dtype']} tokens, end-of-text id "
+      f"{'none' if eos is None else eos}",
+      f"  source {manifest.get('source_path')} ({len(manifest.get('files', []))} file(s), "
+      f"{manifest.get('source_bytes', 0):,} bytes, sha256 {manifest['source_sha256'][:16]})",
+      f"  train {manifest['train_tokens']:,} tokens in {manifest.get('train_documents', 0):,} "
+      f"document(s) (sha256 {manifest['train_sha256'][:16]})",
+      f"  val   {manifest['val_tokens']:,} tokens in {manifest.get('val_documents', 0):,} "
+      f"document(s) (sha256 {manifest['val_sha256'][:16]}), val_fraction "
+      f"{manifest['val_fraction']}, split by {manifest.get('val_split', 'tail')}",
   ])

@@ -1,20 +1,28 @@
 """The on-disk format of prepared data: zarr3 token arrays (local or gs:// / s3://) plus a
 `manifest.json` that fingerprints them. Both the writer (`prepare`) and the reader
-(`pipeline`) use this module, so the format is defined once."""
+(`pipeline`) use this module, so the format is defined once.
+
+A prepared dir holds, per split S in (train, val): `S` (the token ids, documents back to back,
+each followed by the end-of-text id when the tokenizer has one) and `S_offsets` (int64, the
+start of every document in `S` and, last, its length: Levanter's jagged layout). A mixture's
+root dir holds only a manifest naming its sources' prepared dirs (`"kind": "mixture"`).
+"""
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-from typing import Any
+import shutil
+from typing import Any, Iterator
 
 import numpy as np
 import tensorstore as ts
 
+from core import manifests
 from core.checks import first_line
 from core.errors import DataError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 CHUNK_TOKENS = 65536
@@ -24,6 +32,12 @@ MANIFEST = "manifest.json"
 
 
 SPLITS = ("train", "val")
+
+
+OFFSETS = "_offsets"  # suffix of a split's document-offsets array
+
+
+ARRAYS = (*SPLITS, *(s + OFFSETS for s in SPLITS))
 
 
 _REMOTE = {"gs://": "gcs", "s3://": "s3"}
@@ -82,6 +96,79 @@ def tokens_sha256(tokens: np.ndarray, dtype: str) -> str:
                         ).hexdigest()
 
 
+def offsets_spec(path: str, *, shape: int | None = None) -> dict[str, Any]:
+  return zarr3_spec(path, shape=shape, dtype=None if shape is None else "int64")
+
+
+class GrowingArray:
+  """A 1-D zarr3 array written front to back, length unknown until the end: whole chunks are
+  written as they fill (asynchronously, at most two writes in flight), the tail at `close`,
+  then the array is shrunk to its length. Created at `MAX_LEN`, it is resized once, so its
+  metadata is written twice however long it grows; the sha256 of the little-endian values is
+  kept as they pass (what the manifest records)."""
+
+  MAX_LEN = 1 << 40
+
+  def __init__(self, path: str, dtype: str, flush_chunks: int = 16):
+    self.path, self.dtype = path, np.dtype(dtype).newbyteorder("<")
+    spec = zarr3_spec(path, shape=self.MAX_LEN, dtype=np.dtype(dtype).name)
+    self._arr = ts.open(spec, create=True, delete_existing=True).result()
+    self._buf: list[np.ndarray] = []
+    self._buffered, self.length = 0, 0
+    self._flush = flush_chunks * CHUNK_TOKENS
+    self._sha = hashlib.sha256()
+    self._writes: list[Any] = []
+
+  def append(self, values: np.ndarray) -> None:
+    v = np.ascontiguousarray(values, dtype=self.dtype)
+    if not v.size:
+      return
+    self._sha.update(v.tobytes())
+    self._buf.append(v)
+    self._buffered += v.size
+    if self._buffered >= self._flush:
+      self._write(final=False)
+
+  def _write(self, final: bool) -> None:
+    data = np.concatenate(self._buf) if len(self._buf) > 1 else self._buf[0]
+    n = data.size if final else data.size // CHUNK_TOKENS * CHUNK_TOKENS
+    if n:
+      self._writes.append(self._arr[self.length:self.length + n].write(data[:n]))
+      self.length += n
+    rest = data[n:]
+    self._buf, self._buffered = ([rest] if rest.size else []), rest.size
+    while len(self._writes) > 2:
+      self._writes.pop(0).result()
+
+  def close(self) -> tuple[int, str]:
+    """(length, sha256) once every value is on disk and the array has its final shape."""
+    if self._buffered:
+      self._write(final=True)
+    for w in self._writes:
+      w.result()
+    self._writes = []
+    # Metadata only: no chunk lies past `length` (deleting would visit all 2^24 chunk keys).
+    self._arr.resize(exclusive_max=[self.length], shrink_only=True,
+                     resize_metadata_only=True).result()
+    return self.length, self._sha.hexdigest()
+
+
+def read_blocks(path: str, start: int, stop: int, block: int = CHUNK_TOKENS * 16
+                ) -> Iterator[np.ndarray]:
+  """Values [start, stop) of a 1-D array, a bounded block at a time."""
+  arr = ts.open(zarr3_spec(path), open=True).result()
+  for lo in range(start, stop, block):
+    yield arr[lo:min(lo + block, stop)].read().result()
+
+
+def delete_array(data_dir: str, name: str) -> None:
+  """Remove an array (a local one with its directories, which a kvstore delete leaves)."""
+  if is_remote(data_dir):
+    kvstore(data_dir).delete_range(ts.KvStore.KeyRange(name + "/", name + "0")).result()
+  else:
+    shutil.rmtree(join(data_dir, name))
+
+
 def kvstore(data_dir: str) -> ts.KvStore:
   return ts.KvStore.open(kvstore_spec(data_dir)).result()
 
@@ -110,3 +197,18 @@ def load_manifest(data_dir: str) -> dict[str, Any]:
     raise DataError(f"{join(data_dir, MANIFEST)} has format_version "
                     f"{manifest['format_version']}, this code reads {FORMAT_VERSION}; {hint}")
   return manifest
+
+
+def combined_sha256(parts: list[tuple[str, float, str]]) -> str:
+  """One sha256 for several sources' (name, weight, sha256): a mixture's fingerprint."""
+  return hashlib.sha256(";".join(f"{n}:{float(w)!r}:{s}" for n, w, s in parts).encode()
+                        ).hexdigest()
+
+
+def is_mixture(manifest: dict[str, Any]) -> bool:
+  return manifest.get("kind") == "mixture"
+
+
+def source_train_tokens(manifest: dict[str, Any]) -> dict[str, int]:
+  """{source: unique train tokens} (the gate-side helper lives in core.manifests)."""
+  return manifests.source_train_tokens(manifest)

@@ -95,6 +95,7 @@ def evaluate_checkpoint(path: str, step: str | int = "latest", data: str | None 
   desc = meta.get("eval_batches") or {}
   train_cfg = (meta.get("config") or {}).get("batch") or {}
   eval_fn = make_eval_fn(model)
+  table = tokenizer.token_bytes()  # UTF-8 bytes per id: the bits-per-byte denominator
   recorded = meta.get("val_loss")
   if data is None:
     if not desc:
@@ -108,6 +109,7 @@ def evaluate_checkpoint(path: str, step: str | int = "latest", data: str | None 
             for b in drawn]
     means, counts = zip(*jax.device_get(outs))
     loss = float(np.mean(means))  # the loop's reduction: a mean of equal-size batch means
+    n_bytes = sum(int(table[b["targets"]].sum()) for b in drawn)
     source, seq_len = f"recorded eval batches ({split.path})", int(desc["seq_len"])
     if n != int(desc["n_batches"]):
       recorded = None
@@ -117,18 +119,24 @@ def evaluate_checkpoint(path: str, step: str | int = "latest", data: str | None 
     batch_size = int(desc.get("batch_size") or train_cfg.get("global_batch") or 8)
     windows = file_windows(ids, seq_len, batch_size)[:batches]
     means, counts = zip(*jax.device_get([eval_fn(*w) for w in windows]))
+    n_bytes = sum(float(np.dot(table[t].reshape(-1), m.reshape(-1))) for _, t, m in windows)
     loss = float(np.dot(np.float64(means), np.float64(counts)) / np.sum(np.float64(counts)))
     source, n, recorded = f"file {os.path.abspath(data)}", len(windows), None
   tokens = int(np.sum(np.float64(counts)))
   nats = float(np.dot(np.float64(means), np.float64(counts)))
-  kind = tokenizer.to_json()["type"]
-  # Both tokenizers emit one token per unit (a character, or a UTF-8 byte): units == tokens.
+  # Bits per UTF-8 byte of the scored text compare across tokenizers; a char tokenizer without
+  # an end-of-text id emits one token per character, so its bits per character is per token.
+  bpb = nats / max(n_bytes, 1) / math.log(2)
   result = {"checkpoint": checkpoint_dir(path), "step": restored.step, "source": source,
             "batches": n, "seq_len": seq_len, "tokens": tokens, "loss": loss,
             "perplexity": math.exp(loss), "bits_per_token": loss / math.log(2),
-            f"bits_per_{kind}": nats / tokens / math.log(2),
+            "bits_per_byte": bpb, "bytes": int(n_bytes),
             "recorded_val_loss": recorded,
             "abs_diff": None if recorded is None else abs(loss - recorded)}
+  if data is None:
+    result["val_bpb"] = bpb
+  if tokenizer.to_json()["type"] == "char" and tokenizer.eos_id is None:
+    result["bits_per_char"] = nats / tokens / math.log(2)
   return result
 
 

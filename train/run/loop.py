@@ -87,8 +87,11 @@ class _Edges:
 
   def eval_edge(self, step: int) -> None:
     self.tracker.update(self.evaluate())
+    bpb = pipeline.bits_per_byte(self.tracker.val_loss, self.run_meta["eval_batches"])
     self.log.write({"event": "eval", "step": step, "val_loss": self.tracker.val_loss,
-                    "best_val_loss": self.tracker.best})
+                    "val_bpb": bpb, "best_val_loss": self.tracker.best})
+    if jax.process_index() == 0 and bpb is not None:
+      logging.info("eval step %d: val loss %.4f, val_bpb %.4f", step, self.tracker.val_loss, bpb)
 
   def log_edge(self, step: int, m: dict[str, Any]) -> None:
     tps, step_s = self.window.close()
@@ -191,7 +194,8 @@ def _start(config: Any, workdir: str, plan: Plan, data: RunData, rs: RunSetup,
   eval_set, eval_desc = pipeline.eval_batches(
       data.val, batch_size=config.eval.batch_size or config.batch.global_batch,
       seq_len=config.batch.seq_len, n_batches=config.eval.eval_batches, seed=config.seed,
-      process_index=jax.process_index(), process_count=jax.process_count())
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      token_bytes=data.tokenizer.token_bytes())
   eval_global = [rs.to_global(b) for b in eval_set]
   records = []
   if loaded is not None:
@@ -202,7 +206,8 @@ def _start(config: Any, workdir: str, plan: Plan, data: RunData, rs: RunSetup,
       config=config.to_dict(), model_cfg=plan.model_cfg, counts=plan.counts, tokenizer=tok,
       signature=rs.state.expected_signature(), manifest=data.manifest,
       gate=plan.verdict.to_dict(), eval_batches=eval_desc,
-      mesh={a: int(rs.mesh.shape[a]) for a in sharding.AXES}, changes=plan.changes)
+      mesh={a: int(rs.mesh.shape[a]) for a in sharding.AXES}, changes=plan.changes,
+      sources=data.sources)
   return _Started(state, it, checkpointer or open_ckpt(), run_meta, resumed or {}, eval_global,
                   records)
 

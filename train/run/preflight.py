@@ -13,13 +13,14 @@ import json
 import os
 from typing import Any
 
-from core.errors import ConfigError, DataError
+from core.errors import ConfigError
 from core.paths import data_dirs, resolve_path
 from gates import arch_match, chinchilla, config_sanity, unique_tokens
 from models.config import ModelConfig
 from models.params import ParamCounts, count_params
 from train.ckpt import metadata
 from train.ckpt.stepspec import checkpoint_dir, read_meta_file, resolve_on_disk, split_path_step
+from train.data import spec as data_spec
 from train.data.tokenizer import build_tokenizer
 from train.hf import importer
 from train.run import workdir as workdir_lib
@@ -58,7 +59,7 @@ def preflight(config: Any, workdir: str, force: bool, init: str = "",
   elif init and not os.path.isdir(split_path_step(init)[0]):
     raise ConfigError(f"--init={init}: no such checkpoint directory; pass a run's workdir or "
                       f"checkpoints dir (optionally with :STEP), or hf:DIR")
-  _check_corpus(cfg["data"])
+  _check_corpus(cfg["data"], model_cfg.vocab_size)
   if init and not importer.is_hf_init(init) and not workdir_lib.has_checkpoints(workdir):
     _check_init(init, cfg, model_cfg, workdir)
   return Plan(model_cfg, counts, verdict, changes)
@@ -91,21 +92,14 @@ def _run_tokenizer(data_cfg: dict[str, Any], workdir: str) -> dict[str, Any] | N
       return json.load(f)["tokenizer"]
   except (OSError, ValueError, KeyError, TypeError):
     pass
+  if data_cfg["tokenizer"] not in ("char", "byte"):
+    return None  # built by the preparation; the warm start checks it again before any array
   from train.data.prepare import read_corpus  # tensorstore: only for a warm start
   return build_tokenizer(data_cfg["tokenizer"], read_corpus(corpus)[0]).to_json()
 
 
-def _check_corpus(data_cfg: dict[str, Any]) -> None:
-  """A missing/empty corpus fails here, before the workdir is created (cheap: stat only)."""
-  if data_cfg["data_dir"] and os.path.exists(os.path.join(
-      resolve_path(data_cfg["data_dir"]), "manifest.json")):
-    return
-  corpus = resolve_path(data_cfg["corpus"])
-  if "://" in corpus:
-    return
-  if not os.path.isfile(corpus):
-    raise DataError(f"corpus file {data_cfg['corpus']} does not exist; set "
-                    f"--config.data.corpus to a text file")
-  if os.path.getsize(corpus) == 0:
-    raise DataError(f"corpus file {data_cfg['corpus']} is empty; point "
-                    f"--config.data.corpus at a non-empty text file")
+def _check_corpus(data_cfg: dict[str, Any], model_vocab: int) -> None:
+  """Missing/empty inputs, globs matching nothing, bad mixture weights, an unusable or too
+  large tokenizer fail here, before the workdir is created (stat and small reads only); the
+  documents themselves are checked while preparing, still before anything compiles."""
+  data_spec.check(data_cfg, model_vocab)

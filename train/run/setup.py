@@ -13,13 +13,14 @@ from typing import Any
 import jax
 import numpy as np
 import optax
+from absl import logging
 from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 
 from core.errors import DataError
-from core.paths import data_dirs, resolve_path
+from core.paths import data_dirs
 from models.config import ModelConfig
-from train.data import pipeline, prepare, store
+from train.data import datasets, pipeline, store
 from train.data.tokenizer import Tokenizer, tokenizer_from_json
 from train.state import sharding
 from train.state import step as step_lib
@@ -30,8 +31,9 @@ from train.state.setup import TrainSetup
 class RunData:
   manifest: dict[str, Any]
   tokenizer: Tokenizer
-  train: pipeline.TokenArray
-  val: pipeline.TokenArray
+  train: pipeline.TokenSet
+  val: pipeline.TokenSet
+  sources: dict[str, dict[str, Any]]  # per source: weight, planned/unique tokens, epochs
 
   def unique_tokens(self) -> dict[str, int]:
     """{source: unique train tokens} as prepared (what the gate's effective tokens need)."""
@@ -40,17 +42,17 @@ class RunData:
 
 
 def open_data(config: ConfigDict, workdir: str, model_cfg: ModelConfig) -> RunData:
-  """Prepare (once, cached) and open the train/val token arrays; check the tokenizer fits."""
+  """Prepare (once, cached) and open the train/val token sets (one prepared dir or a mixture
+  of sources); check the tokenizer fits the model; log each source's planned tokens."""
   dcfg = config.data
   data_dir, val_dir = data_dirs(dcfg, workdir)
   if jax.process_index() == 0:  # One writer; the others read what it wrote (shared FS).
-    manifest = prepare.ensure_prepared(resolve_path(dcfg.corpus), data_dir, dcfg.tokenizer,
-                                       dcfg.val_fraction)
+    manifest = datasets.ensure(dcfg.to_dict(), data_dir, model_cfg.vocab_size)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("pregate:data_prepared")
     manifest = store.load_manifest(data_dir)
   tokenizer = tokenizer_from_json(manifest["tokenizer"])
-  if tokenizer.vocab_size != model_cfg.vocab_size:
+  if tokenizer.vocab_size > model_cfg.vocab_size:
     raise DataError(
         f"tokenizer vocabulary has {tokenizer.vocab_size} symbols but model.vocab_size="
         f"{model_cfg.vocab_size}; set --config.model.vocab_size={tokenizer.vocab_size}")
@@ -59,7 +61,14 @@ def open_data(config: ConfigDict, workdir: str, model_cfg: ModelConfig) -> RunDa
   need = config.batch.seq_len + 1
   train_arr.require(need, "training windows of batch.seq_len + 1 tokens")
   val_arr.require(need, "validation windows of batch.seq_len + 1 tokens")
-  return RunData(manifest, tokenizer, train_arr, val_arr)
+  b = config.batch
+  sources = datasets.source_plan(manifest, steps=config.train_steps,
+                                 global_batch=b.global_batch, seq_len=b.seq_len,
+                                 seed=config.seed)
+  if jax.process_index() == 0:
+    for line in datasets.plan_lines(sources):
+      logging.info("%s", line)
+  return RunData(manifest, tokenizer, train_arr, val_arr, sources)
 
 
 @dataclasses.dataclass
@@ -104,7 +113,7 @@ class RunSetup:
     return jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(self.batch_sharding, x), batch)
 
-  def train_iter(self, tokens: pipeline.TokenArray, num_batches: int
+  def train_iter(self, tokens: pipeline.TokenSet, num_batches: int
                  ) -> pipeline.ResumableIterator:
     b = self.config.batch
     return pipeline.make_train_iter(
