@@ -98,12 +98,16 @@ class RunSetup:
     t0 = time.perf_counter()
     step_fn = state.jit_step(step_lib.make_train_step(
         state.graphdef, tx, schedule, b.grad_accum,
-        skip_nonfinite=config.optimizer.skip_nonfinite > 0))
+        skip_nonfinite=config.optimizer.skip_nonfinite > 0, mesh=mesh))
     batch = {k: jax.ShapeDtypeStruct((b.global_batch, b.seq_len), np.int32,
                                      sharding=batch_sharding) for k in ("inputs", "targets")}
     compiled = step_fn.lower(state.abstract_state(), batch).compile()
     compile_s = time.perf_counter() - t0
-    eval_fn = jax.jit(step_lib.make_eval_step(state.graphdef),
+    # Eval in microbatches no larger than the training microbatch, which is known to fit.
+    micro = step_lib.eval_microbatches(config.eval.batch_size or b.global_batch,
+                                       b.global_batch // b.grad_accum,
+                                       int(mesh.shape["data"] * mesh.shape["fsdp"]))
+    eval_fn = jax.jit(step_lib.make_eval_step(state.graphdef, micro, mesh=mesh),
                       in_shardings=(state.shardings.params, batch_sharding))
     return cls(config, model_cfg, mesh, state, tx, batch_sharding, compiled, compile_s,
                eval_fn)
