@@ -16,7 +16,7 @@ ceiling, peak memory against corpus size, and whether the training pipeline keep
    and of its workers; then the same for the small corpus (RSS of 20 MB vs 200 MB).
 5. `pregate-bench` on configs/shakespeare_bpe.py and on a two-source mixture of it:
    data_vs_step_demand (pipeline tokens/s over the step's demand).
-Prints one JSON object per measurement and a summary; figures go to notes/corpora.md.
+Prints one JSON object per measurement and a summary; figures go to BUILD_NOTES (real corpora).
 """
 from __future__ import annotations
 

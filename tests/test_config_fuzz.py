@@ -6,7 +6,7 @@ The bulk runs in-process through `preflight` (what every run passes first) plus,
 it accepts, a dry start of every consumer of the config that runs before the first step (the
 mesh check, optimizer and schedule, data iterator and eval batches, the checkpointer's
 retention) which must not crash; a handful of real subprocess runs prove the CLI wiring. The
-number of cases tried is printed (`-s`) and recorded in notes/integrity.md's fault table.
+number of cases tried is printed (`-s`) and recorded in BUILD_NOTES' fault table.
 """
 from __future__ import annotations
 

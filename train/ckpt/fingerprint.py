@@ -8,7 +8,7 @@ token and the largest log-probability. The probe is a pure function of a fixed s
 vocabulary size (no data on disk), and the model is the one the metadata describes
 (`meta["model"]`), so a wrong non-shape field computes different numbers and is refused
 (`gates.arch_match.check_fingerprint`, tolerance by compute dtype, measured in
-notes/integrity.md).
+BUILD_NOTES, restore integrity).
 
 The probe runs on the parameters where they are (any mesh, any process count): the tokens are
 replicated over the parameters' mesh and the summaries come back replicated, so every process

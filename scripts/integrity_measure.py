@@ -1,7 +1,7 @@
 """Measure the functional fingerprint (issue 16): cross-mesh noise, edit effect sizes, cost.
 
   XLA_FLAGS=--xla_force_host_platform_device_count=8 PYTHONPATH=. \
-    python notes/integrity_measure.py CHECKPOINT_DIR [STEP] [cost]
+    python scripts/integrity_measure.py CHECKPOINT_DIR [STEP] [cost]
 
 Prints one JSON line per measurement: the max scaled probe difference
 (gates.arch_match.fingerprint_difference) of each mesh against 1 device, per compute dtype;

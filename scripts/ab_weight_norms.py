@@ -1,6 +1,6 @@
-"""In-process A/B of the weight norms' cost on a config's train step (notes/watch.md).
+"""In-process A/B of the weight norms' cost on a config's train step (BUILD_NOTES, watching a run).
 
-`PYTHONPATH=$PWD python notes/ab_weight_norms.py configs/nanogpt_shakespeare_char_cpu.py 300`
+`PYTHONPATH=$PWD python scripts/ab_weight_norms.py configs/nanogpt_shakespeare_char_cpu.py 300`
 
 A is the step with param_norm/update_norm dropped from its outputs (XLA then removes their
 computation: the step as it was before them), B the step as shipped. Both are compiled the way
