@@ -134,7 +134,7 @@ FINGERPRINT_KEYS = ("target_logp", "max_logp")
 # Largest allowed |measured - recorded| / max(1, |recorded|) over every probe value, by compute
 # dtype; a record and a claim in different dtypes get the tighter one. Same parameters, same
 # probe: only reduction order (device count, mesh split, XLA fusion) and rounding remain.
-# Measured on the default experiment (BUILD_NOTES, restore integrity; scripts/integrity_measure.py): float32
+# Measured on the default experiment (BUILD_NOTES, restore integrity): float32
 # 0 on data-parallel meshes of 1-8 devices and 2 processes, <= 3.1e-6 with fsdp/tensor splits
 # (1e-4 leaves 30x), while the smallest edit tried moved 6.0e-3 (float32 -> float16 compute;
 # norm_eps 1e-5 -> 1e-6 1.5e-2, rope_theta and head splits 0.5-3). bfloat16 differed by up to

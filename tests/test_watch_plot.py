@@ -120,5 +120,12 @@ def test_bad_input_is_one_line(tmp_path, make, needle):
   assert not (target / "plots").exists()
 
 
+def test_unwritable_out_is_one_line(preempted, tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("not a directory")
+  res = _plot(str(preempted), f"--out={blocker}/plots")
+  helpers.assert_one_line_error(res, "ConfigError", "writable --out")
+
+
 def test_no_workdir_is_one_line():
   helpers.assert_one_line_error(_plot(), "ConfigError", "pregate-plot WORKDIR")

@@ -48,10 +48,10 @@ def _time_line(compile_s: float | None, steps_s: float | None, eval_s: float | N
   known = {k: v for k, v in parts.items() if v is not None}
   if not known:
     return None
-  total = wall_s if wall_s is not None else sum(known.values())
-  split = ", ".join(f"{k} {_duration(v)} ({100 * v / total:.0f}%)" if total > 0 else
-                    f"{k} {_duration(v)}" for k, v in known.items())
-  return f"wall time (this process): {_duration(total)} = {split}"
+  if wall_s is None or wall_s <= 0:
+    return "time (this process): " + ", ".join(f"{k} {_duration(v)}" for k, v in known.items())
+  split = ", ".join(f"{k} {_duration(v)} ({100 * v / wall_s:.0f}%)" for k, v in known.items())
+  return f"wall time (this process): {_duration(wall_s)} = {split}"
 
 
 def build(records: list[dict[str, Any]], *, termination: str | None = None,
@@ -62,13 +62,17 @@ def build(records: list[dict[str, Any]], *, termination: str | None = None,
           plots_dir: str | None = None) -> str:
   """The summary as text lines. `records` is the run's metrics.jsonl; the keyword arguments are
   what the caller measured in this process (None = unknown, left out). Without checkpoint_s,
-  the blocking time of this process's saves (its `save` records) is used."""
+  the blocking time of this process's saves (its `save` records) is used; without wall_s, the
+  `end` record's elapsed_s (+ compile_s); `steps` defaults to what wall time leaves over."""
   run = effective(records)
   segment = records[max(i for i, r in enumerate(records) if r.get("event") == "gate"):] \
       if any(r.get("event") == "gate" for r in records) else records
   if checkpoint_s is None:
     saves = [r["blocking_s"] for r in segment if r.get("event") == "save" and "blocking_s" in r]
     checkpoint_s = sum(saves) if saves else None
+  ends = [r for r in segment if r.get("event") == "end" and r.get("elapsed_s") is not None]
+  if wall_s is None and ends:  # the loop's own clock starts after compiling
+    wall_s = ends[-1]["elapsed_s"] + (compile_s or 0.0)
   termination = termination or run.termination or "no end record (crashed or still running)"
   train = run.events("train")
   lines = [f"run summary: {termination} at step {run.last_step}"

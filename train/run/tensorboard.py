@@ -68,10 +68,11 @@ def read_events(path: str) -> Iterator[Any]:
 def read_run(directory: str) -> dict[str, dict[int, Any]]:
   """{tag: {step: scalar float | text str}} as TensorBoard shows it: a purge marker drops every
   earlier step >= its step, and a tag's record at step s drops that tag's earlier steps >= s."""
+  from tensorboardX.proto.event_pb2 import SessionLog
   out: dict[str, dict[int, Any]] = {}
   for path in event_files(directory):
     for event in read_events(path):
-      if event.HasField("session_log") and event.session_log.status == 1:  # START
+      if event.HasField("session_log") and event.session_log.status == SessionLog.START:
         for series in out.values():
           for step in [s for s in series if s >= event.step]:
             del series[step]
@@ -85,8 +86,9 @@ def read_run(directory: str) -> dict[str, dict[int, Any]]:
         else:
           continue
         series = out.setdefault(tag, {})
-        for step in [s for s in series if s >= event.step]:
-          del series[step]
+        if series and next(reversed(series)) >= event.step:  # out of order: rare, so O(n)
+          for step in [s for s in series if s >= event.step]:
+            del series[step]
         series[event.step] = v
   return out
 
