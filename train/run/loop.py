@@ -239,7 +239,7 @@ def run(config: Any, workdir: str, plan: Plan, *, stop_after: int = 0, init: str
                    on_write=_sinks(tb.write, seams.after_record))
   log.write_gate(plan.verdict)
   tb.write_config(config.to_dict(), step=start)
-  log.write({"event": "compile", "step": start, "compile_s": rs.compile_s})
+  log.write({"event": "start", "step": start, "compile_s": rs.compile_s})
   for record in s.records:
     log.write(record)
   _log_start(config, plan, rs, start)
