@@ -14,10 +14,13 @@ from typing import Any, Mapping
 
 from core.checks import is_int
 from core.errors import ConfigError
+from models.config import ATTENTION_IMPLS, HF_IDENTITY, REMAT_POLICIES
 
 TOKENIZERS = ("char", "byte", "bpe")
 DTYPES = ("float32", "bfloat16", "float16")
-REMAT = ("none", "full", "dots_saveable")
+FAMILIES = tuple(HF_IDENTITY)
+FORMATS = ("auto", "txt", "jsonl", "parquet")
+VAL_SPLITS = ("documents", "tail")
 I32 = 2**31 - 1  # step counters are int32; numpy seeds and grain indices stay below too
 BIG = 2**20  # a generous cap for sizes, counts and mesh axes (beyond any run this stack does)
 
@@ -84,14 +87,24 @@ FIELDS: dict[str, Rule] = {
     "model.max_seq_len": _int(1, BIG), "model.rope_theta": _pos(),
     "model.tie_embeddings": Rule("bool"), "model.dtype": Rule("choice", choices=DTYPES),
     "model.param_dtype": Rule("choice", choices=DTYPES), "model.norm_eps": _pos(1.0),
-    "model.remat": Rule("choice", choices=REMAT),
-    "data.corpus": Rule("str", empty_ok=False),
+    "model.remat": Rule("choice", choices=REMAT_POLICIES),
+    "model.family": Rule("choice", choices=FAMILIES), "model.qkv_bias": Rule("bool"),
+    "model.attention": Rule("choice", choices=ATTENTION_IMPLS),
+    "model.scan_layers": Rule("bool"), "model.loss_chunk": _int(0, BIG),
+    # corpus may be empty when data.sources names the inputs (the data spec checks which).
+    "data.corpus": Rule("str"), "data.format": Rule("choice", choices=FORMATS),
+    "data.text_field": Rule("str", empty_ok=False), "data.txt_separator": Rule("str"),
+    "data.tokenizer_json": Rule("str"), "data.bpe_vocab_size": _int(0, 2**24),
+    "data.special_tokens": Rule("str"), "data.eot_token": Rule("str"),
+    "data.val_split": Rule("choice", choices=VAL_SPLITS), "data.workers": _int(0, 1024),
+    "data.mixture_block": _int(1, BIG),
     "data.tokenizer": Rule("choice", choices=TOKENIZERS),
     "data.val_fraction": Rule("float", 0.0, 1.0, low_open=True, high_open=True),
     "data.data_dir": Rule("str"), "data.val_dir": Rule("str"),
     "batch.global_batch": _int(1, BIG), "batch.seq_len": _int(1, BIG),
     "batch.grad_accum": _int(1, BIG),
-    "optimizer.lr": _pos(), "optimizer.b1": Rule("float", 0.0, 1.0, high_open=True),
+    # lr past 100 overflows the schedule's float32 arithmetic at huge values; no run uses it.
+    "optimizer.lr": _pos(100.0), "optimizer.b1": Rule("float", 0.0, 1.0, high_open=True),
     "optimizer.b2": Rule("float", 0.0, 1.0, high_open=True), "optimizer.eps": _pos(),
     "optimizer.weight_decay": Rule("float", 0.0), "optimizer.grad_clip": Rule("float", 0.0),
     "optimizer.skip_nonfinite": _int(0),
@@ -101,7 +114,7 @@ FIELDS: dict[str, Rule] = {
     "eval.early_stop_patience": _int(0), "eval.early_stop_min_delta": Rule("float", 0.0),
     "checkpoint.save_every": _int(1), "checkpoint.keep": _int(1, BIG),
     "checkpoint.keep_best": _int(0, BIG), "checkpoint.async_save": Rule("bool"),
-    "logging.log_every": _int(1),
+    "logging.log_every": _int(1), "logging.tensorboard": Rule("bool"),
     "mesh.data": _int(1, BIG, extra=(-1,)), "mesh.fsdp": _int(1, BIG),
     "mesh.tensor": _int(1, BIG), "mesh.cpu_devices": _int(0, 1024),
 }

@@ -41,6 +41,12 @@ def _corpus_tokens(data: Mapping[str, Any]) -> tuple[dict[str, int] | None, str]
   val_fraction = data.get("val_fraction", 0.0)
   if tokenizer not in ("char", "byte"):
     return None, f"tokenizer {tokenizer!r} is counted only after preparation (know 'char', 'byte')"
+  if data.get("sources") or data.get("format", "auto") not in ("auto", "txt") \
+      or not str(corpus).endswith(".txt") or data.get("val_split", "tail") != "tail" \
+      and data.get("txt_separator"):
+    # Mixtures, JSONL/Parquet, several files or documents split inside a file: the count
+    # comes from the preparation (the gate re-checks right after it, before any compile).
+    return None, "unique tokens are counted by the data preparation for this data spec"
   path = _config_path(corpus) if corpus and "://" not in corpus else None
   if path is None or not path.is_file():
     return None, f"no local corpus file at {corpus!r}"

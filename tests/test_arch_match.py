@@ -154,7 +154,7 @@ def test_metadata_from_before_family_existed_loads_as_llama(copy):
   got = load_for_eval(str(copy), STEP, expected=ModelConfig(**BASE))
   assert got.model.cfg.family == "llama" and not got.model.cfg.qkv_bias
   with pytest.raises(ArchitectureMismatchError) as e:
-    _setup(family="qwen2", qkv_bias=True).init_from(str(copy), _tokenizer(copy), _tx())
+    resume.init_from(_setup(family="qwen2", qkv_bias=True), str(copy), _tokenizer(copy), _tx())
   assert "model.family: expected 'qwen2' found 'llama'" in str(e.value)
   assert "tensor blocks/0/attn/wq/bias: expected float32[32] found <missing>" in str(e.value)
 

@@ -29,8 +29,9 @@ def test_summary_of_a_preempted_and_resumed_run(preempted):
   train = helpers.events(records, "train")
   saves = [r["blocking_s"] for r in rec.segments(records)[-1] if r.get("event") == "save"]
   assert lines[0] == "run summary: COMPLETED at step 30 of 30 (resumed at step 10)"
-  assert lines[1] == (f"val loss: final {evals[-1]['val_loss']:.4f} at step 30; "
-                      f"best {best['val_loss']:.4f} at step {best['step']}")
+  bpb = lambda r: f" ({r['val_bpb']:.4f} bpb)" if r.get("val_bpb") is not None else ""
+  assert lines[1] == (f"val loss: final {evals[-1]['val_loss']:.4f}{bpb(evals[-1])} at step 30; "
+                      f"best {best['val_loss']:.4f}{bpb(best)} at step {best['step']}")
   assert lines[2] == "tokens seen: 3.84k of 3.84k planned"  # 30 steps x 4 x 32
   tps = statistics.median(r["tokens_per_s"] for r in train)
   mfu = statistics.median(r["mfu"] for r in train)

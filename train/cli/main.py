@@ -69,7 +69,7 @@ def main(argv: list[str], seams=None) -> int:
   from train.run import loop  # Heavy imports only once the run may start.
   from train.runtime import distributed, gpu_runtime
   runtime = gpu_runtime.apply(workdir)  # GPU hosts only, before JAX's backend starts
-  if _is_primary():
+  if runtime.gpu and _is_primary():
     logging.info(gpu_runtime.describe(runtime))
   process = (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   distributed.split_cpu_cores(config, plan.model_cfg, distributed.wants_multi_process(*process))

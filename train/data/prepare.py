@@ -319,3 +319,14 @@ def summary(manifest: dict[str, Any], data_dir: str) -> str:
       f"document(s) (sha256 {manifest['val_sha256'][:16]}), val_fraction "
       f"{manifest['val_fraction']}, split by {manifest.get('val_split', 'tail')}",
   ])
+
+
+def split_tokens(tokens: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+  """First (1 - val_fraction) of a token stream for training, the rest held out (the `tail`
+  split, nanoGPT's); stamping's held-out text and the gate's unique-token count use it."""
+  n = len(tokens)
+  n_train = int(n * (1.0 - val_fraction))
+  if n - n_train < 1 or n_train < 1:
+    raise DataError(f"val_fraction={val_fraction} of {n} tokens leaves an empty split; change "
+                    "val_fraction or use a larger corpus")
+  return tokens[:n_train], tokens[n_train:]

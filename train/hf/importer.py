@@ -339,7 +339,7 @@ def init_from_hf(spec: str, workdir: str) -> str:
     raise ConfigError(f"--init={spec} converts in one process; for a multi-process run convert "
                       f"first (pregate-import --hf_dir={hf_dir} --out=DIR), then --init=DIR")
   if os.path.isdir(os.path.join(target, "checkpoints")):
-    from train.checkpoint import Checkpointer
+    from train.ckpt.checkpointer import Checkpointer
     ckpt = Checkpointer(os.path.join(target, "checkpoints"), read_only=True)
     try:
       meta = ckpt.read_meta(ckpt.resolve("latest")) or {}
