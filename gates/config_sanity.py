@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 from core.checks import is_int
 from core.errors import ConfigError
+from gates.ownership import flatten
 from models.config import ATTENTION_IMPLS, HF_IDENTITY, REMAT_POLICIES
 
 TOKENIZERS = ("char", "byte", "bpe")
@@ -120,16 +121,6 @@ FIELDS: dict[str, Rule] = {
 }
 MAX_STEP_TOKENS = 2**27  # global_batch x seq_len; and the eval set's tokens
 _MISSING = object()
-
-
-def flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for k, v in cfg.items():
-    if isinstance(v, Mapping):
-      out.update(flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
 
 
 def _fix(path: str) -> str:
