@@ -149,6 +149,7 @@ def child_prepare(args: argparse.Namespace) -> None:
       "documents": m["documents"], "tokens": tokens, "wall_s": wall, **times,
       "tokenize_tokens_per_s": tokens / times["tokenize_s"], "end_to_end_tokens_per_s":
       tokens / wall, "cpu_s": cpu, "tokens_per_cpu_s": tokens / cpu,
+      "main_cpu_s": own.ru_utime + own.ru_stime, "loadavg_1min": os.getloadavg()[0],
       "peak_rss_mb_main": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
       "peak_rss_mb_workers": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
       "train_sha256": m["train_sha256"]}))
