@@ -14,7 +14,10 @@ tokens' hashes, so a run reuses a prepared dir only when it was made from the sa
 the same settings. A local dir is built beside its destination and renamed into place (the
 manifest written last), so an interruption never leaves a complete-looking dir.
 
-  pregate-prepare --input=data/tinyshakespeare.txt --output_dir=/tmp/shakespeare
+  pregate-prepare --input=data/tinyshakespeare.txt --output_dir=/tmp/shakespeare \
+      --val_split=tail --eot_token=          # nanoGPT's data: one document, vocab 65
+  pregate-prepare --input='shards/*.jsonl.zst' --output_dir=/tmp/web --tokenizer=bpe \
+      --bpe_vocab_size=32768 --workers=8
 """
 from __future__ import annotations
 
