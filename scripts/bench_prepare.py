@@ -14,6 +14,9 @@ ceiling, peak memory against corpus size, and whether the training pipeline keep
 4. `prepare` (tokenizer_json = that file) with 1 and 2 workers, each in a fresh process:
    wall time of each pass, tokens/s of the tokenizing pass, peak RSS of the preparing process
    and of its workers; then the same for the small corpus (RSS of 20 MB vs 200 MB).
+   On a shared host the load changes between measurements minutes apart, so the ratios to the
+   ceiling are also measured in `--rounds` alternating rounds on the small corpus (ceiling,
+   1 worker, 2 workers back to back; medians), with the load average of each.
 5. `pregate-bench` on configs/shakespeare_bpe.py and on a two-source mixture of it:
    data_vs_step_demand (pipeline tokens/s over the step's demand).
 Prints one JSON object per measurement and a summary; figures go to BUILD_NOTES (real corpora).
@@ -25,6 +28,7 @@ import json
 import os
 import re
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -78,22 +82,42 @@ def raw_ceiling(tokenizer_json: Path, paths: list[Path], threads: str) -> dict:
   os.environ["TOKENIZERS_PARALLELISM"] = threads
   from tokenizers import Tokenizer
   tok = Tokenizer.from_file(str(tokenizer_json))
-  tokens, spent, batch, chars = 0, 0.0, [], 0
+  tokens, spent, cpu, batch, chars = 0, 0.0, 0.0, [], 0
+
+  def encode(batch: list[str]) -> int:
+    nonlocal spent, cpu
+    t, c = time.perf_counter(), time.process_time()
+    enc = tok.encode_batch(batch, add_special_tokens=False)
+    spent += time.perf_counter() - t
+    cpu += time.process_time() - c
+    return sum(len(e.ids) for e in enc)
+
   for doc in iter_docs(paths):
     batch.append(doc)
     chars += len(doc)
     if chars >= 1 << 20:
-      t = time.perf_counter()
-      enc = tok.encode_batch(batch, add_special_tokens=False)
-      spent += time.perf_counter() - t
-      tokens += sum(len(e.ids) for e in enc)
+      tokens += encode(batch)
       batch, chars = [], 0
   if batch:
-    t = time.perf_counter()
-    tokens += sum(len(e.ids) for e in tok.encode_batch(batch, add_special_tokens=False))
-    spent += time.perf_counter() - t
+    tokens += encode(batch)
   return {"what": f"raw encode_batch, TOKENIZERS_PARALLELISM={threads}", "tokens": tokens,
-          "seconds": spent, "tokens_per_s": tokens / spent}
+          "seconds": spent, "cpu_s": cpu, "tokens_per_s": tokens / spent,
+          "tokens_per_cpu_s": tokens / cpu}
+
+
+def _spin(_: int) -> float:
+  t, c = time.perf_counter(), time.process_time()
+  x = 0
+  for i in range(20_000_000):
+    x += i
+  return (time.perf_counter() - t) / (time.process_time() - c)
+
+
+def spin_check() -> float:
+  """How much of 2 cores this host gives 2 busy processes right now (shared machines)."""
+  from concurrent.futures import ProcessPoolExecutor
+  with ProcessPoolExecutor(2) as pool:
+    return max(pool.map(_spin, range(2)))
 
 
 def child_prepare(args: argparse.Namespace) -> None:
@@ -118,11 +142,14 @@ def child_prepare(args: argparse.Namespace) -> None:
   m = prepare.prepare(args.inputs, args.out, spec=spec, workers=args.workers)
   wall = time.perf_counter() - t
   tokens = m["train_tokens"] + m["val_tokens"]
+  own, kids = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+  cpu = own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
   print(json.dumps({
       "what": f"prepare, {args.workers} worker(s)", "inputs_mb": m["source_bytes"] / 1e6,
       "documents": m["documents"], "tokens": tokens, "wall_s": wall, **times,
       "tokenize_tokens_per_s": tokens / times["tokenize_s"], "end_to_end_tokens_per_s":
-      tokens / wall,
+      tokens / wall, "cpu_s": cpu, "tokens_per_cpu_s": tokens / cpu,
+      "main_cpu_s": own.ru_utime + own.ru_stime, "loadavg_1min": os.getloadavg()[0],
       "peak_rss_mb_main": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
       "peak_rss_mb_workers": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
       "train_sha256": m["train_sha256"]}))
@@ -135,6 +162,7 @@ def run_prepare(paths: list[Path], tokenizer_json: Path, out: Path, workers: int
   proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
   if proc.returncode:
     raise SystemExit(proc.stderr[-3000:])
+  shutil.rmtree(out, ignore_errors=True)  # 2 bytes/token: keep the disk free between runs
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -176,6 +204,8 @@ def main() -> None:
   ap.add_argument("--vocab", type=int, default=8192)
   ap.add_argument("--train_steps", type=int, default=60, help="pregate-bench timed steps")
   ap.add_argument("--skip_train_bench", action="store_true")
+  ap.add_argument("--rounds", type=int, default=3, help="alternating small-corpus rounds")
+  ap.add_argument("--skip_big", action="store_true", help="only the rounds (and train bench)")
   ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   ap.add_argument("--inputs", help=argparse.SUPPRESS)
   ap.add_argument("--tokenizer_json", help=argparse.SUPPRESS)
@@ -210,19 +240,43 @@ def main() -> None:
     bpe.train(iter(sample), args.vocab, "<|endoftext|>").hf.save(str(tokenizer_json))
     report({"what": f"BPE training on {sum(map(len, sample)) / 1e6:.1f}M chars",
             "vocab": args.vocab, "seconds": time.perf_counter() - t})
-  ceiling = raw_ceiling(tokenizer_json, shards, "false")
-  report(ceiling)
-  report(raw_ceiling(tokenizer_json, shards, "true"))
-  big = {w: run_prepare(shards, tokenizer_json, root / f"prepared_w{w}", w) for w in (1, 2)}
-  for w, r in big.items():
-    r["per_core_vs_ceiling"] = r["tokenize_tokens_per_s"] / w / ceiling["tokens_per_s"]
-    report(r)
-  assert big[1]["train_sha256"] == big[2]["train_sha256"], "1 vs 2 workers differ"
-  small_r = run_prepare(small, tokenizer_json, root / "prepared_small", 2)
-  report(small_r)
-  report({"what": "peak RSS, 2 workers: big / small corpus",
-          "main": big[2]["peak_rss_mb_main"] / small_r["peak_rss_mb_main"],
-          "workers": big[2]["peak_rss_mb_workers"] / small_r["peak_rss_mb_workers"]})
+  report({"what": "two CPU-bound processes at once: wall / CPU of each (1.0 = a core each)",
+          "ratio": spin_check()})
+  if not args.skip_big:
+    ceiling = raw_ceiling(tokenizer_json, shards, "false")
+    report(ceiling)
+    report(raw_ceiling(tokenizer_json, shards, "true"))
+    big = {w: run_prepare(shards, tokenizer_json, root / f"prepared_w{w}", w) for w in (1, 2)}
+    for w, r in big.items():
+      r["per_core_vs_ceiling"] = r["tokenize_tokens_per_s"] / w / ceiling["tokens_per_s"]
+      report(r)
+    assert big[1]["train_sha256"] == big[2]["train_sha256"], "1 vs 2 workers differ"
+    small_r = run_prepare(small, tokenizer_json, root / "prepared_small", 2)
+    report(small_r)
+    report({"what": "peak RSS, 2 workers: big / small corpus",
+            "main": big[2]["peak_rss_mb_main"] / small_r["peak_rss_mb_main"],
+            "workers": big[2]["peak_rss_mb_workers"] / small_r["peak_rss_mb_workers"]})
+  rows = []
+  for r in range(args.rounds):
+    ceil_r = raw_ceiling(tokenizer_json, small, "false")
+    w1 = run_prepare(small, tokenizer_json, root / f"round{r}_w1", 1)
+    w2 = run_prepare(small, tokenizer_json, root / f"round{r}_w2", 2)
+    rows.append({"round": r, "ceiling": ceil_r["tokens_per_s"],
+                 "w1": w1["tokenize_tokens_per_s"], "w2": w2["tokenize_tokens_per_s"],
+                 "w1_vs_ceiling": w1["tokenize_tokens_per_s"] / ceil_r["tokens_per_s"],
+                 "w2_per_core_vs_ceiling": w2["tokenize_tokens_per_s"] / 2
+                 / ceil_r["tokens_per_s"],
+                 # Per CPU-second (main + workers, the whole preparation incl. scan and
+                 # spawning): "per core used", whatever else shares the host.
+                 "w1_per_cpu_s_vs_ceiling": w1["tokens_per_cpu_s"] / ceil_r["tokens_per_cpu_s"],
+                 "w2_per_cpu_s_vs_ceiling": w2["tokens_per_cpu_s"] / ceil_r["tokens_per_cpu_s"],
+                 "w2_wall_speedup_vs_w1": w2["tokenize_tokens_per_s"] / w1["tokenize_tokens_per_s"],
+                 "loadavg_1min": os.getloadavg()[0]})
+    report({"what": "alternating round, small corpus", **rows[-1]})
+  if rows:
+    import statistics
+    report({"what": f"median of {len(rows)} rounds", **{
+        k: statistics.median(r[k] for r in rows) for k in rows[0] if k != "round"}})
   if not args.skip_train_bench:
     report(train_bench("configs/shakespeare_bpe.py", root, args.train_steps))
     text = (REPO / "data" / "tinyshakespeare.txt").read_text("utf-8")
@@ -232,8 +286,9 @@ def main() -> None:
     cfg = root / "shakespeare_bpe_mixture.py"
     cfg.write_text(MIXTURE.format(a=root / "early.txt", b=root / "late.txt", root=root))
     report(train_bench(str(cfg), root, args.train_steps))
-  (root / "results.json").write_text(json.dumps(results, indent=2))
-  print(f"wrote {root / 'results.json'}")
+  name = "results_rounds.json" if args.skip_big else "results.json"
+  (root / name).write_text(json.dumps(results, indent=2))
+  print(f"wrote {root / name}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 from typing import Any, Sequence
 
@@ -56,10 +57,13 @@ def encode_docs(tok: Tokenizer, docs: Sequence[str], dtype: str,
 _WORKER: dict[str, Any] = {}
 
 
-def init_worker(tokenizer_json: dict[str, Any], dtype: str, val_fraction: float | None) -> None:
-  """Pool initializer: build the tokenizer once per process, single-threaded."""
+def init_worker(tokenizer_path: str, dtype: str, val_fraction: float | None) -> None:
+  """Pool initializer: build the tokenizer (its JSON form, from a file) once per process,
+  single-threaded."""
   os.environ["TOKENIZERS_PARALLELISM"] = "false"
-  _WORKER.update(tok=tokenizer_from_json(tokenizer_json), dtype=dtype, vf=val_fraction)
+  with open(tokenizer_path, encoding="utf-8") as f:
+    tok = tokenizer_from_json(json.load(f))
+  _WORKER.update(tok=tok, dtype=dtype, vf=val_fraction)
 
 
 def encode_unit(docs: list[str]) -> Encoded:

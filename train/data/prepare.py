@@ -14,7 +14,10 @@ tokens' hashes, so a run reuses a prepared dir only when it was made from the sa
 the same settings. A local dir is built beside its destination and renamed into place (the
 manifest written last), so an interruption never leaves a complete-looking dir.
 
-  pregate-prepare --input=data/tinyshakespeare.txt --output_dir=/tmp/shakespeare
+  pregate-prepare --input=data/tinyshakespeare.txt --output_dir=/tmp/shakespeare \
+      --val_split=tail --eot_token=          # nanoGPT's data: one document, vocab 65
+  pregate-prepare --input='shards/*.jsonl.zst' --output_dir=/tmp/web --tokenizer=bpe \
+      --bpe_vocab_size=32768 --workers=8
 """
 from __future__ import annotations
 
@@ -22,9 +25,12 @@ import collections
 import contextlib
 import dataclasses
 import hashlib
+import json
 import math
 import multiprocessing
 import os
+import tempfile
+from concurrent import futures
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -178,6 +184,13 @@ def _single_threaded() -> Iterator[None]:
       os.environ["TOKENIZERS_PARALLELISM"] = old
 
 
+def _tokenizer_file(tmp: str, tok: Tokenizer) -> str:
+  path = os.path.join(tmp, "tokenizer.json")
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(tok.to_json(), f)
+  return path
+
+
 def _run_units(fp: Fingerprint, spec: DataSpec, tok: Tokenizer, dtype: str, workers: int,
                sink: Callable[[int, encode.Encoded, int], None]) -> None:
   units, vf = _units(fp, spec.read_options()), _held_out(spec)
@@ -186,17 +199,34 @@ def _run_units(fp: Fingerprint, spec: DataSpec, tok: Tokenizer, dtype: str, work
       for i, docs, chars in units:
         sink(i, encode.encode_docs(tok, docs, dtype, vf), chars)
     return
-  ctx = multiprocessing.get_context("spawn")  # never fork a process running tensorstore threads
-  with ctx.Pool(workers, encode.init_worker, (tok.to_json(), dtype, vf)) as pool:
-    pending: collections.deque = collections.deque()
-    for i, docs, chars in units:
-      pending.append((i, chars, pool.apply_async(encode.encode_unit, (docs,))))
-      if len(pending) >= 2 * workers:  # bounded: at most 2 units per worker in flight
+  # Spawned, never forked (a fork of a process running tensorstore threads can deadlock); an
+  # executor, not multiprocessing.Pool, so a worker that dies fails the preparation instead of
+  # leaving it waiting forever.
+  if getattr(multiprocessing.current_process(), "_inheriting", False):
+    raise RuntimeError("prepare(workers > 1) ran while a spawned worker imported the main "
+                       "module; guard the calling script with if __name__ == '__main__'")
+  ctx = multiprocessing.get_context("spawn")
+  pending: collections.deque = collections.deque()
+  # The tokenizer goes by file: spawn writes initargs into a pipe the child may never read
+  # (it died importing main), and a payload over the pipe buffer then blocks for ever.
+  with tempfile.TemporaryDirectory(prefix="pregate-tok-") as tmp, futures.ProcessPoolExecutor(
+      workers, mp_context=ctx, initializer=encode.init_worker,
+      initargs=(_tokenizer_file(tmp, tok), dtype, vf)) as pool:
+    try:
+      for i, docs, chars in units:
+        pending.append((i, chars, pool.submit(encode.encode_unit, docs)))
+        if len(pending) >= 2 * workers:  # bounded: at most 2 units per worker in flight
+          i0, c0, result = pending.popleft()
+          sink(i0, result.result(), c0)
+      while pending:
         i0, c0, result = pending.popleft()
-        sink(i0, result.get(), c0)
-    while pending:
-      i0, c0, result = pending.popleft()
-      sink(i0, result.get(), c0)
+        sink(i0, result.result(), c0)
+    except futures.process.BrokenProcessPool as e:
+      raise RuntimeError(f"a tokenizing worker process died ({e}); nothing was published. "
+                         "If this is a script, guard it with if __name__ == '__main__'") from None
+    finally:
+      for _, _, result in pending:
+        result.cancel()
 
 
 def _fill(data_dir: str, fp: Fingerprint, spec: DataSpec, tok: Tokenizer, workers: int,
