@@ -61,20 +61,7 @@ def bench(config: Any, steps: int, warmup: int, saves: int) -> dict[str, float |
     out["compile_s"] = rs.compile_s
     out.update({f"hlo_{k}": v for k, v in collective_counts(rs.compiled.as_text()).items()})
     state, it = rs.state.fresh_state(), rs.train_iter(data.train, 10**6)
-    for _ in range(warmup):
-      state, m = rs.compiled(state, rs.to_global(next(it)))
-    jax.block_until_ready(state)
-    # The loop as train.main runs it: next batch read and placed, step dispatched, the previous
-    # step's metrics read; timed over consecutive steps so host work between steps counts too.
-    times, prev = [], None
-    for _ in range(steps):
-      t = time.perf_counter()
-      state, m = rs.compiled(state, rs.to_global(next(it)))
-      if prev is not None:
-        float(prev["loss"])
-      prev = m
-      times.append(time.perf_counter() - t)
-    jax.block_until_ready(state)
+    state, times = rs.time_steps(state, it, warmup, steps)
     step_s = statistics.median(times)
     tokens = bcfg.global_batch * bcfg.seq_len
     fpt = flops.flops_per_token(model_cfg, counts.total, bcfg.seq_len)

@@ -137,19 +137,7 @@ def measure(config: ConfigDict, *, warmup: int = 3, steps: int = 20) -> UnitCost
     state, it = rs.state.fresh_state(), rs.train_iter(data.train, warmup + steps + 2)
     jax.block_until_ready(state)
     startup_s += time.perf_counter() - t - rs.compile_s  # mesh, layout, init: not compile
-    for _ in range(warmup):
-      state, m = rs.compiled(state, rs.to_global(next(it)))
-    jax.block_until_ready(state)
-    # As the loop runs: next batch read and placed, step dispatched, previous metrics read.
-    times, prev = [], None
-    for _ in range(steps):
-      t = time.perf_counter()
-      state, m = rs.compiled(state, rs.to_global(next(it)))
-      if prev is not None:
-        float(prev["loss"])
-      prev = m
-      times.append(time.perf_counter() - t)
-    jax.block_until_ready(state)
+    state, times = rs.time_steps(state, it, warmup, steps)
     # The mean, not the median: on a shared host the slow steps are part of the wall time.
     step_s, step_median_s = statistics.fmean(times), statistics.median(times)
     eval_set, _ = pipeline.eval_batches(

@@ -125,6 +125,25 @@ class RunSetup:
         num_batches=num_batches, process_index=jax.process_index(),
         process_count=jax.process_count())
 
+  def time_steps(self, state: Any, it: Any, warmup: int, steps: int
+                 ) -> tuple[Any, list[float]]:
+    """(state after, seconds per step) over `steps` steps after `warmup` untimed ones, timed as
+    the loop runs them: next batch read and placed, step dispatched, the previous step's
+    metrics read, so host work between steps counts too."""
+    for _ in range(warmup):
+      state, _m = self.compiled(state, self.to_global(next(it)))
+    jax.block_until_ready(state)
+    times, prev = [], None
+    for _ in range(steps):
+      t = time.perf_counter()
+      state, m = self.compiled(state, self.to_global(next(it)))
+      if prev is not None:
+        float(prev["loss"])
+      prev = m
+      times.append(time.perf_counter() - t)
+    jax.block_until_ready(state)
+    return state, times
+
   def eval_loss(self, params: Any, batches: list[dict[str, jax.Array]]) -> float:
     """Mean loss over equal-size global batches (the loop's reduction, also at step 0)."""
     return float(np.mean(jax.device_get([self.eval_fn(params, b) for b in batches])))
