@@ -68,7 +68,8 @@ class MetricsPipe:
     step, dev = self._pending
     self._pending = None
     m = jax.device_get(dev)
-    self.guard.check(step, float(m["loss"]), float(m["grad_norm"]), int(m["skipped"]))
+    self.guard.check(step, float(m["loss"]), float(m["grad_norm"]), int(m["skipped"]),
+                     float(m["param_norm"]))
     self.losses.append(float(m["loss"]))
     return m
 

@@ -22,12 +22,14 @@ class NonFiniteGuard:
     self.skip_limit = skip_limit
     self.skipped = skipped
 
-  def check(self, step: int, loss: float, grad_norm: float, skipped: int) -> None:
+  def check(self, step: int, loss: float, grad_norm: float, skipped: int,
+            param_norm: float = 0.0) -> None:
     self.skipped += skipped
-    finite = math.isfinite(loss) and math.isfinite(grad_norm)
+    finite = math.isfinite(loss) and math.isfinite(grad_norm) and math.isfinite(param_norm)
     if self.skip_limit <= 0 and not finite:
       raise NonFiniteLossError(
-          f"non-finite training loss at step {step} (loss={loss}, grad_norm={grad_norm}); "
+          f"non-finite training step {step} (loss={loss}, grad_norm={grad_norm}, "
+          f"param_norm={param_norm}); "
           f"the state of this step was not saved and the last good checkpoint is intact. "
           f"Lower optimizer.lr, raise warmup, or set optimizer.skip_nonfinite=N to skip such "
           f"updates")
