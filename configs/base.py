@@ -54,7 +54,8 @@ def get_config() -> ConfigDict:
       early_stop_min_delta=0.0))
   c.checkpoint = ConfigDict(dict(save_every=500, keep=2, keep_best=1, async_save=True))
   # tensorboard: event files under WORKDIR/tensorboard on process 0 (tensorboardX).
-  c.logging = ConfigDict(dict(log_every=50, tensorboard=True))
+  # weight_norms: parameter and update norms in the step (and the parameter-overflow check).
+  c.logging = ConfigDict(dict(log_every=50, tensorboard=True, weight_norms=True))
   # cpu_devices: XLA devices a CPU host's cores are split into (data parallel over cores);
   # 0 = auto (the most, up to one per core, that the batch and mesh divide).
   c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1, cpu_devices=0))

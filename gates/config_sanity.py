@@ -116,6 +116,7 @@ FIELDS: dict[str, Rule] = {
     "checkpoint.save_every": _int(1), "checkpoint.keep": _int(1, BIG),
     "checkpoint.keep_best": _int(0, BIG), "checkpoint.async_save": Rule("bool"),
     "logging.log_every": _int(1), "logging.tensorboard": Rule("bool"),
+    "logging.weight_norms": Rule("bool"),
     "mesh.data": _int(1, BIG, extra=(-1,)), "mesh.fsdp": _int(1, BIG),
     "mesh.tensor": _int(1, BIG), "mesh.cpu_devices": _int(0, 1024),
 }

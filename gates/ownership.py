@@ -17,7 +17,7 @@ SCHEDULE = ("train_steps", "batch.", "optimizer.", "schedule.")
 # How many processes tokenize (the prepared data is the same) and the model's execution-only
 # fields (remat, attention backend, scanned layers, loss tile): tensors are identical.
 SAFE = ("data.workers", "model.remat", "model.attention", "model.scan_layers",
-        "model.loss_chunk", "logging.tensorboard")
+        "model.loss_chunk", "logging.tensorboard", "logging.weight_norms")
 
 
 class WorkdirOwnershipError(ConfigError):

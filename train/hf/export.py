@@ -42,9 +42,10 @@ class ExportError(PregateError):
   """The export directory cannot be written."""
 
 
-def hf_config(cfg: ModelConfig, dtype: str) -> dict[str, Any]:
+def hf_config(cfg: ModelConfig, dtype: str, eos_id: int | None = None) -> dict[str, Any]:
   """config.json for LlamaForCausalLM / Qwen2ForCausalLM, every value written explicitly
-  (HF's defaults differ from pregate's, e.g. rms_norm_eps 1e-6)."""
+  (HF's defaults differ from pregate's, e.g. rms_norm_eps 1e-6); eos_id is the tokenizer's
+  end-of-text id, if it has one."""
   out: dict[str, Any] = {
       "architectures": [cfg.hf_architecture], "model_type": cfg.hf_model_type,
       "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model,
@@ -56,7 +57,7 @@ def hf_config(cfg: ModelConfig, dtype: str) -> dict[str, Any]:
       "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
       "rope_scaling": None, "tie_word_embeddings": cfg.tie_embeddings,
       "attention_dropout": 0.0, "initializer_range": 0.02, "use_cache": True,
-      "bos_token_id": None, "eos_token_id": None, "pad_token_id": None,
+      "bos_token_id": None, "eos_token_id": eos_id, "pad_token_id": None,
       "dtype": dtype, "torch_dtype": dtype}
   if cfg.family == "llama":
     out.update(attention_bias=False, mlp_bias=False, pretraining_tp=1)
@@ -66,9 +67,11 @@ def hf_config(cfg: ModelConfig, dtype: str) -> dict[str, Any]:
   return out
 
 
-def generation_config(cfg: ModelConfig) -> dict[str, Any]:
-  """Greedy by default; no special tokens, so generation stops at max_length only."""
-  return {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None,
+def generation_config(cfg: ModelConfig, eos_id: int | None = None) -> dict[str, Any]:
+  """Greedy by default; generation stops at the end-of-text id where the tokenizer has one,
+  else at max_length only."""
+  del cfg
+  return {"bos_token_id": None, "eos_token_id": eos_id, "pad_token_id": None,
           "do_sample": False}
 
 
@@ -157,8 +160,9 @@ def export(checkpoint: str, out: str, *, step: str | int = "latest", dtype: str 
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
     files = write_weights(tensors, tmp, max_shard_bytes)
     files += tokenizer_json.write(restored.tokenizer, tmp, cfg.max_seq_len)
-    _write_json(os.path.join(tmp, "config.json"), hf_config(cfg, dtype))
-    _write_json(os.path.join(tmp, "generation_config.json"), generation_config(cfg))
+    eos = restored.tokenizer.eos_id
+    _write_json(os.path.join(tmp, "config.json"), hf_config(cfg, dtype, eos))
+    _write_json(os.path.join(tmp, "generation_config.json"), generation_config(cfg, eos))
     _write_json(os.path.join(tmp, SIDECAR), {k: meta[k] for k in CARRIED if k in meta})
     with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
       f.write(model_card.render(meta, cfg, kind, dtype=dtype, export_versions=export_versions()))

@@ -69,7 +69,7 @@ class MetricsPipe:
     self._pending = None
     m = jax.device_get(dev)
     self.guard.check(step, float(m["loss"]), float(m["grad_norm"]), int(m["skipped"]),
-                     float(m["param_norm"]))
+                     float(m.get("param_norm", 0.0)))
     self.losses.append(float(m["loss"]))
     return m
 

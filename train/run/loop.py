@@ -98,8 +98,8 @@ class _Edges:
     rec = {"event": "train", "step": step, "train_steps": self.config.train_steps,
            "loss": float(np.mean(self.pipe.losses)),
            "val_loss": self.tracker.val_loss, "grad_norm": float(m["grad_norm"]),
-           "lr": float(m["lr"]), "param_norm": float(m["param_norm"]),
-           "update_norm": float(m["update_norm"]), "skipped": self.pipe.guard.skipped,
+           "lr": float(m["lr"]), "param_norm": _maybe_float(m.get("param_norm")),
+           "update_norm": _maybe_float(m.get("update_norm")), "skipped": self.pipe.guard.skipped,
            "tokens_seen": step * self.tokens_per_step,
            "step_time_s": step_s, "tokens_per_s": tps,
            "model_tflops": tps * self.flops_per_token / 1e12,
@@ -376,3 +376,8 @@ def _step0_check(meta: dict, source: str, val_arr: pipeline.TokenArray,
                recorded)
   return [{"event": "step0_check", "source": source, "recorded": recorded,
            "measured": measured, "abs_diff": diff}]
+
+
+def _maybe_float(value: Any) -> float | None:
+  """A device metric as a float, None where the step does not compute it (weight_norms off)."""
+  return None if value is None else float(value)

@@ -98,7 +98,8 @@ class RunSetup:
     t0 = time.perf_counter()
     step_fn = state.jit_step(step_lib.make_train_step(
         state.graphdef, tx, schedule, b.grad_accum,
-        skip_nonfinite=config.optimizer.skip_nonfinite > 0, mesh=mesh))
+        skip_nonfinite=config.optimizer.skip_nonfinite > 0, mesh=mesh,
+        weight_norms=config.logging.weight_norms))
     batch = {k: jax.ShapeDtypeStruct((b.global_batch, b.seq_len), np.int32,
                                      sharding=batch_sharding) for k in ("inputs", "targets")}
     compiled = step_fn.lower(state.abstract_state(), batch).compile()

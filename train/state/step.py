@@ -125,14 +125,16 @@ def with_update_norm(updates: Params) -> tuple[Params, jax.Array]:
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, grad_accum: int = 1, skip_nonfinite: bool = False,
-                    mesh: Mesh | None = None
+                    mesh: Mesh | None = None, weight_norms: bool = True
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
   """A pure step. With grad_accum > 1 the batch is split into microbatches whose gradients are
   averaged in a `lax.scan`, so memory is that of one microbatch and the result equals the large
   batch's (equal-size microbatches, mean loss). With skip_nonfinite, a step whose loss, gradient
   norm or new parameter norm is NaN/Inf leaves params and optimizer state unchanged
   (metrics['skipped']).
-  With the run's `mesh`, activations are pinned batch-split at block boundaries."""
+  With the run's `mesh`, activations are pinned batch-split at block boundaries.
+  weight_norms=False (`logging.weight_norms`, and the A/B of their cost) leaves the parameter
+  and update norms out of the step, and with them the parameter-overflow part of the verdict."""
   grad_fn = jax.value_and_grad(make_loss_fn(graphdef))
   constraint = mesh_constraint(mesh)
 
@@ -154,23 +156,27 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
       loss, grads = grads_of(state.params, batch)
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    updates, update_norm = with_update_norm(updates)
+    if weight_norms:
+      updates, update_norm = with_update_norm(updates)
     params = optax.apply_updates(state.params, updates)
-    param_norm = optax.tree.norm(params)
-    # Finite loss and gradients can still overflow the weights (decay at a huge lr, grad 0 once
-    # the logits saturate): the new params' norm is part of the verdict.
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(param_norm)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    if weight_norms:
+      # Finite loss and gradients can still overflow the weights (decay at a huge lr, grad 0
+      # once the logits saturate): the new params' norm is part of the verdict.
+      param_norm = optax.tree.norm(params)
+      finite = finite & jnp.isfinite(param_norm)
     if skip_nonfinite:
       keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
       params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
-      param_norm = jnp.where(finite, param_norm, optax.tree.norm(state.params))
     metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step),
                "skipped": jnp.logical_not(finite).astype(jnp.int32) if skip_nonfinite
-               else jnp.zeros((), jnp.int32),
-               # Device values read one step late like the loss; a skipped step changed nothing.
-               "param_norm": param_norm,
-               "update_norm": jnp.where(finite, update_norm, 0.0) if skip_nonfinite
-               else update_norm}
+               else jnp.zeros((), jnp.int32)}
+    if weight_norms:
+      # Device values read one step late like the loss; a skipped step changed nothing.
+      metrics["param_norm"] = (jnp.where(finite, param_norm, optax.tree.norm(state.params))
+                               if skip_nonfinite else param_norm)
+      metrics["update_norm"] = jnp.where(finite, update_norm, 0.0) if skip_nonfinite \
+          else update_norm
     return TrainState(state.step + 1, params, opt_state), metrics
 
   return train_step
