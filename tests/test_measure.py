@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import FORCE, REPO, child_env, run_main, tiny_flags
+from helpers import FORCE, REPO, child_env, run_main, tiny_flags
 
 FORECAST = re.compile(r"forecast: ([\d.]+) s = start-up ([\d.]+) \+ compile ([\d.]+) \+ "
                       r"([\d,]+) steps ([\d.]+) \+ (\d+) evals ([\d.]+) \+ (\d+) saves ([\d.]+)")

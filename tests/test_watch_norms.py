@@ -74,3 +74,21 @@ def test_norms_copy_no_parameters():
   entry = hlo.split("ENTRY", 1)[1]
   copies = [line.strip() for line in entry.splitlines() if " copy(" in line and "f32[" in line]
   assert not copies, copies[:5]
+
+
+def test_norms_on_log_steps_only_keep_the_parameters_bitwise():
+  """train.main runs the step with norms on log steps and the one without otherwise: any mix
+  gives bitwise the parameters and optimizer state of either step alone, and the step without
+  norms reports neither (the loop logs None, never a stale or made-up value)."""
+  graphdef, tx, schedule, state0 = _setup()
+  steps = {w: jax.jit(step_lib.make_train_step(graphdef, tx, schedule, weight_norms=w))
+           for w in (False, True)}
+  ends = []
+  for pattern in ([False] * 6, [True] * 6, [False, False, True, False, True, True]):
+    state = state0
+    for i, w in enumerate(pattern):
+      state, metrics = steps[w](state, _batch(i))
+      assert ("update_norm" in metrics) == ("param_norm" in metrics) == w
+    ends.append(jax.tree.leaves(jax.device_get((state.params, state.opt_state))))
+  for other in ends[1:]:
+    assert all(np.array_equal(a, b) for a, b in zip(ends[0], other))

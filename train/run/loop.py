@@ -248,8 +248,8 @@ def run(config: Any, workdir: str, plan: Plan, *, stop_after: int = 0, init: str
   e = _Edges(config, rs, plan, s, log, seams)
   with Signals(s.checkpointer) as signals, _record_failure(log, s.checkpointer, lambda: step):
     while step < last:
-      e.state, metrics = rs.compiled(e.state, rs.to_global(next(s.it)))
       step += 1
+      e.state, metrics = rs.step_for(step)(e.state, rs.to_global(next(s.it)))
       e.pipe.push(step, metrics)
       e.window.step()
       e.window.pause()

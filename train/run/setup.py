@@ -22,6 +22,7 @@ from core.paths import data_dirs
 from models.config import ModelConfig
 from train.data import datasets, pipeline, store
 from train.data.tokenizer import Tokenizer, tokenizer_from_json
+from train.run.edges import is_due
 from train.state import sharding
 from train.state import step as step_lib
 from train.state.setup import TrainSetup
@@ -84,6 +85,15 @@ class RunSetup:
   compiled: Any  # the AOT-compiled train step: (TrainState, batch) -> (TrainState, metrics)
   compile_s: float
   eval_fn: Any  # jitted (params, batch) -> mean loss of the batch
+  # The same step plus parameter and update norms, run on log steps only (logging.weight_norms;
+  # otherwise `compiled` itself). Its parameters are bitwise those of `compiled`.
+  compiled_log: Any = None
+
+  def step_for(self, step: int) -> Any:
+    """The compiled step that produces step `step` (1-based): the norms on log steps."""
+    c = self.config
+    return self.compiled_log if is_due(step, c.logging.log_every, c.train_steps) \
+        else self.compiled
 
   @classmethod
   def build(cls, config: ConfigDict, model_cfg: ModelConfig) -> RunSetup:
@@ -96,13 +106,18 @@ class RunSetup:
     batch_sharding = sharding.batch_sharding(mesh)
     b = config.batch
     t0 = time.perf_counter()
-    step_fn = state.jit_step(step_lib.make_train_step(
-        state.graphdef, tx, schedule, b.grad_accum,
-        skip_nonfinite=config.optimizer.skip_nonfinite > 0, mesh=mesh,
-        weight_norms=config.logging.weight_norms))
     batch = {k: jax.ShapeDtypeStruct((b.global_batch, b.seq_len), np.int32,
                                      sharding=batch_sharding) for k in ("inputs", "targets")}
-    compiled = step_fn.lower(state.abstract_state(), batch).compile()
+
+    def compile_step(weight_norms: bool) -> Any:
+      step_fn = state.jit_step(step_lib.make_train_step(
+          state.graphdef, tx, schedule, b.grad_accum,
+          skip_nonfinite=config.optimizer.skip_nonfinite > 0, mesh=mesh,
+          weight_norms=weight_norms))
+      return step_fn.lower(state.abstract_state(), batch).compile()
+
+    compiled = compile_step(False)
+    compiled_log = compile_step(True) if config.logging.weight_norms else compiled
     compile_s = time.perf_counter() - t0
     # Eval in microbatches no larger than the training microbatch, which is known to fit.
     micro = step_lib.eval_microbatches(config.eval.batch_size or b.global_batch,
@@ -111,7 +126,7 @@ class RunSetup:
     eval_fn = jax.jit(step_lib.make_eval_step(state.graphdef, micro, mesh=mesh),
                       in_shardings=(state.shardings.params, batch_sharding))
     return cls(config, model_cfg, mesh, state, tx, batch_sharding, compiled, compile_s,
-               eval_fn)
+               eval_fn, compiled_log)
 
   def to_global(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     """This process's rows of a batch -> one global array per key, split over the mesh."""
@@ -131,13 +146,16 @@ class RunSetup:
     """(state after, seconds per step) over `steps` steps after `warmup` untimed ones, timed as
     the loop runs them: next batch read and placed, step dispatched, the previous step's
     metrics read, so host work between steps counts too."""
+    step = int(jax.device_get(state.step))
     for _ in range(warmup):
-      state, _m = self.compiled(state, self.to_global(next(it)))
+      step += 1
+      state, _m = self.step_for(step)(state, self.to_global(next(it)))
     jax.block_until_ready(state)
     times, prev = [], None
     for _ in range(steps):
       t = time.perf_counter()
-      state, m = self.compiled(state, self.to_global(next(it)))
+      step += 1
+      state, m = self.step_for(step)(state, self.to_global(next(it)))
       if prev is not None:
         float(prev["loss"])
       prev = m
