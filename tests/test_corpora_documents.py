@@ -12,9 +12,9 @@ import time
 import pytest
 
 import helpers
+from core.progress import Progress
 from train.data import pipeline, prepare, store
 from train.data import tokenizer as tk
-from train.data.progress import Progress
 
 DOCS = [f"<doc{i:04d}> " + " ".join(f"word{(i * 31 + j) % 211}" for j in range(40))
         for i in range(400)]

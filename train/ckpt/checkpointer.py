@@ -15,11 +15,13 @@ from typing import Any, Callable
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
 from core.checks import first_line
 from core.errors import CheckpointError, ConfigError
+from core.progress import Progress
 from train.ckpt.stepspec import parse_step, read_meta_file
 
 METRIC = "val_loss"
@@ -165,17 +167,30 @@ class Checkpointer:
     """Read every stored array (onto one device) to prove the files are whole; returns the
     bytes read. A truncated or missing array file raises CheckpointError naming the step."""
     one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    read, progress = 0, None
     try:
       # opt_state too, unless orbax recorded the step as parameters-only (an HF import).
       saved = getattr(self.manager.metadata(step), "item_handlers", None)
       names = ["params"] + (["opt_state"] if not saved or "opt_state" in saved else [])
-      items = {k: ocp.args.StandardRestore(fallback_sharding=one) for k in names}
-      got = self.manager.restore(step, args=ocp.args.Composite(**items))
+      sizes = {k: _stored_bytes(self.array_signature(step, k)) for k in names}
+      progress = Progress(f"verifying {self.directory}/{step}", sum(sizes.values()))
+      for name in names:  # one item at a time: the bar moves, and peak memory is one item
+        got = self.manager.restore(
+            step, args=ocp.args.Composite(**{name: ocp.args.StandardRestore(
+                fallback_sharding=one)}))
+        read += sum(x.nbytes for x in jax.tree.leaves(got[name]))
+        del got
+        progress.update(sizes[name])
+    except CheckpointError:
+      raise
     except Exception as e:  # pylint: disable=broad-except
       quiet_background_read_errors()
       raise CheckpointError(f"checkpoint {self.directory}/{step} is damaged: its arrays cannot "
                             f"be read ({read_error_line(e)})") from None
-    return sum(x.nbytes for x in jax.tree.leaves([got[k] for k in items]))
+    finally:
+      if progress is not None:
+        progress.close()
+    return read
 
   def read_meta(self, step: int) -> dict[str, Any] | None:
     """The JSON metadata item, read from its file (no arrays, no manager state); None if absent."""
@@ -221,3 +236,9 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _stored_bytes(signature: dict[str, tuple[tuple, str]]) -> int:
+  """Bytes the arrays of an array signature ('a/b' -> (shape, dtype)) hold in memory."""
+  return sum(int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+             for shape, dtype in signature.values())

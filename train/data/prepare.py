@@ -37,8 +37,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from core.errors import DataError
+from core.progress import Progress
 from train.data import bpe, encode, inputs, staging, store, writer
-from train.data.progress import Progress
 from train.data.spec import DataSpec
 from train.data.tokenizer import ByteTokenizer, CharTokenizer, Tokenizer
 

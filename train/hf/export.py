@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from core.errors import ConfigError, PregateError
+from core.progress import Progress
 from models.config import ModelConfig
 from train.hf import model_card, tokenizer_json
 from train.hf.weights import to_hf
@@ -93,15 +94,20 @@ def write_weights(tensors: Mapping[str, np.ndarray], out_dir: str, max_bytes: in
   from safetensors.numpy import save_file
   groups = shard(tensors, max_bytes)
   meta = {"format": "pt"}
+  progress = Progress("writing weights", sum(a.nbytes for a in tensors.values()))
   if len(groups) == 1:
     save_file(dict(groups[0]), os.path.join(out_dir, "model.safetensors"), metadata=meta)
+    progress.update(progress.total)
+    progress.close()
     return ["model.safetensors"]
   names, weight_map = [], {}
   for i, group in enumerate(groups, 1):
     name = f"model-{i:05d}-of-{len(groups):05d}.safetensors"
     save_file(dict(group), os.path.join(out_dir, name), metadata=meta)
+    progress.update(sum(a.nbytes for a in group.values()))
     names.append(name)
     weight_map.update({t: name for t in group})
+  progress.close()
   index = {"metadata": {"total_size": sum(a.nbytes for a in tensors.values())},
            "weight_map": weight_map}
   _write_json(os.path.join(out_dir, "model.safetensors.index.json"), index)

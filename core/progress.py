@@ -1,5 +1,6 @@
-"""Progress of a long preparation: a tqdm bar (bytes done, tokens/s, ETA) on a terminal, a plain
-log line every `every_s` seconds otherwise (logs and CI keep no carriage returns)."""
+"""Progress of long non-loop work (data preparation, export, checkpoint verification): a tqdm
+bar (amount done, rate, ETA) on a terminal, a plain log line every `every_s` seconds otherwise
+(logs and CI keep no carriage returns), and one at the end."""
 from __future__ import annotations
 
 import sys
@@ -52,11 +53,17 @@ class Progress:
     rate = self.done / dt
     pct = f"{100 * self.done / self.total:.0f}% " if self.total else ""
     eta = f", ETA {_eta((self.total - self.done) / rate)}" if self.total and rate else ""
-    return (f"{self.desc}: {pct}({self.done / 1e6:,.1f} of {self.total / 1e6:,.1f} "
-            f"M{self.unit}), "
-            f"{self.tokens:,} tokens, {self.tokens / dt:,.0f} tokens/s{eta}")
+    amount = (f"{pct}({self.done / 1e6:,.1f} of {self.total / 1e6:,.1f} M{self.unit})"
+              if self.total else f"{self.done / 1e6:,.1f} M{self.unit}")
+    speed = (f"{self.tokens:,} tokens, {self.tokens / dt:,.0f} tokens/s" if self.tokens
+             else f"{rate / 1e6:,.1f} M{self.unit}/s")
+    return f"{self.desc}: {amount}, {speed}{eta}"
 
   def close(self) -> None:
+    """Ends the bar; without one, logs the final line (so plain logs show the work finished)."""
     if self._bar is not None:
       self._bar.close()
       self._bar = None
+    elif self._enabled and self.done:
+      logging.info("%s", self.line())
+      self._enabled = False
