@@ -9,6 +9,8 @@ from typing import IO
 
 from absl import logging
 
+EVERY_S = 10.0  # seconds between plain lines off a terminal
+
 
 def _eta(seconds: float) -> str:
   seconds = int(max(seconds, 0))
@@ -21,8 +23,10 @@ class Progress:
   """`update(n, tokens)` as work completes; `total` and n count `unit`s (0 = unknown)."""
 
   def __init__(self, desc: str, total: int, *, unit: str = "B", stream: IO[str] | None = None,
-               every_s: float = 10.0, enabled: bool = True):
+               every_s: float | None = None, enabled: bool = True):
+    every_s = EVERY_S if every_s is None else every_s
     self.desc, self.total, self.every_s, self.unit = desc, int(total), every_s, unit
+    self._lines = 0  # plain lines logged so far
     self.done = self.tokens = 0
     self._t0 = self._last = time.perf_counter()
     stream = stream or sys.stderr
@@ -45,6 +49,7 @@ class Progress:
       self._bar.update(n)
     elif self._enabled and now - self._last >= self.every_s:
       self._last = now
+      self._lines += 1
       logging.info("%s", self.line(now))
 
   def line(self, now: float | None = None) -> str:
@@ -60,10 +65,11 @@ class Progress:
     return f"{self.desc}: {amount}, {speed}{eta}"
 
   def close(self) -> None:
-    """Ends the bar; without one, logs the final line (so plain logs show the work finished)."""
+    """Ends the bar; without one, logs the final line if any was logged before (a log that
+    showed "40%" also shows the end; work shorter than every_s stays silent)."""
     if self._bar is not None:
       self._bar.close()
       self._bar = None
-    elif self._enabled and self.done:
+    elif self._enabled and self._lines:
       logging.info("%s", self.line())
-      self._enabled = False
+    self._enabled = False

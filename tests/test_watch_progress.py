@@ -22,18 +22,26 @@ def test_bar_without_tokens_shows_bytes_rate_and_eta(caplog):
   bar.update(2_000_000)
   bar.close()
   assert "verifying" in tty.getvalue() and "2.00M/8.00M" in tty.getvalue()
-  plain = Progress("verifying", 8_000_000, stream=io.StringIO(), every_s=3600.0)
+  quiet = Progress("verifying", 8_000_000, stream=io.StringIO(), every_s=3600.0)
   with caplog.at_level("INFO"):
+    quiet.update(2_000_000)
+    quiet.close()
+    assert not caplog.records  # shorter than every_s: silent (one-line errors stay one line)
+    plain = Progress("verifying", 8_000_000, stream=io.StringIO(), every_s=0.0)
     plain.update(2_000_000)
-    assert not caplog.records  # not yet due
-    plain.close()  # the final line is always logged
-  line = caplog.records[-1].getMessage()
-  assert line.startswith("verifying: 25% (2.0 of 8.0 MB), ") and "MB/s, ETA" in line
+    plain.update(2_000_000)
+    plain.close()  # a log that showed progress also shows the end
+  lines = [r.getMessage() for r in caplog.records]
+  assert lines[0].startswith("verifying: 25% (2.0 of 8.0 MB), ") and "MB/s, ETA" in lines[0]
+  assert len(lines) == 3 and lines[2].startswith("verifying: 50% (4.0 of 8.0 MB)")
 
 
-def test_inspect_verification_and_export_report_progress(tmp_path, caplog):
-  """Off a terminal each long step logs its final line: every stored byte accounted for."""
+def test_inspect_verification_and_export_report_progress(tmp_path, caplog, monkeypatch):
+  """Off a terminal each step logs its lines (every update here: EVERY_S = 0) and its final
+  one: every stored byte accounted for."""
   pytest.importorskip("safetensors")
+  from core import progress
+  monkeypatch.setattr(progress, "EVERY_S", 0.0)
   from train.ckpt.checkpointer import Checkpointer
   from train.hf.export import export
   cfg = hh.model_config("llama", False)
