@@ -2,7 +2,7 @@
 (`--teacher=PATH[:STEP]`). alpha = 0 gives bitwise the ordinary run's parameters; a distilling
 run on a 2-device mesh killed mid-run resumes bitwise; a teacher with another tokenizer, another
 vocabulary, damaged metadata or no checkpoint is refused in one line before anything compiles;
-resuming with a different teacher (or none) is refused, a respelled path to the same one is not.
+resuming with a different teacher (or none) is refused, the same one spelled otherwise is not.
 """
 import json
 import os
@@ -171,21 +171,17 @@ def test_unusable_teacher_is_refused_before_compile(case, teacher, prepared_data
   assert not workdir.exists()
 
 
-def test_resume_with_a_different_teacher_is_refused(teacher, prepared_data, tmp_path):
-  """The teacher is known by content: a copy at another path resumes; the same path holding
-  another checkpoint (its latest step moved back), or no teacher at all, is refused."""
-  copy = shutil.copytree(teacher, tmp_path / "teacher")
-  workdir = tmp_path / "run"
-  flags = _flags(prepared_data, **DISTILL)
-  first = helpers.run_main(*flags, f"--teacher={copy}", "--stop_after_steps=10",
-                           workdir=workdir)
-  assert first.rc == 75, first.stderr[-3000:]
-  respelled = helpers.run_main(*flags, f"--teacher={teacher}:{STEPS}", "--stop_after_steps=5",
-                               workdir=workdir)
-  assert respelled.rc == 75, respelled.stderr[-3000:]
-  assert helpers.checkpoint_steps(workdir)[-1] == 15
-  shutil.rmtree(copy / "checkpoints" / str(STEPS))  # "latest" is now the teacher's step 10
-  res = helpers.run_main(*flags, f"--teacher={copy}", workdir=workdir, count_compiles=True)
+def test_resume_with_a_different_teacher_is_refused(distilled, teacher, tmp_path):
+  """The teacher is known by content: the same checkpoint spelled another way resumes; another
+  step of the same run (or no teacher at all) is refused, before anything compiles."""
+  workdir = shutil.copytree(distilled[0], tmp_path / "run")
+  flags = [f for f in distilled[1] if not f.startswith("--teacher=")]
+  before = helpers.snapshot(workdir / "checkpoints")
+  same = helpers.run_main(*flags, f"--teacher={teacher / 'checkpoints'}:{STEPS}",
+                          workdir=workdir)
+  assert same.rc == 0, same.stderr[-3000:]  # a finished run: resumed, trains nothing
+  res = helpers.run_main(*flags, f"--teacher={teacher}:10", workdir=workdir,
+                         count_compiles=True)
   helpers.assert_one_line_error(res, "trained with another teacher", "teacher step 20 -> 10",
                                 "functional fingerprint")
   assert res.compiles == 0
@@ -193,4 +189,4 @@ def test_resume_with_a_different_teacher_is_refused(teacher, prepared_data, tmp_
   errors = [x for x in res.stderr.splitlines() if x.startswith("ERROR:")]
   assert res.rc == 2 and len(errors) == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
   assert "trained with another teacher" in errors[0] and "now without one" in errors[0]
-  assert helpers.checkpoint_steps(workdir)[-1] == 15
+  assert helpers.snapshot(workdir / "checkpoints") == before
