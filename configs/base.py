@@ -59,4 +59,9 @@ def get_config() -> ConfigDict:
   # cpu_devices: XLA devices a CPU host's cores are split into (data parallel over cores);
   # 0 = auto (the most, up to one per core, that the batch and mesh divide).
   c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1, cpu_devices=0))
+  # Distillation (train/run/teacher.py): teacher = PATH[:STEP] (a pregate run's workdir or
+  # checkpoints dir, STEP = latest|best|N; relative paths resolve against the repo root) or
+  # hf:DIR; "" = off. The loss is (1 - alpha) * cross-entropy + alpha * KL(teacher || student)
+  # at `temperature`, times temperature^2; alpha = 0 is exactly ordinary training.
+  c.distill = ConfigDict(dict(teacher="", alpha=0.5, temperature=1.0))
   return c

@@ -119,6 +119,11 @@ FIELDS: dict[str, Rule] = {
     "logging.weight_norms": Rule("bool"),
     "mesh.data": _int(1, BIG, extra=(-1,)), "mesh.fsdp": _int(1, BIG),
     "mesh.tensor": _int(1, BIG), "mesh.cpu_devices": _int(0, 1024),
+    # teacher: "" = no distillation; a path or hf:DIR is checked by the preflight's teacher
+    # check (train/run/teacher.py), from its files. A temperature past 100 flattens any
+    # teacher to uniform; no distillation uses it.
+    "distill.teacher": Rule("str"), "distill.alpha": Rule("float", 0.0, 1.0),
+    "distill.temperature": _pos(100.0),
 }
 MAX_STEP_TOKENS = 2**27  # global_batch x seq_len; and the eval set's tokens
 _MISSING = object()

@@ -13,11 +13,15 @@ from typing import Any, Mapping
 from core.errors import ConfigError
 
 IDENTITY = ("model.", "data.", "seed")
-SCHEDULE = ("train_steps", "batch.", "optimizer.", "schedule.")
+# The distillation loss's weights change the trajectory like the optimizer's.
+SCHEDULE = ("train_steps", "batch.", "optimizer.", "schedule.", "distill.")
 # How many processes tokenize (the prepared data is the same) and the model's execution-only
-# fields (remat, attention backend, scanned layers, loss tile): tensors are identical.
+# fields (remat, attention backend, scanned layers, loss tile): tensors are identical. The
+# teacher's spelling (a path, relative or absolute, pinned to a step or not) may change: the
+# teacher itself is identified by content, recorded in every checkpoint and compared on resume
+# (train/run/teacher.py), which refuses a different one.
 SAFE = ("data.workers", "model.remat", "model.attention", "model.scan_layers",
-        "model.loss_chunk", "logging.tensorboard", "logging.weight_norms")
+        "model.loss_chunk", "logging.tensorboard", "logging.weight_norms", "distill.teacher")
 
 
 class WorkdirOwnershipError(ConfigError):

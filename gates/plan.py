@@ -1,7 +1,8 @@
 """Dry-run an experiment config through the Chinchilla gate, before anything is compiled.
 
-Prints N, D, the gate's verdict, the compute C = 6*N*D, optional wall-time estimates and a data
-repetition report, so an under-provisioned plan is caught in seconds rather than after a compile.
+Prints N, D, the gate's verdict, the compute C = 6*N*D (plus a distillation teacher's forward,
+2*N_t*D), optional wall-time estimates and a data repetition report, so an under-provisioned
+plan is caught in seconds rather than after a compile.
 This is the I/O side (flags, files, printing); the decisions live in gates.chinchilla and
 gates.repetition.
 
@@ -22,7 +23,7 @@ Exit status: 0 the run would proceed (passed, or bypassed), 3 the gate would ref
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from absl import flags
 from ml_collections import ConfigDict, config_flags
@@ -65,9 +66,34 @@ def unique_train_tokens(data: Any, data_dir: str | None = None) -> tuple[int | N
   return (None if counts is None else sum(counts.values())), source
 
 
+def teacher_lines(config: ConfigDict, n: int, tokens: int,
+                  teacher_model: Mapping[str, Any] | None) -> tuple[list[str], float]:
+  """A distillation run's teacher in the plan: its N_t and the forward FLOPs 2*N_t*D it adds
+  to the student's 6*N*D; -> (lines, compute factor (6N + 2N_t) / 6N for the time figures)."""
+  spec = str(config.get("distill", {}).get("teacher", "") or "")
+  if not spec:
+    return [], 1.0
+  if teacher_model is None:
+    return [f"distill: teacher {spec} not read here (python -m gates.plan opens no checkpoint; "
+            f"pregate-plan adds its forward FLOPs)"], 1.0
+  n_t = params.count_params(ModelConfig.from_dict(dict(teacher_model))).total
+  extra = 2 * n_t * tokens
+  alpha = float(config.distill.alpha)
+  if not alpha:
+    return [f"distill: teacher {spec}, N_t = {n_t:,}; alpha = 0: its forward does not run "
+            f"(ordinary training), +0 FLOPs"], 1.0
+  factor = (6 * n * tokens + extra) / (6 * n * tokens)
+  return [f"distill: teacher {spec}, N_t = {n_t:,} parameters (frozen, forward only): "
+          f"+2*N_t*D = {extra:.3e} FLOPs, C with the teacher = {6 * n * tokens + extra:.3e} "
+          f"FLOPs (x{factor:.2f} the student's); the gate judges the student's N and D"], factor
+
+
 def plan(config: ConfigDict, *, tokens_per_sec: float | None = None, data_dir: str | None = None,
-         bypass: bool = False) -> tuple[list[str], chinchilla.Verdict]:
-  """Report lines (the verdict's line last) and the verdict for one config."""
+         bypass: bool = False, teacher_model: Mapping[str, Any] | None = None
+         ) -> tuple[list[str], chinchilla.Verdict]:
+  """Report lines (the verdict's line last) and the verdict for one config. A distillation
+  config's teacher (`teacher_model`: its model config, which pregate-plan reads from the
+  teacher's checkpoint) adds its forward FLOPs to the compute and time figures."""
   if tokens_per_sec is not None and not tokens_per_sec > 0:
     raise ConfigError(f"--tokens_per_sec must be > 0, got {tokens_per_sec!r}")
   model_cfg = ModelConfig.from_dict(dict(config.model))
@@ -95,12 +121,18 @@ def plan(config: ConfigDict, *, tokens_per_sec: float | None = None, data_dir: s
     lines.append(f"compute: C = 6*N*D = {6 * n * tokens:.3e} FLOPs; compute-optimal "
                  f"({verdict.floor_ratio}*N, {verdict.steps_needed:,} steps) = "
                  f"{6 * n * optimal_tokens:.3e} FLOPs")
+  distill, factor = teacher_lines(config, n, tokens, teacher_model)
+  lines += distill
   if tokens_per_sec is not None:
-    line = f"time: planned run {steps:,} steps ~ {human_duration(tokens / tokens_per_sec)}"
+    # A distilling step does the teacher's forward too: the student-alone throughput given
+    # slows by the compute factor (a measured distillation step: --measure).
+    secs = factor / tokens_per_sec
+    line = f"time: planned run {steps:,} steps ~ {human_duration(tokens * secs)}"
     if verdict.steps_needed is not None:
       line += (f"; compute-optimal needs {verdict.steps_needed:,} steps ~ "
-               f"{human_duration(optimal_tokens / tokens_per_sec)}")
-    lines.append(f"{line} at {tokens_per_sec:,.0f} tokens/s")
+               f"{human_duration(optimal_tokens * secs)}")
+    with_teacher = f" (x{factor:.2f} for the teacher's forward)" if factor != 1.0 else ""
+    lines.append(f"{line} at {tokens_per_sec:,.0f} tokens/s{with_teacher}")
   if per_source is None:
     lines.append(f"data: repetition report skipped: {source}")
   else:
@@ -112,8 +144,10 @@ def plan(config: ConfigDict, *, tokens_per_sec: float | None = None, data_dir: s
 
 
 def main(argv: list[str],
-         measure: Callable[[ConfigDict], list[str]] | None = None) -> int:
-  """`measure(config)` -> forecast lines, run only for --measure and a plan that proceeds."""
+         measure: Callable[[ConfigDict], list[str]] | None = None,
+         teacher: Callable[[str], Mapping[str, Any]] | None = None) -> int:
+  """`measure(config)` -> forecast lines, run only for --measure and a plan that proceeds;
+  `teacher(spec)` -> a distillation teacher's model config (pregate-plan reads checkpoints)."""
   del argv
   if FLAGS.config is None:
     raise ConfigError("no experiment config: pass --config=configs/<experiment>.py")
@@ -125,8 +159,10 @@ def main(argv: list[str],
   if advise_cli.wanted(FLAGS):
     lines, verdict = advise_cli.advise(FLAGS.config, FLAGS, data_dir=FLAGS.data_dir)
   else:
+    spec = str(FLAGS.config.get("distill", {}).get("teacher", "") or "")
     lines, verdict = plan(FLAGS.config, tokens_per_sec=FLAGS.tokens_per_sec,
-                          data_dir=FLAGS.data_dir, bypass=FLAGS.force_under_provisioned)
+                          data_dir=FLAGS.data_dir, bypass=FLAGS.force_under_provisioned,
+                          teacher_model=teacher(spec) if spec and teacher else None)
   if FLAGS.measure and verdict.proceeds:
     lines += measure(FLAGS.config)
   elif FLAGS.measure:

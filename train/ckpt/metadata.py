@@ -106,15 +106,20 @@ def run_record(*, config: dict[str, Any], model_cfg: ModelConfig, counts: ParamC
                tokenizer: dict[str, Any], signature: Signature, manifest: Mapping[str, Any],
                gate: dict[str, Any], eval_batches: dict[str, Any], mesh: dict[str, int],
                changes: Mapping[str, list[str]] | None = None,
-               sources: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+               sources: Mapping[str, Mapping[str, Any]] | None = None,
+               distill: Mapping[str, Any] | None = None) -> dict[str, Any]:
   """The part of a training run's record that is the same for every save. `sources`: per data
-  source, its weight, planned tokens, unique train tokens and epochs (`data_sources`)."""
+  source, its weight, planned tokens, unique train tokens and epochs (`data_sources`).
+  `distill`: a distilled run's teacher {spec, path, step, architecture, model, param_counts,
+  fingerprint_sha256, tokenizer_fingerprint} with its alpha and temperature; null otherwise
+  (train/run/teacher.py writes and compares it)."""
   changes = changes or {}
   return dict(_model_record(config, model_cfg, counts, tokenizer, signature),
               data=data_fingerprint(manifest), gate=gate, planned_tokens=gate["tokens"],
               eval_batches=eval_batches, mesh=mesh,
               config_changes=changes.get("schedule", []) + changes.get("safe", []),
-              data_sources={k: dict(v) for k, v in (sources or {}).items()})
+              data_sources={k: dict(v) for k, v in (sources or {}).items()},
+              distill=None if distill is None else dict(distill))
 
 
 def save_record(run: Mapping[str, Any], *, step: int, tokens_seen: int,

@@ -230,6 +230,11 @@ def summary(directory: str, step: int, steps: list[int], meta: dict[str, Any] | 
       ("libraries", _kv(m.get("libraries")))]
   rows.append(("fingerprint", fingerprint_status(m)["detail"] if meta is not None
                 else "<missing>"))
+  if isinstance(m.get("distill"), dict):  # a distilled run: which teacher, at what weights
+    d, t = m["distill"], _d(m["distill"].get("teacher"))
+    rows.append(("distilled", f"from {_v(t.get('path'))} step {_v(t.get('step'))} "
+                 f"(N = {_v(_d(t.get('param_counts')).get('total'))}), alpha="
+                 f"{_v(d.get('alpha'))}, temperature={_v(d.get('temperature'))}"))
   if "stamped" in m:
     rows.append(("stamped", _kv(m["stamped"], ("by", "time", "replaced_existing")) +
                  "; training provenance it could not know is <missing>"))

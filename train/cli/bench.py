@@ -4,7 +4,9 @@ Prints step time, tokens/s, model FLOP/s, MFU against this machine's measured fp
 matmul peaks, compile time, data-pipeline tokens/s next to the step's token demand, checkpoint
 save blocking time, and the collectives in the compiled step (all-gather / reduce-scatter /
 all-reduce counts from the HLO). The step is the one `train.main` compiles (`RunSetup`), so the
-figures are the run's. Nothing here gates a run; figures go to BUILD_NOTES.md.
+figures are the run's; a distillation config's step carries its teacher, whose parameter memory
+and forward FLOPs are reported too (teacher_*). Nothing here gates a run; figures go to
+BUILD_NOTES.md.
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ def bench(config: Any, steps: int, warmup: int, saves: int) -> dict[str, float |
   from models.params import count_params
   from train.ckpt.checkpointer import Checkpointer
   from train.data import pipeline
+  from train.run import teacher as teacher_lib
   from train.run.setup import RunSetup, open_data
   from train.runtime import distributed
   from train.state import flops, sharding
@@ -54,9 +57,18 @@ def bench(config: Any, steps: int, warmup: int, saves: int) -> dict[str, float |
   bcfg = config.batch
   with tempfile.TemporaryDirectory() as tmp:
     data = open_data(config, tmp, model_cfg)
-    rs = RunSetup.build(config, model_cfg)
+    teacher = teacher_lib.load(config, model_cfg, tmp, data.tokenizer, sharding.make_mesh(
+        sharding.run_mesh_shape(config, model_cfg, jax.device_count())))
+    rs = RunSetup.build(config, model_cfg, teacher)
     out: dict[str, float | str] = {"config_params": counts.total,
                                    "mesh": sharding.describe(rs.mesh)}
+    # A distillation run's frozen teacher: its memory, and its forward's FLOPs (in model_gflops
+    # and MFU below, like the loop's; 0 at alpha = 0, where its forward does not run).
+    teacher_fpt = teacher_lib.forward_flops_per_token(teacher, config)
+    if teacher is not None:
+      out.update(teacher_params=teacher.n_params,
+                 teacher_param_mib=teacher.param_bytes() / 2**20,
+                 teacher_fwd_gflops_per_step=teacher_fpt * bcfg.global_batch * bcfg.seq_len / 1e9)
     out["data_tokens_per_s"] = pipeline.measure_throughput(rs.train_iter(data.train, 10**6), 500)
     out["compile_s"] = rs.compile_s
     out.update({f"hlo_{k}": v for k, v in collective_counts(rs.compiled.as_text()).items()})
@@ -64,7 +76,7 @@ def bench(config: Any, steps: int, warmup: int, saves: int) -> dict[str, float |
     state, times = rs.time_steps(state, it, warmup, steps)
     step_s = statistics.median(times)
     tokens = bcfg.global_batch * bcfg.seq_len
-    fpt = flops.flops_per_token(model_cfg, counts.total, bcfg.seq_len)
+    fpt = flops.flops_per_token(model_cfg, counts.total, bcfg.seq_len) + teacher_fpt
     stats = flops.compiled_stats(rs.compiled)
     out.update(step_ms=1e3 * step_s, tokens_per_s=tokens / step_s,
                model_gflops=tokens * fpt / step_s / 1e9,

@@ -40,6 +40,11 @@ def _define_flags() -> None:
       "dir; STEP = latest|best|N) or hf:DIR (a Hugging Face Llama/Qwen2 directory): "
       "parameters only, fresh optimizer and schedule; validated first.")
   flags.DEFINE_string(
+      "teacher", None, "Distill from a frozen teacher: PATH[:STEP] (a pregate run's workdir or "
+      "checkpoints dir) or hf:DIR; sets --config.distill.teacher (a relative PATH resolves "
+      "against this directory). Loss: (1 - distill.alpha) x cross-entropy + distill.alpha x "
+      "KL(teacher || student) at distill.temperature; validated before anything compiles.")
+  flags.DEFINE_string(
       "coordinator_address", "", "host:port of process 0 for multi-process runs (else "
       "auto-detected from SLURM/MPI/TPU environments, or a single process).")
   flags.DEFINE_integer("num_processes", 0, "Processes in a multi-process run.")
@@ -54,10 +59,20 @@ def _is_primary() -> bool:
   return FLAGS.process_id <= 0 and os.environ.get("SLURM_PROCID", "0") == "0"
 
 
+def _teacher_spec(flag: str) -> str:
+  """--teacher's value with a relative path made absolute against the working directory (a
+  config file's paths resolve against the repo root instead)."""
+  prefix = importer.INIT_PREFIX if importer.is_hf_init(flag) else ""
+  path = flag[len(prefix):]
+  return prefix + os.path.abspath(path) if path else flag
+
+
 def main(argv: list[str], seams=None) -> int:
   """The run: preflight, re-exec for the malloc tunable, start-up, then the loop."""
   del argv
   config, workdir = FLAGS.config, FLAGS.workdir
+  if FLAGS.teacher is not None and config is not None:
+    config.distill.teacher = _teacher_spec(FLAGS.teacher)
   plan = preflight(config, workdir, FLAGS.force_under_provisioned, FLAGS.init,
                    FLAGS.allow_config_change)
   host_memory.reexec_with_tunables()  # The run will start: once, before anything is logged.

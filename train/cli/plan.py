@@ -32,8 +32,14 @@ def _measure(config: ConfigDict) -> list[str]:
   return measure.plan_lines(config)
 
 
+def _teacher(spec: str) -> dict:
+  """A distillation teacher's model config, from its checkpoint's files (nothing compiles)."""
+  from train.run import teacher
+  return teacher.model_config(spec)
+
+
 def main(argv: list[str]) -> int:
-  return plan.main(argv, measure=_measure)
+  return plan.main(argv, measure=_measure, teacher=_teacher)
 
 
 def run() -> None:

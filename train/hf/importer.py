@@ -329,15 +329,16 @@ def is_hf_init(spec: str) -> bool:
   return spec.startswith(INIT_PREFIX)
 
 
-def init_from_hf(spec: str, workdir: str) -> str:
+def init_from_hf(spec: str, workdir: str, subdir: str = "hf_init", flag: str = "--init") -> str:
   """`--init=hf:DIR` -> the --init PATH of DIR converted into WORKDIR/hf_init (converted once;
-  a later run of the same command reuses it if it came from the same files)."""
+  a later run of the same command reuses it if it came from the same files). A distillation
+  teacher `--teacher=hf:DIR` converts the same way into WORKDIR/hf_teacher."""
   import jax
   hf_dir = os.path.abspath(spec[len(INIT_PREFIX):])
-  target = os.path.join(os.path.abspath(workdir), "hf_init")
+  target = os.path.join(os.path.abspath(workdir), subdir)
   if jax.process_count() > 1:
-    raise ConfigError(f"--init={spec} converts in one process; for a multi-process run convert "
-                      f"first (pregate-import --hf_dir={hf_dir} --out=DIR), then --init=DIR")
+    raise ConfigError(f"{flag}={spec} converts in one process; for a multi-process run convert "
+                      f"first (pregate-import --hf_dir={hf_dir} --out=DIR), then {flag}=DIR")
   if os.path.isdir(os.path.join(target, "checkpoints")):
     from train.ckpt.checkpointer import Checkpointer
     ckpt = Checkpointer(os.path.join(target, "checkpoints"), read_only=True)
@@ -350,7 +351,7 @@ def init_from_hf(spec: str, workdir: str) -> str:
            if os.path.exists(os.path.join(hf_dir, f))}
     if source.get("dir") != hf_dir or now != source.get("sha256"):
       raise ConfigError(f"{target} holds an import of {source.get('dir')} that differs from "
-                        f"--init={spec}; remove {target} or use a new workdir")
+                        f"{flag}={spec}; remove {target} or use a new workdir")
     return target
   import_hf(hf_dir, target)
   return target

@@ -56,6 +56,7 @@ class MetricsPipe:
     self.guard = guard
     self._pending: tuple[int, Any] | None = None
     self.losses: list[float] = []  # train losses read since the window last closed
+    self.terms: dict[str, list[float]] = {}  # a distilling step's ce and kl, likewise
 
   def push(self, step: int, metrics: Any) -> None:
     self.read()
@@ -71,6 +72,9 @@ class MetricsPipe:
     self.guard.check(step, float(m["loss"]), float(m["grad_norm"]), int(m["skipped"]),
                      float(m.get("param_norm", 0.0)))
     self.losses.append(float(m["loss"]))
+    for k in ("ce", "kl"):
+      if k in m:
+        self.terms.setdefault(k, []).append(float(m[k]))
     return m
 
 

@@ -27,6 +27,7 @@ from train.ckpt.checkpointer import Checkpointer
 from train.data import pipeline
 from train.report import records, summary
 from train.run import guards, measure
+from train.run import teacher as teacher_lib
 from train.run import workdir as workdir_lib
 from train.run.edges import EvalTracker, MetricsPipe, Signals, Termination, ThroughputWindow, is_due
 from train.run.metrics_log import MetricsLog, format_line
@@ -74,7 +75,9 @@ class _Edges:
                                int(prev.get("evals_without_improvement", 0)),
                                prev.get("val_loss"))
     self.window = ThroughputWindow(self.tokens_per_step)
-    self.flops_per_token = flops.flops_per_token(plan.model_cfg, plan.counts.total, b.seq_len)
+    # Model FLOPs: the student's training step plus a distilling teacher's forward.
+    self.flops_per_token = (flops.flops_per_token(plan.model_cfg, plan.counts.total, b.seq_len)
+                            + teacher_lib.forward_flops_per_token(rs.teacher, config))
     self.peak_total = flops.device_peak(plan.model_cfg.dtype)[0] * jax.device_count()
     self.ckpt_bytes = guards.state_bytes((self.state.params, self.state.opt_state))
     self.eval_s = self.save_s = 0.0  # wall time spent at these edges (the run summary)
@@ -105,8 +108,10 @@ class _Edges:
            "model_tflops": tps * self.flops_per_token / 1e12,
            "mfu": tps * self.flops_per_token / self.peak_total,
            "elapsed_s": self.window.elapsed(),
-           "eta_s": (self.config.train_steps - step) * step_s}
+           "eta_s": (self.config.train_steps - step) * step_s,
+           **{k: float(np.mean(v)) for k, v in self.pipe.terms.items()}}  # distill: ce, kl
     self.pipe.losses.clear()
+    self.pipe.terms.clear()
     self.log.write(rec)
     if jax.process_index() == 0:
       logging.info(format_line(rec))
@@ -169,10 +174,12 @@ def _warm_start(config: Any, workdir: str, plan: Plan, shape: tuple[int, int, in
 
 
 def _start(config: Any, workdir: str, plan: Plan, data: RunData, rs: RunSetup,
-           warm: tuple[Any, dict[str, Any]] | None, init: str, seams: Seams) -> _Started:
+           warm: tuple[Any, dict[str, Any]] | None, init: str, seams: Seams,
+           distill: dict[str, Any] | None) -> _Started:
   """Iterator, the state (resumed, warm-started or fresh, each validated), eval batches, the
-  step-0 check on a loaded state, the checkpointer and the run's metadata record. Writes
-  nothing but the checkpoints dir of a fresh run (and renames damaged steps aside on resume)."""
+  step-0 check on a loaded state, the checkpointer and the run's metadata record (with the
+  teacher a resumed run must still have). Writes nothing but the checkpoints dir of a fresh
+  run (and renames damaged steps aside on resume)."""
   it = rs.train_iter(data.train, config.train_steps)
   ckpt_dir = os.path.join(workdir, "checkpoints")
   open_ckpt = lambda: Checkpointer(
@@ -183,6 +190,7 @@ def _start(config: Any, workdir: str, plan: Plan, data: RunData, rs: RunSetup,
   if resume.has_steps(ckpt_dir):
     checkpointer = open_ckpt()
     state, resumed = resume.restore_or_init(rs.state, checkpointer, it, tok)
+    teacher_lib.check_resumed(f"checkpoint {ckpt_dir}/{int(state.step)}", resumed, distill)
   loaded, source = resumed, f"resume from {ckpt_dir}"
   if resumed is None and warm is not None:
     params, loaded = warm
@@ -208,7 +216,7 @@ def _start(config: Any, workdir: str, plan: Plan, data: RunData, rs: RunSetup,
       signature=rs.state.expected_signature(), manifest=data.manifest,
       gate=plan.verdict.to_dict(), eval_batches=eval_desc,
       mesh={a: int(rs.mesh.shape[a]) for a in sharding.AXES}, changes=plan.changes,
-      sources=data.sources)
+      sources=data.sources, distill=distill)
   return _Started(state, it, checkpointer or open_ckpt(), run_meta, resumed or {}, eval_global,
                   records)
 
@@ -226,8 +234,14 @@ def run(config: Any, workdir: str, plan: Plan, *, stop_after: int = 0, init: str
   if not plan.verdict.unique_tokens_known:  # e.g. a tokenizer trained by the preparation
     plan = dataclasses.replace(plan, verdict=chinchilla.enforce(
         chinchilla.recheck(plan.verdict, data.unique_tokens())))
-  rs = RunSetup.build(config, plan.model_cfg)
-  s = _start(config, workdir, plan, data, rs, warm, init, seams)
+  # A distillation run's teacher: restored and verified onto the run's mesh, checked against
+  # the prepared tokenizer and the workdir's recorded teacher, all before the step compiles.
+  teacher = teacher_lib.load(config, plan.model_cfg, workdir, data.tokenizer,
+                             sharding.make_mesh(shape))
+  distill = teacher_lib.run_record(config, teacher)
+  teacher_lib.check_workdir(workdir, distill)
+  rs = RunSetup.build(config, plan.model_cfg, teacher)
+  s = _start(config, workdir, plan, data, rs, warm, init, seams, distill)
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
   start = int(s.state.step)
@@ -306,6 +320,9 @@ def _log_start(config: Any, plan: Plan, rs: RunSetup, start: int) -> None:
                start, train_steps, host_memory.describe())
   if jax.process_index() == 0:
     logging.info("%s", measure.start_line(config, start, rs.compile_s))
+    if rs.teacher is not None:
+      logging.info("%s", teacher_lib.start_line(rs.teacher, config, flops.flops_per_token(
+          plan.model_cfg, counts.total, config.batch.seq_len)))
 
 
 def _finish(log: MetricsLog, step: int, termination: Termination, tracker: EvalTracker,

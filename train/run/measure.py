@@ -122,9 +122,10 @@ def measure(config: ConfigDict, *, warmup: int = 5, steps: int = 150) -> UnitCos
   from models.config import ModelConfig
   from train.ckpt.checkpointer import Checkpointer
   from train.data import pipeline
+  from train.run import teacher as teacher_lib
   from train.run.setup import RunSetup, open_data
   from train.runtime import distributed
-  from train.state import flops
+  from train.state import flops, sharding
 
   model_cfg = ModelConfig.from_dict(config.model.to_dict())
   distributed.split_cpu_cores(config, model_cfg, multi_process=False)
@@ -136,7 +137,9 @@ def measure(config: ConfigDict, *, warmup: int = 5, steps: int = 150) -> UnitCos
     data = open_data(config, tmp, model_cfg)  # a fresh prepare unless data.data_dir is set
     startup_s += time.perf_counter() - t
     t = time.perf_counter()
-    rs = RunSetup.build(config, model_cfg)
+    teacher = teacher_lib.load(config, model_cfg, tmp, data.tokenizer, sharding.make_mesh(
+        sharding.run_mesh_shape(config, model_cfg, jax.device_count())))
+    rs = RunSetup.build(config, model_cfg, teacher)  # a distillation run's step, teacher in
     state, it = rs.state.fresh_state(), rs.train_iter(data.train, warmup + steps + 2)
     jax.block_until_ready(state)
     startup_s += time.perf_counter() - t - rs.compile_s  # mesh, layout, init: not compile

@@ -43,7 +43,8 @@ def _duration(seconds: float) -> str:
 def format_line(r: dict[str, Any]) -> str:
   """The one log line per `log_every` steps."""
   val = "-" if r.get("val_loss") is None else f"{r['val_loss']:.4f}"
-  return (f"step {r['step']}/{r['train_steps']} | loss {r['loss']:.4f} | val {val} | "
+  terms = f" (ce {r['ce']:.4f}, kl {r['kl']:.4f})" if "kl" in r else ""  # distilling
+  return (f"step {r['step']}/{r['train_steps']} | loss {r['loss']:.4f}{terms} | val {val} | "
           f"{r['tokens_per_s']:,.0f} tok/s | {r['model_tflops'] * 1e3:.1f} GFLOP/s | "
           f"MFU {100 * r['mfu']:.1f}% | elapsed {_duration(r['elapsed_s'])} | "
           f"ETA {_duration(r['eta_s'])}")

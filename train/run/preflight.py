@@ -2,9 +2,11 @@
 
 Order: the config's sanity (every field), the model config, N from the abstract model (no
 compile), the Chinchilla gate, the workdir and its owner, `--init`'s checkpoint (its step, its
-metadata against the config and tokenizer, from files alone), the corpus. A refusal here costs
-one JAX import and leaves the disk untouched. What needs the devices (the mesh, the stored
-arrays, the fingerprint) is checked by the loop, still before anything is written.
+metadata against the config and tokenizer, from files alone), the corpus, a distillation
+teacher's files (train/run/teacher.py: vocabulary, tokenizer, the workdir's recorded teacher).
+A refusal here costs one JAX import and leaves the disk untouched. What needs the devices
+(the mesh, the stored arrays, the fingerprint) is checked by the loop, still before anything is
+written.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from train.ckpt.stepspec import checkpoint_dir, read_meta_file, resolve_on_disk,
 from train.data import spec as data_spec
 from train.data.tokenizer import build_tokenizer
 from train.hf import importer
+from train.run import teacher
 from train.run import workdir as workdir_lib
 
 
@@ -62,6 +65,9 @@ def preflight(config: Any, workdir: str, force: bool, init: str = "",
   _check_corpus(cfg["data"], model_cfg.vocab_size)
   if init and not importer.is_hf_init(init) and not workdir_lib.has_checkpoints(workdir):
     _check_init(init, cfg, model_cfg, workdir)
+  if cfg["distill"]["teacher"]:
+    teacher.check_files(cfg["distill"]["teacher"], model_cfg, batch["seq_len"],
+                        lambda: _run_tokenizer(cfg["data"], workdir), workdir)
   return Plan(model_cfg, counts, verdict, changes)
 
 

@@ -25,6 +25,7 @@ from train.data.tokenizer import Tokenizer, tokenizer_from_json
 from train.run.edges import is_due
 from train.state import sharding
 from train.state import step as step_lib
+from train.state.distill import BoundStep, Distill, Teacher
 from train.state.setup import TrainSetup
 
 
@@ -85,6 +86,7 @@ class RunSetup:
   compiled: Any  # the AOT-compiled train step: (TrainState, batch) -> (TrainState, metrics)
   compile_s: float
   eval_fn: Any  # jitted (params, batch) -> mean loss of the batch
+  teacher: Teacher | None = None  # a distillation run's frozen teacher (bound into `compiled`)
   # The same step plus parameter and update norms, run on log steps only (logging.weight_norms;
   # otherwise `compiled` itself). Its parameters are bitwise those of `compiled`.
   compiled_log: Any = None
@@ -96,9 +98,11 @@ class RunSetup:
         else self.compiled
 
   @classmethod
-  def build(cls, config: ConfigDict, model_cfg: ModelConfig) -> RunSetup:
+  def build(cls, config: ConfigDict, model_cfg: ModelConfig,
+            teacher: Teacher | None = None) -> RunSetup:
     """Mesh over every device (refused before compile if the run cannot split over it),
-    then the state layout and the compiled step, lowered on abstract shapes."""
+    then the state layout and the compiled step, lowered on abstract shapes. With a
+    `teacher` (train.run.teacher.load, on this mesh) the step distills from it."""
     shape = sharding.run_mesh_shape(config, model_cfg, jax.device_count())
     mesh = sharding.make_mesh(shape)
     tx, schedule = step_lib.make_optimizer(config), step_lib.lr_schedule(config)
@@ -106,15 +110,20 @@ class RunSetup:
     batch_sharding = sharding.batch_sharding(mesh)
     b = config.batch
     t0 = time.perf_counter()
+    distill = None if teacher is None else Distill(
+        teacher.graphdef, float(config.distill.alpha), float(config.distill.temperature))
     batch = {k: jax.ShapeDtypeStruct((b.global_batch, b.seq_len), np.int32,
                                      sharding=batch_sharding) for k in ("inputs", "targets")}
+    extra = () if teacher is None else (teacher.abstract(),)
 
     def compile_step(weight_norms: bool) -> Any:
       step_fn = state.jit_step(step_lib.make_train_step(
           state.graphdef, tx, schedule, b.grad_accum,
-          skip_nonfinite=config.optimizer.skip_nonfinite > 0, mesh=mesh,
-          weight_norms=weight_norms))
-      return step_fn.lower(state.abstract_state(), batch).compile()
+          skip_nonfinite=config.optimizer.skip_nonfinite > 0, mesh=mesh, distill=distill,
+          weight_norms=weight_norms), None if teacher is None else teacher.shardings)
+      compiled = step_fn.lower(state.abstract_state(), batch, *extra).compile()
+      # A teacher's params are bound in: called (state, batch) like any step.
+      return compiled if teacher is None else BoundStep(compiled, teacher.params)
 
     compiled = compile_step(False)
     compiled_log = compile_step(True) if config.logging.weight_norms else compiled
@@ -126,7 +135,7 @@ class RunSetup:
     eval_fn = jax.jit(step_lib.make_eval_step(state.graphdef, micro, mesh=mesh),
                       in_shardings=(state.shardings.params, batch_sharding))
     return cls(config, model_cfg, mesh, state, tx, batch_sharding, compiled, compile_s,
-               eval_fn, compiled_log)
+               eval_fn, teacher, compiled_log)
 
   def to_global(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     """This process's rows of a batch -> one global array per key, split over the mesh."""

@@ -48,6 +48,12 @@ def flops_per_token(cfg: ModelConfig, n_params: int, seq_len: int) -> float:
   return 6.0 * (n_params - embedding + vd) + attention
 
 
+def forward_flops_per_token(cfg: ModelConfig, n_params: int, seq_len: int) -> float:
+  """Forward-only FLOPs per token (a frozen teacher's): a third of `flops_per_token`, i.e.
+  2 x (matmul parameters) + causal attention's forward, 2·L·(H·hd)·T."""
+  return flops_per_token(cfg, n_params, seq_len) / 3.0
+
+
 @functools.cache
 def measured_matmul_peak(dtype: str = "float32", n: int = 2048, reps: int = 10) -> float:
   """Best FLOP/s of an n x n matmul on device 0 (bf16 inputs accumulate in fp32). The fastest

@@ -43,11 +43,13 @@ class TrainSetup:
     shardings = sharding.state_shardings(abstract, specs, tx, mesh)
     return cls(model_cfg, graphdef, init, abstract, shardings, mesh)
 
-  def jit_step(self, train_step: Any) -> Any:
+  def jit_step(self, train_step: Any, teacher_shardings: Any = None) -> Any:
     """jit a pure step with the state's shardings on BOTH sides: left to XLA, outputs such as
-    norm scales came back split over fsdp and the second call was refused."""
+    norm scales came back split over fsdp and the second call was refused. A distillation
+    step's third argument, the teacher's parameters, keeps `teacher_shardings` (not donated)."""
     batch = sharding.batch_sharding(self.mesh)
-    return jax.jit(train_step, in_shardings=(self.shardings, batch),
+    extra = () if teacher_shardings is None else (teacher_shardings,)
+    return jax.jit(train_step, in_shardings=(self.shardings, batch, *extra),
                    out_shardings=(self.shardings, sharding.replicated(self.mesh)),
                    donate_argnums=0)
 

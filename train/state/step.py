@@ -20,7 +20,9 @@ from models.config import ModelConfig
 from models.loss import chunked_cross_entropy, cross_entropy
 from models.sharding_hook import activation_constraints
 from models.transformer import Transformer
+from train.state import distill as distill_lib
 from train.state.activation_sharding import mesh_constraint
+from train.state.distill import Distill
 
 Params = dict[str, Any]
 Batch = dict[str, jax.Array]
@@ -123,39 +125,61 @@ def with_update_norm(updates: Params) -> tuple[Params, jax.Array]:
   return jax.tree.map(lambda u: u * one.astype(u.dtype), updates), norm
 
 
+def _grad_fn(graphdef: nnx.GraphDef, distill: Distill | None) -> tuple[Callable, tuple[str, ...]]:
+  """(params, batch, teacher params) -> ((loss, aux metrics), grads), and the aux keys. Without
+  an active teacher (none, or alpha = 0) it is exactly the ordinary loss's value and gradient:
+  the teacher's parameters are not used and its forward is not traced."""
+  if distill is not None and distill.active:
+    return (jax.value_and_grad(distill_lib.make_loss_fn(graphdef, distill), has_aux=True),
+            ("ce", "kl"))
+  plain = jax.value_and_grad(make_loss_fn(graphdef))
+
+  def grad_fn(params: Params, batch: Batch, teacher: Params | None):
+    del teacher
+    loss, grads = plain(params, batch)
+    return (loss, {}), grads
+
+  return grad_fn, ()
+
+
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, grad_accum: int = 1, skip_nonfinite: bool = False,
-                    mesh: Mesh | None = None, weight_norms: bool = True
-                    ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+                    mesh: Mesh | None = None, distill: Distill | None = None,
+                    weight_norms: bool = True
+                    ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
   """A pure step. With grad_accum > 1 the batch is split into microbatches whose gradients are
   averaged in a `lax.scan`, so memory is that of one microbatch and the result equals the large
   batch's (equal-size microbatches, mean loss). With skip_nonfinite, a step whose loss, gradient
   norm or new parameter norm is NaN/Inf leaves params and optimizer state unchanged
   (metrics['skipped']).
   With the run's `mesh`, activations are pinned batch-split at block boundaries.
+  With `distill`, the step is (state, batch, teacher params) -> ..., the loss is
+  train.state.distill's and metrics carry its "ce" and "kl" terms (alpha = 0: the ordinary
+  loss, the teacher's parameters unused).
   weight_norms adds the parameter and update norms to the metrics; the loop compiles it for
   log steps only (they cost ~3-4% of a small step, BUILD_NOTES). The new parameters' norm is
   also part of the non-finite verdict wherever it is computed: with norms, and always under
   skip_nonfinite, so that a skipped step can never leave overflowed weights behind."""
-  grad_fn = jax.value_and_grad(make_loss_fn(graphdef))
+  grad_fn, aux_keys = _grad_fn(graphdef, distill)
   constraint = mesh_constraint(mesh)
 
-  def grads_of(params: Params, batch: Batch) -> tuple[jax.Array, Params]:
+  def grads_of(params: Params, batch: Batch, teacher: Params | None):
     if grad_accum == 1:
-      return grad_fn(params, batch)
+      return grad_fn(params, batch, teacher)
     micro = split_microbatches(batch, grad_accum)
 
     def body(carry, mb):
-      loss, grads = grad_fn(params, mb)
-      return jax.tree.map(jnp.add, carry, (loss, grads)), None
+      return jax.tree.map(jnp.add, carry, grad_fn(params, mb, teacher)), None
 
-    zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
-    (loss, grads), _ = jax.lax.scan(body, zeros, micro)
-    return jax.tree.map(lambda g: g / grad_accum, (loss, grads))
+    f32 = lambda: jnp.zeros((), jnp.float32)
+    zeros = ((f32(), {k: f32() for k in aux_keys}), jax.tree.map(jnp.zeros_like, params))
+    out, _ = jax.lax.scan(body, zeros, micro)
+    return jax.tree.map(lambda g: g / grad_accum, out)
 
-  def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+  def train_step(state: TrainState, batch: Batch, teacher: Params | None = None
+                 ) -> tuple[TrainState, dict[str, jax.Array]]:
     with activation_constraints(constraint):
-      loss, grads = grads_of(state.params, batch)
+      (loss, aux), grads = grads_of(state.params, batch, teacher)
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     if weight_norms:
@@ -175,7 +199,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
       params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
     metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step),
                "skipped": jnp.logical_not(finite).astype(jnp.int32) if skip_nonfinite
-               else jnp.zeros((), jnp.int32)}
+               else jnp.zeros((), jnp.int32), **aux}
     if weight_norms or skip_nonfinite:
       # Device values read one step late like the loss; a skipped step changed nothing.
       metrics["param_norm"] = (jnp.where(finite, param_norm, optax.tree.norm(state.params))
