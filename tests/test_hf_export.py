@@ -194,3 +194,22 @@ def test_export_never_overwrites(exports, tmp_path):
   res = _cli(f"--checkpoint={ckpt}", f"--out={tmp_path / 'out'}")
   helpers.assert_one_line_error(res, "ConfigError", "not an empty directory")
   assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]
+
+
+def test_model_card_states_the_v12_verdict_on_effective_tokens():
+  """Contract v1.2 decides on D' (repeats at their worth): the card says so, with D/N and the
+  epochs per source beside it, and names the rules a bypass skipped."""
+  from train.hf.model_card import _verdict
+  gate = {"n_params": 152_064, "tokens": 3_481_600, "ratio": 22.8956, "zone": "COMPUTE_OPTIMAL",
+          "passed": True, "bypassed": False, "floor_ratio": 20, "contract": "chinchilla-gate",
+          "contract_version": "1.2.0", "effective_ratio_text": "21.65",
+          "sources": [{"name": "tinyshakespeare.txt", "epochs": 3.4682}]}
+  assert _verdict(gate) == (
+      "passed (COMPUTE_OPTIMAL zone): effective D'/N = 21.65 >= 20 (planned D/N = 22.89; "
+      "tinyshakespeare.txt 3.47 epochs) (contract chinchilla-gate v1.2.0)")
+  bypassed = dict(gate, passed=False, bypassed=True, zone="UNDER_PROVISIONED",
+                  effective_ratio_text="12.40", bypassed_rules=["effective_floor"])
+  assert _verdict(bypassed).startswith(
+      "**BYPASSED** with --force_under_provisioned (UNDER_PROVISIONED zone): effective D'/N = "
+      "12.40 < 20 (planned D/N = 22.89; tinyshakespeare.txt 3.47 epochs); rules bypassed: "
+      "effective_floor; this model is under-trained")

@@ -238,6 +238,8 @@ def test_bpe_model_exports_imports_and_round_trips(tmp_path):
   assert hf_tok.eos_token_id == tok.eos_id == 0
   config = json.loads((tmp_path / "a" / "config.json").read_text())
   assert config["eos_token_id"] == 0 and config["vocab_size"] == tok.vocab_size
+  assert "end-of-text token `<|endoftext|>` (id 0, the EOS)" in (tmp_path / "a" /
+                                                               "README.md").read_text()
   ids = tok.encode(hh.corpus()[1000:1200])[:40]
   ours = hh.pregate_logits(load_for_eval(str(ckpt)).model, ids)
   theirs = hh.hf_logits(hh.hf_load(tmp_path / "a"), ids)

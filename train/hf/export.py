@@ -171,7 +171,8 @@ def export(checkpoint: str, out: str, *, step: str | int = "latest", dtype: str 
     _write_json(os.path.join(tmp, "generation_config.json"), generation_config(cfg, eos))
     _write_json(os.path.join(tmp, SIDECAR), {k: meta[k] for k in CARRIED if k in meta})
     with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
-      f.write(model_card.render(meta, cfg, kind, dtype=dtype, export_versions=export_versions()))
+      f.write(model_card.render(meta, cfg, kind, dtype=dtype, export_versions=export_versions(),
+                                eot=restored.tokenizer.to_json().get("eot"), eos_id=eos))
     files += ["config.json", "generation_config.json", SIDECAR, "README.md"]
     os.chmod(tmp, 0o755)
     if os.path.isdir(out):

@@ -61,14 +61,26 @@ def _verdict(gate: Mapping[str, Any]) -> str:
   ratio_s = (chinchilla.ratio_text(tokens, n) if isinstance(tokens, int) and isinstance(n, int)
              and n else f"{ratio:.2f}" if isinstance(ratio, (int, float)) else "?")
   floor = gate.get("floor_ratio", 20)
+  eff = gate.get("effective_ratio_text")
+  # Contract v1.2 decides on effective tokens D' (repeats counted at their worth).
+  judged = (f"effective D'/N = {eff}" if eff else f"planned D/N = {ratio_s}")
+  context = f" (planned D/N = {ratio_s}{_epochs(gate)})" if eff else ""
   if gate.get("passed"):
-    return (f"passed ({gate.get('zone')} zone): planned D/N = {ratio_s} >= {floor} "
+    return (f"passed ({gate.get('zone')} zone): {judged} >= {floor}{context} "
             f"(contract {gate.get('contract', '?')} v{gate.get('contract_version', '?')})")
   if gate.get("bypassed"):
-    return (f"**BYPASSED** with --force_under_provisioned ({gate.get('zone')} zone): planned "
-            f"D/N = {ratio_s} < {floor}; this model is under-trained for its size and is not a "
-            f"compute-optimal result")
-  return f"refused ({gate.get('zone')} zone), planned D/N = {ratio_s}"
+    rules = ", ".join(str(r) for r in gate.get("bypassed_rules") or [])
+    return (f"**BYPASSED** with --force_under_provisioned ({gate.get('zone')} zone): {judged} "
+            f"< {floor}{context}{f'; rules bypassed: {rules}' if rules else ''}; this model is "
+            f"under-trained for its size and is not a compute-optimal result")
+  return f"refused ({gate.get('zone')} zone), {judged}{context}"
+
+
+def _epochs(gate: Mapping[str, Any]) -> str:
+  """'; tinyshakespeare.txt 3.47 epochs' for each data source the gate recorded."""
+  parts = [f"{s.get('name')} {s.get('epochs'):.2f} epochs" for s in gate.get("sources") or []
+           if isinstance(s, Mapping) and isinstance(s.get("epochs"), (int, float))]
+  return f"; {', '.join(parts)}" if parts else ""
 
 
 def _n(x: Any) -> str:
@@ -76,7 +88,8 @@ def _n(x: Any) -> str:
 
 
 def render(meta: Mapping[str, Any], cfg: ModelConfig, tokenizer_kind: str, *,
-           dtype: str, export_versions: Mapping[str, str]) -> str:
+           dtype: str, export_versions: Mapping[str, str], eot: str | None = None,
+           eos_id: int | None = None) -> str:
   """The README.md text (YAML front matter for the Hub, then the card)."""
   counts, data, gate = _d(meta.get("param_counts")), _d(meta.get("data")), _d(meta.get("gate"))
   n, seen, loss = counts.get("total"), meta.get("tokens_seen"), meta.get("val_loss")
@@ -105,8 +118,9 @@ def render(meta: Mapping[str, Any], cfg: ModelConfig, tokenizer_kind: str, *,
        f"NNX) and exported to the Hugging Face `{arch}` layout ({dtype} weights)."), "",
       "## Architecture", "",
       f"- {arch} (`model_type: {cfg.hf_model_type}`): {shape}.",
-      (f"- Tokenizer: pregate {tokenizer_kind} tokenizer, vocabulary {cfg.vocab_size}, no "
-       f"special tokens."),
+      (f"- Tokenizer: pregate {tokenizer_kind} tokenizer, vocabulary {cfg.vocab_size}, "
+       + (f"end-of-text token `{eot}` (id {eos_id}, the EOS)." if eot else
+          "no special tokens.")),
       f"- Parameters N = {_n(n)} ({_n(counts.get('non_embedding'))} non-embedding).", "",
       "## Training", "",
       f"- Chinchilla gate: {_verdict(gate)}.",
