@@ -51,8 +51,8 @@ def test_default_experiment_checkpoint_exports_with_its_verdict(trained, exporte
   meta = restored.meta
   card = (exported / "README.md").read_text()
   for needle in ("**BYPASSED** with --force_under_provisioned",
-                 "planned D/N = " + ratio_text(meta["gate"]["tokens"], meta["gate"]["n_params"])
-                 + " < 20",
+                 f"effective D'/N = {meta['gate']['effective_ratio_text']} < 20 (planned D/N = "
+                 + ratio_text(meta["gate"]["tokens"], meta["gate"]["n_params"]),
                  f"Parameters N = {meta['param_counts']['total']:,}",
                  f"Tokens seen D = {meta['tokens_seen']:,} at step {STEPS}",
                  f"{meta['val_loss']:.4f} nats/token",
