@@ -113,6 +113,14 @@ def eval_microbatches(eval_batch: int, train_microbatch: int, batch_ways: int = 
   return 1  # no even split (the mesh check refuses such an eval batch before this runs)
 
 
+def times_one(updates: Params, norm: jax.Array) -> Params:
+  """The updates multiplied by exactly 1.0 made at run time from `norm` (a norm is never
+  negative, nor is NaN < 0). Every step applies its updates through it, with or without the
+  weight norms, so both compiled steps round alike (bitwise equal parameters)."""
+  one = jnp.where(norm < 0, 0.0, 1.0)
+  return jax.tree.map(lambda u: u * one.astype(u.dtype), updates)
+
+
 def with_update_norm(updates: Params) -> tuple[Params, jax.Array]:
   """(updates, their global L2 norm), the updates multiplied by exactly 1.0 made from the norm.
 
@@ -121,8 +129,7 @@ def with_update_norm(updates: Params) -> tuple[Params, jax.Array]:
   readable (+7-11% step time on the nanoGPT shape; BUILD_NOTES).
   """
   norm = optax.tree.norm(updates)
-  one = jnp.where(norm < 0, 0.0, 1.0)  # a norm is never negative (nor NaN < 0): always 1.0
-  return jax.tree.map(lambda u: u * one.astype(u.dtype), updates), norm
+  return times_one(updates, norm), norm
 
 
 def _grad_fn(graphdef: nnx.GraphDef, distill: Distill | None) -> tuple[Callable, tuple[str, ...]]:
@@ -184,9 +191,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     if weight_norms:
       updates, update_norm = with_update_norm(updates)
-    else:  # The same exact x1.0, so both variants round alike (bitwise equal parameters).
-      one = jnp.where(grad_norm < 0, 0.0, 1.0)
-      updates = jax.tree.map(lambda u: u * one.astype(u.dtype), updates)
+    else:
+      updates = times_one(updates, grad_norm)
     params = optax.apply_updates(state.params, updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     if weight_norms or skip_nonfinite:
