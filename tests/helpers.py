@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import statistics
@@ -211,3 +212,18 @@ def build_model(cfg: Any, seed: int = 0) -> Any:
   from models.transformer import Transformer
   with nnx.use_eager_sharding(False):
     return Transformer(cfg, rngs=nnx.Rngs(seed))
+
+
+class Tty(io.StringIO):
+  """A stream that says it is a terminal (progress bars draw on it)."""
+
+  def isatty(self) -> bool:
+    return True
+
+
+def trained_run(root: Path, data_dir: str, steps: int) -> Path:
+  """root/run: a real tiny run of `steps` steps (past the gate with FORCE), which must succeed."""
+  work = root / "run"
+  r = run_main(FORCE, *tiny_flags(data_dir, {"train_steps": steps}), workdir=work)
+  assert r.rc == 0, r.stderr[-3000:]
+  return work

@@ -48,11 +48,7 @@ FIELDS = {
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, prepared_data) -> Path:
-  work = tmp_path_factory.mktemp("arch") / "run"
-  r = helpers.run_main(helpers.FORCE, *helpers.tiny_flags(prepared_data, {"train_steps": STEP}),
-                       workdir=work)
-  assert r.rc == 0, r.stderr[-3000:]
-  return work
+  return helpers.trained_run(tmp_path_factory.mktemp("arch"), prepared_data, STEP)
 
 
 @pytest.fixture

@@ -25,11 +25,7 @@ STEPS = 20
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, prepared_data) -> Path:
-  work = tmp_path_factory.mktemp("hf_run") / "run"
-  r = helpers.run_main(helpers.FORCE, *helpers.tiny_flags(prepared_data, {"train_steps": STEPS}),
-                       workdir=work)
-  assert r.rc == 0, r.stderr[-3000:]
-  return work
+  return helpers.trained_run(tmp_path_factory.mktemp("hf_run"), prepared_data, STEPS)
 
 
 @pytest.fixture(scope="module")

@@ -43,11 +43,7 @@ ONE = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, prepared_data) -> Path:
   """A 20-step run on this host's automatic device split (2 devices on a 2-core CI machine)."""
-  work = tmp_path_factory.mktemp("fingerprint") / "run"
-  r = helpers.run_main(helpers.FORCE, *helpers.tiny_flags(prepared_data, {"train_steps": STEP}),
-                       workdir=work)
-  assert r.rc == 0, r.stderr[-3000:]
-  return work
+  return helpers.trained_run(tmp_path_factory.mktemp("fingerprint"), prepared_data, STEP)
 
 
 def _copy(trained: Path, tmp_path: Path, field: str | None = None) -> Path:

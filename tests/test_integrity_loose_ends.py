@@ -28,11 +28,7 @@ NOISE = ("Traceback", "Event loop is closed", "Exception ignored", "never retrie
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, prepared_data) -> Path:
-  work = tmp_path_factory.mktemp("loose") / "run"
-  r = helpers.run_main(helpers.FORCE, *helpers.tiny_flags(prepared_data, {"train_steps": STEP}),
-                       workdir=work)
-  assert r.rc == 0, r.stderr[-3000:]
-  return work
+  return helpers.trained_run(tmp_path_factory.mktemp("loose"), prepared_data, STEP)
 
 
 def _cli(module: str, *args: str, env: dict | None = None) -> helpers.Result:

@@ -47,16 +47,6 @@ def assert_png(path, min_bytes: int = 8_000, min_size: tuple[int, int] = (300, 2
   assert len(data) >= min_bytes, (path, len(data))
 
 
-@pytest.fixture(scope="module")
-def preempted(prepared_data, tmp_path_factory):
-  return watch_runs.preempted(prepared_data, tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def crashed(prepared_data, tmp_path_factory):
-  return watch_runs.crashed(prepared_data, tmp_path_factory)
-
-
 def test_one_run_default_out_dir(preempted, tmp_path):
   workdir = tmp_path / "run"
   shutil.copytree(preempted, workdir, ignore=shutil.ignore_patterns("checkpoints", "data"))

@@ -7,17 +7,13 @@ import io
 
 import pytest
 
+import helpers
 import hf_helpers as hh
-
-
-class _Tty(io.StringIO):
-  def isatty(self):
-    return True
 
 
 def test_bar_without_tokens_shows_bytes_rate_and_eta(caplog):
   from core.progress import Progress
-  tty = _Tty()
+  tty = helpers.Tty()
   bar = Progress("verifying", 8_000_000, stream=tty, every_s=0.0)
   bar.update(2_000_000)
   bar.close()

@@ -55,8 +55,8 @@ def model_tok():
 
 
 @pytest.fixture(scope="module")
-def workdir(prepared_data, tmp_path_factory):
-  return watch_runs.preempted(prepared_data, tmp_path_factory)
+def workdir(preempted):
+  return preempted
 
 
 @pytest.fixture(scope="module")

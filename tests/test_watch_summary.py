@@ -4,18 +4,12 @@ from __future__ import annotations
 import statistics
 
 import pytest
-import watch_runs
 
 import helpers
 from train.report import records as rec
 from train.report import summary
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def preempted(prepared_data, tmp_path_factory):
-  return watch_runs.preempted(prepared_data, tmp_path_factory)
 
 
 def test_summary_of_a_preempted_and_resumed_run(preempted):

@@ -10,7 +10,6 @@ import math
 
 import numpy as np
 import pytest
-import watch_runs
 
 import helpers
 from train.report import records as rec
@@ -59,16 +58,6 @@ def _compare(got, want) -> None:
         assert math.isnan(got[tag][step]), (tag, step)
       else:
         assert got[tag][step] == value, (tag, step, got[tag][step], value)
-
-
-@pytest.fixture(scope="module")
-def preempted(prepared_data, tmp_path_factory):
-  return watch_runs.preempted(prepared_data, tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def crashed(prepared_data, tmp_path_factory):
-  return watch_runs.crashed(prepared_data, tmp_path_factory)
 
 
 def test_events_equal_metrics_jsonl_step_for_step_across_a_preemption(preempted, tmp_path):
