@@ -29,10 +29,11 @@ class ParamCounts:
             "embedding": self.embedding}
 
 
-def abstract_model(cfg: ModelConfig) -> Transformer:
-  """The model with ShapeDtypeStruct leaves; the Rngs is made inside the trace (no compile)."""
+def abstract_model(cfg: ModelConfig, stacked: bool = False) -> Transformer:
+  """The model with ShapeDtypeStruct leaves; the Rngs is made inside the trace (no compile).
+  Per-layer blocks (the stored layout) unless `stacked` (scanned layers' training layout)."""
   with nnx.use_eager_sharding(False):
-    return nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+    return nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0), stacked=stacked))
 
 
 def param_shapes(model: Any) -> dict[str, tuple[tuple[int, ...], str]]:

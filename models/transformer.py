@@ -6,7 +6,10 @@ family. Every parameter carries logical axis names (`vocab`, `embed`, `heads`, `
 `mlp`, `norm`) that mesh rules map to devices. Matmuls take and give the compute dtype
 (float32 accumulation is the hardware's, so a bf16 backward pass runs bf16 GEMMs); norms,
 softmax and logits are float32 whatever the compute dtype. Execution-only choices
-(attention backend, remat policy, scanned layers) never change the parameter tree.
+(attention backend, remat policy) never change the parameter tree. The blocks are stored per
+layer (`blocks/<i>/...`, every checkpoint's layout) or, built with `stacked=True`, as one Block
+whose every parameter has a leading layer axis, which the forward pass scans over (the training
+layout of `model.scan_layers`; `stack_blocks` converts exactly).
 """
 from __future__ import annotations
 
@@ -165,15 +168,38 @@ def _remat_block(policy: str):
   return nnx.remat(lambda block, *args: block(*args), policy=remat_policy(policy))
 
 
-class Transformer(nnx.Module):
-  """Decoder-only LM: tokens [B, T] int -> logits [B, T, vocab] float32."""
+def stack_blocks(blocks: list[Block]) -> Block:
+  """One Block whose parameters are the given blocks' stacked on a leading layer axis (an
+  exact copy; each parameter's logical axis names gain a leading None: layers are never
+  split over devices)."""
+  graphdef, _ = nnx.split(blocks[0])
 
-  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+  def stack(*vs: nnx.Variable) -> nnx.Variable:
+    names = vs[0].get_metadata().get("out_sharding")
+    return vs[0].replace(jnp.stack([v.get_value() for v in vs]),
+                         out_sharding=(None, *names) if names else names)
+
+  state = jax.tree.map(stack, *(nnx.state(b) for b in blocks),
+                       is_leaf=lambda x: isinstance(x, nnx.Variable))
+  return nnx.merge(graphdef, state)
+
+
+class Transformer(nnx.Module):
+  """Decoder-only LM: tokens [B, T] int -> logits [B, T, vocab] float32.
+
+  `stacked`: hold the blocks as one stacked Block and run them with one lax.scan (the program
+  holds one block however deep the model); the initial values equal the per-layer model's for
+  the same rngs.
+  """
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, stacked: bool = False):
     self.cfg = cfg
+    self.stacked = stacked
     embed_init = _normal(_INIT_STD, ("vocab", "embed"))
     self.embed = nnx.Param(embed_init(rngs.params(), (cfg.vocab_size, cfg.d_model),
                                       cfg.params_dtype))
-    self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
+    blocks = [Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)]
+    self.blocks = stack_blocks(blocks) if stacked else nnx.List(blocks)
     self.final_norm = RMSNorm(cfg.d_model, cfg)
     if not cfg.tie_embeddings:
       self.lm_head = Dense(cfg.d_model, cfg.vocab_size, ("embed", "vocab"), cfg, rngs=rngs)
@@ -190,7 +216,7 @@ class Transformer(nnx.Module):
     """Final-normed hidden states [B, T, d_model] of the full causal pass, compute dtype."""
     x = self._embed(tokens)
     cos, sin = self._rope(tokens.shape[1], positions)
-    run = self._scanned_blocks if self.cfg.scan_layers else self._unrolled_blocks
+    run = self._scanned_blocks if self.stacked else self._unrolled_blocks
     return self.final_norm(run(x, cos, sin))
 
   def _embed(self, tokens: jax.Array) -> jax.Array:
@@ -214,14 +240,8 @@ class Transformer(nnx.Module):
     return x
 
   def _scanned_blocks(self, x: jax.Array, cos, sin) -> jax.Array:
-    """One lax.scan over the blocks: the program holds one block, however deep the model.
-
-    The per-layer parameters are stacked here, inside the traced step, so the stored tree (and
-    every checkpoint) keeps the unrolled layout `blocks/<i>/...`; the copy costs one pass over
-    the block parameters per step.
-    """
-    graphdef, _ = nnx.split(self.blocks[0])
-    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *(nnx.state(b) for b in self.blocks))
+    """One lax.scan over the stacked blocks: each iteration reads its layer's slice."""
+    graphdef, stacked = nnx.split(self.blocks)
 
     def body(h: jax.Array, layer: nnx.State):
       h, _ = nnx.merge(graphdef, layer)(h, cos, sin, None)
@@ -230,6 +250,14 @@ class Transformer(nnx.Module):
     if self.cfg.remat != "none":
       body = jax.checkpoint(body, policy=remat_policy(self.cfg.remat), prevent_cse=False)
     return jax.lax.scan(body, x, stacked)[0]
+
+  def layers(self) -> list[Block]:
+    """The blocks one per layer (slices of the stack when stacked)."""
+    if not self.stacked:
+      return list(self.blocks)
+    graphdef, state = nnx.split(self.blocks)
+    return [nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], state))
+            for i in range(self.cfg.n_layers)]
 
   def init_cache(self, batch: int, length: int) -> list[KV]:
     """Zeroed key/value buffers for `length` positions, one pair per layer."""
@@ -253,7 +281,7 @@ class Transformer(nnx.Module):
     mask = jnp.arange(length)[None, None, :] <= positions[:, :, None]
     x = self._embed(tokens)
     new_caches = []
-    for block, cache in zip(self.blocks, caches):
+    for block, cache in zip(self.layers(), caches):
       x, cache = block(x, cos, sin, mask, cache, cache_index)
       new_caches.append(cache)
     return head_logits(self.final_norm(x), self.head()), new_caches

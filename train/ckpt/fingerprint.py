@@ -23,7 +23,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import logging
 from flax import nnx
 
@@ -50,7 +49,7 @@ def probe_tokens(spec: dict[str, int], vocab_size: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=16)
 def _summaries_fn(model_cfg: ModelConfig, out_sharding: jax.sharding.Sharding) -> Any:
-  graphdef, _ = step_lib.init_fn(model_cfg, optax.identity(), 0)
+  graphdef = step_lib.stored_graphdef(model_cfg)
 
   def summaries(params: Any, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
     logits = nnx.merge(graphdef, params)(tokens[:, :-1])

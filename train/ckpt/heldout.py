@@ -71,7 +71,7 @@ def _windows(ids: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
 
 def loss(params: Any, model_cfg: ModelConfig, held: Heldout, seq_len: int) -> float:
   """Mean next-token loss (nats) of `params` run as `model_cfg` over the held-out windows."""
-  graphdef, _ = step_lib.init_fn(model_cfg, optax.identity(), 0)
+  graphdef = step_lib.stored_graphdef(model_cfg)
   inputs, targets = _windows(held.ids, min(seq_len, model_cfg.max_seq_len))
 
   @jax.jit

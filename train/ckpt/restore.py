@@ -62,7 +62,7 @@ def load_for_eval(path: str, step: str | int = "latest", mesh: jax.sharding.Mesh
     setup, params, _ = _verified_params(ckpt, resolved, meta, mesh or default_mesh())
   finally:
     ckpt.close()
-  return Restored(nnx.merge(setup.graphdef, params), meta, tokenizer, resolved)
+  return Restored(nnx.merge(setup.stored_graphdef, params), meta, tokenizer, resolved)
 
 
 def verify_stored(path: str, step: str | int = "latest") -> float | None:

@@ -66,7 +66,7 @@ def restore_or_init(setup: TrainSetup, checkpointer: Checkpointer, data_iter: An
       continue
     if damaged and jax.process_index() == 0:
       checkpointer.set_aside(sorted(damaged))
-    return state, meta
+    return setup.to_train(state), meta
   raise CheckpointError(
       f"no usable checkpoint in {checkpointer.directory} ("
       + "; ".join(f"step {s}: {why}" for s, why in damaged.items())
@@ -139,7 +139,8 @@ def init_params(setup: TrainSetup, spec: str, tokenizer: dict | None
 
 
 def warm_state(setup: TrainSetup, params: Any, tx: optax.GradientTransformation) -> TrainState:
-  """A fresh optimizer and schedule (step 0) around warm-started parameters."""
+  """A fresh optimizer and schedule (step 0) around warm-started parameters (stored layout)."""
+  params = setup.to_train(params)
   opt_state = jax.jit(tx.init, out_shardings=setup.shardings.opt_state)(params)
   step0 = jax.device_put(jax.numpy.zeros((), jax.numpy.int32), setup.shardings.step)
   return TrainState(step0, params, opt_state)

@@ -126,14 +126,15 @@ class _Edges:
       raise NonFiniteLossError(
           f"validation loss {loss} at step {step}: the parameters are poisoned and were not "
           f"saved; the last good checkpoint is intact. Lower optimizer.lr or raise warmup")
+    stored = self.rs.state.to_stored(self.state)  # checkpoints keep blocks/<i>/... (layout.py)
     meta = metadata.save_record(
         self.run_meta, step=step, tokens_seen=step * self.tokens_per_step, val_loss=loss,
         best_val_loss=self.tracker.best, evals_without_improvement=self.tracker.bad_evals,
         nonfinite_skipped=self.pipe.guard.skipped, termination=reason,
-        fingerprint=fingerprint.compute(self.state.params, self.rs.model_cfg))
+        fingerprint=fingerprint.compute(stored.params, self.rs.model_cfg))
     t = time.perf_counter()
     try:
-      self.checkpointer.save(step, self.state.params, self.state.opt_state, self.it, meta, loss)
+      self.checkpointer.save(step, stored.params, stored.opt_state, self.it, meta, loss)
     except OSError as e:  # A failed write (or an earlier async one) stops as one typed line.
       raise _write_error(e, self.checkpointer.directory, step) from None
     self.save_s += time.perf_counter() - t

@@ -159,7 +159,8 @@ def measure(config: ConfigDict, *, warmup: int = 5, steps: int = 150) -> UnitCos
     t = time.perf_counter()
     ckpt = Checkpointer(os.path.join(tmp, "checkpoints"), keep=ck.keep, keep_best=ck.keep_best,
                         async_save=ck.async_save)
-    ckpt.save(1, state.params, state.opt_state, it, {"measure": True}, 1.0)
+    stored = rs.state.to_stored(state)
+    ckpt.save(1, stored.params, stored.opt_state, it, {"measure": True}, 1.0)
     blocking = time.perf_counter() - t
     ckpt.wait()
     save_s = time.perf_counter() - t

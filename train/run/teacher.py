@@ -161,7 +161,6 @@ def load(config: Any, student: ModelConfig, workdir: str, tokenizer: Tokenizer, 
   spec = str(config.distill.teacher)
   if not spec:
     return None
-  import optax
   from flax import nnx
 
   from models.params import count_params
@@ -181,7 +180,7 @@ def load(config: Any, student: ModelConfig, workdir: str, tokenizer: Tokenizer, 
   check_compatible(f"distill.teacher={spec}: checkpoint {directory}/{restored.step}", t_cfg,
                    restored.meta.get("tokenizer"), student, config.batch.seq_len,
                    tokenizer.to_json())
-  graphdef = step_lib.init_fn(t_cfg, optax.identity(), 0)[0]
+  graphdef = step_lib.stored_graphdef(t_cfg)
   params = nnx.to_pure_dict(nnx.state(restored.model))
   return Teacher(t_cfg, graphdef, params, count_params(t_cfg).total,
                  identity(spec, directory, restored.step, restored.meta))

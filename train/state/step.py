@@ -18,6 +18,7 @@ from ml_collections import ConfigDict
 
 from models.config import ModelConfig
 from models.loss import chunked_cross_entropy, cross_entropy
+from models.params import abstract_model
 from models.sharding_hook import activation_constraints
 from models.transformer import Transformer
 from train.state import distill as distill_lib
@@ -45,10 +46,10 @@ def lr_schedule(config: ConfigDict) -> optax.Schedule:
 
 
 def decay_mask(params: Params) -> Params:
-  """Weight decay on projection matrices only: never on norms (1-D) or the token embedding."""
-  def keep(path, leaf) -> bool:
-    top = getattr(path[0], "key", None)
-    return leaf.ndim >= 2 and top != "embed"
+  """Weight decay on projection matrices (`kernel`) only: never on norms, biases or the token
+  embedding. By name, not ndim: stacked layers give norm scales a second axis."""
+  def keep(path, _) -> bool:
+    return getattr(path[-1], "key", None) == "kernel"
   return jax.tree_util.tree_map_with_path(keep, params)
 
 
@@ -61,22 +62,30 @@ def make_optimizer(config: ConfigDict) -> optax.GradientTransformation:
 
 
 
-def init_fn(model_cfg: ModelConfig, tx: optax.GradientTransformation, seed: int
-            ) -> tuple[nnx.GraphDef, Callable[[], TrainState]]:
+def init_fn(model_cfg: ModelConfig, tx: optax.GradientTransformation, seed: int,
+            stacked: bool | None = None) -> tuple[nnx.GraphDef, Callable[[], TrainState]]:
   """(graphdef, a no-argument function building the initial state) for jit or eval_shape.
 
-  The Rngs is created inside the function so tracing it compiles nothing extra, and jitting it
-  with out_shardings initializes every array directly on its devices.
+  `stacked` (default: model.scan_layers): the training layout of scanned layers, block
+  parameters on a leading layer axis (train/state/layout.py); its initial values equal the
+  per-layer layout's. The Rngs is created inside the function so tracing it compiles nothing
+  extra, and jitting it with out_shardings initializes every array directly on its devices.
   """
-  with nnx.use_eager_sharding(False):
-    graphdef, _ = nnx.split(nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0))))
+  stacked = model_cfg.scan_layers if stacked is None else stacked
+  graphdef = nnx.graphdef(abstract_model(model_cfg, stacked))
 
   def init() -> TrainState:
     with nnx.use_eager_sharding(False):
-      params = nnx.to_pure_dict(nnx.state(Transformer(model_cfg, rngs=nnx.Rngs(seed))))
+      model = Transformer(model_cfg, rngs=nnx.Rngs(seed), stacked=stacked)
+    params = nnx.to_pure_dict(nnx.state(model))
     return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
 
   return graphdef, init
+
+
+def stored_graphdef(model_cfg: ModelConfig) -> nnx.GraphDef:
+  """The per-layer model's graph: what runs restored checkpoints (eval, fingerprint, teacher)."""
+  return nnx.graphdef(abstract_model(model_cfg))
 
 
 def make_loss_fn(graphdef: nnx.GraphDef) -> Callable[[Params, Batch], jax.Array]:

@@ -1,0 +1,84 @@
+"""Compile time and program size of the train step against depth, scanned vs unrolled layers.
+
+`PYTHONPATH=$PWD python scripts/scan_compile.py [configs/shakespeare_char.py] [4,32] [3]`
+
+For each depth and layout, the config's full train step (AdamW, clipping, the run's mesh and
+shardings, donation; what train.main compiles) is lowered and compiled `reps` times, each on a
+fresh jit so nothing is cached (no persistent cache on CPU). Layouts alternate within each
+repetition, so machine load shared with other jobs hits both alike. Prints median compile
+seconds, the compiled ENTRY's fusion count and the HLO text size, then the 'deep / shallow'
+ratios (issue 13's acceptance: within 1.5x with scan). Also the one-off cost of the save-time
+conversion (train/state/layout.py) at the deepest setting.
+"""
+from __future__ import annotations
+
+import importlib.util
+import statistics
+import sys
+import time
+
+
+def _config(path: str):
+  spec = importlib.util.spec_from_file_location("cfg", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config()
+
+
+def main(config_path: str, depths: list[int], reps: int) -> None:
+  config = _config(config_path)
+  import jax
+  import numpy as np
+
+  from models.config import ModelConfig
+  from train.state import sharding
+  from train.state import step as step_lib
+  from train.state.setup import TrainSetup
+
+  tx, schedule = step_lib.make_optimizer(config), step_lib.lr_schedule(config)
+  b = config.batch
+  setups = {}
+  for depth in depths:
+    for scan in (False, True):
+      model_cfg = ModelConfig.from_dict({**config.model.to_dict(), "n_layers": depth,
+                                         "scan_layers": scan})
+      mesh = sharding.make_mesh(sharding.run_mesh_shape(config, model_cfg, jax.device_count()))
+      setups[depth, scan] = TrainSetup.build(model_cfg, tx, config.seed, mesh)
+  times: dict[tuple[int, bool], list[float]] = {k: [] for k in setups}
+  shape: dict[tuple[int, bool], tuple[int, int]] = {}
+  for _ in range(reps):
+    for key, setup in setups.items():
+      batch = {k: jax.ShapeDtypeStruct((b.global_batch, b.seq_len), np.int32,
+                                       sharding=sharding.batch_sharding(setup.mesh))
+               for k in ("inputs", "targets")}
+      step = setup.jit_step(step_lib.make_train_step(
+          setup.graphdef, tx, schedule, b.grad_accum, mesh=setup.mesh))
+      t = time.perf_counter()
+      compiled = step.lower(setup.abstract_state(), batch).compile()
+      times[key].append(time.perf_counter() - t)
+      entry = compiled.as_text().split("ENTRY", 1)[1]
+      shape[key] = (entry.count(" fusion("), len(compiled.as_text()))
+  print(f"{'layers':>6} {'layout':>8} {'compile_s':>10} {'fusions':>8} {'hlo_chars':>10}")
+  for (depth, scan), ts in times.items():
+    print(f"{depth:>6} {'scanned' if scan else 'unrolled':>8} {statistics.median(ts):>10.2f} "
+          f"{shape[depth, scan][0]:>8} {shape[depth, scan][1]:>10}")
+  lo, hi = min(depths), max(depths)
+  for scan in (False, True):
+    ratio = statistics.median(times[hi, scan]) / statistics.median(times[lo, scan])
+    print(f"{'scanned' if scan else 'unrolled'}: compile {hi} / {lo} layers = {ratio:.2f}x")
+  deep = setups[hi, True]
+  train_state = deep.fresh_state()
+  for label, fn, arg in (("to_stored", deep.to_stored, train_state),
+                         ("to_train", deep.to_train, deep.to_stored(train_state))):
+    ts = []
+    for _ in range(2):
+      t = time.perf_counter()
+      jax.block_until_ready(fn(arg))
+      ts.append(time.perf_counter() - t)
+    print(f"{label} at {hi} layers: first call (compile + copy) {ts[0]:.2f} s, then {ts[1]:.3f} s")
+
+if __name__ == "__main__":
+  args = sys.argv[1:]
+  main(args[0] if args else "configs/shakespeare_char.py",
+       [int(x) for x in (args[1] if len(args) > 1 else "4,32").split(",")],
+       int(args[2]) if len(args) > 2 else 3)
