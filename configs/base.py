@@ -4,6 +4,7 @@ Every section an experiment may set is declared here, so a locked ConfigDict tur
 override into an error instead of a silently ignored field.
 """
 from ml_collections import ConfigDict
+from ml_collections.config_dict import placeholder
 
 
 def get_config() -> ConfigDict:
@@ -15,9 +16,10 @@ def get_config() -> ConfigDict:
       max_seq_len=256, rope_theta=10000.0, tie_embeddings=True, dtype="float32",
       param_dtype="float32", norm_eps=1e-5, remat="none",
       family="llama", qkv_bias=False,  # qwen2 + qkv_bias=True: the Qwen2 layout
-      # Execution only (models/config.py): attention backend, one scan over the layers,
-      # cross-entropy tile in sequence positions (0 = full logits).
-      attention="auto", scan_layers=False, loss_chunk=0))
+      # Execution only (models/config.py): attention backend, stacked and scanned layers
+      # (None = on accelerators, off on CPU), cross-entropy tile in sequence positions
+      # (0 = full logits).
+      attention="auto", scan_layers=placeholder(bool), loss_chunk=0))
   c.data = ConfigDict(dict(
       # Files, directories or globs, comma-separated (.txt, .jsonl[.gz|.zst], .parquet);
       # relative paths resolve against the repo root. Unused when `sources` is set.

@@ -41,7 +41,8 @@ class Rule:
 
   def problem(self, path: str, value: Any) -> str | None:
     if self.kind == "bool":
-      return None if isinstance(value, bool) else f"{path} must be true or false, got {value!r}"
+      ok = isinstance(value, bool) or (value is None and None in self.extra)
+      return None if ok else f"{path} must be true or false, got {value!r}"
     if self.kind == "choice":
       return None if value in self.choices and type(value) is type(self.choices[0]) else (
           f"{path}={value!r} is not one of {self.choices}")
@@ -91,7 +92,7 @@ FIELDS: dict[str, Rule] = {
     "model.remat": Rule("choice", choices=REMAT_POLICIES),
     "model.family": Rule("choice", choices=FAMILIES), "model.qkv_bias": Rule("bool"),
     "model.attention": Rule("choice", choices=ATTENTION_IMPLS),
-    "model.scan_layers": Rule("bool"), "model.loss_chunk": _int(0, BIG),
+    "model.scan_layers": Rule("bool", extra=(None,)), "model.loss_chunk": _int(0, BIG),
     # corpus may be empty when data.sources names the inputs (the data spec checks which).
     "data.corpus": Rule("str"), "data.format": Rule("choice", choices=FORMATS),
     "data.text_field": Rule("str", empty_ok=False), "data.txt_separator": Rule("str"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+import jax
 import jax.numpy as jnp
 
 from core.checks import is_int
@@ -49,7 +50,9 @@ class ModelConfig:
   # minimal_with_context (keep the named projections and the attention output).
   remat: str = "none"
   attention: str = "auto"  # ATTENTION_IMPLS; the training forward only (decode: einsum)
-  scan_layers: bool = False  # one lax.scan over the blocks: compile time flat in depth
+  # Train with the blocks stacked and scanned (compile time flat in depth): True | False |
+  # None = by platform (`layers_scanned`).
+  scan_layers: bool | None = None
   loss_chunk: int = 0  # tokens per cross-entropy tile; 0 = full [B, T, vocab] logits
 
   def __post_init__(self) -> None:
@@ -87,8 +90,9 @@ class ModelConfig:
       out.append(f"model.remat={self.remat!r} is not one of {REMAT_POLICIES}")
     if self.attention not in ATTENTION_IMPLS:
       out.append(f"model.attention={self.attention!r} is not one of {ATTENTION_IMPLS}")
-    if not isinstance(self.scan_layers, bool):
-      out.append(f"model.scan_layers must be True or False, got {self.scan_layers!r}")
+    if self.scan_layers is not None and not isinstance(self.scan_layers, bool):
+      out.append(f"model.scan_layers must be True, False or None (by platform), got "
+                 f"{self.scan_layers!r}")
     if (not isinstance(self.loss_chunk, int) or isinstance(self.loss_chunk, bool)
         or self.loss_chunk < 0):
       out.append(f"model.loss_chunk must be an integer >= 0 (0 = full logits), got "
@@ -97,6 +101,18 @@ class ModelConfig:
       if getattr(self, name) not in _DTYPES:
         out.append(f"model.{name}={getattr(self, name)!r} is not one of {_DTYPES}")
     return out
+
+  def layers_scanned(self, platform: str | None = None) -> bool:
+    """Whether training stacks and scans the blocks on `platform` (default: JAX's backend).
+
+    None means by platform: scanned on accelerators, where a deep model's unrolled program
+    takes minutes to compile and the loop's overhead is small beside a layer's matmuls;
+    unrolled on CPU, where the scanned step of the default experiment ran 1.44x slower
+    (scripts/ab_scan_layers.py, BUILD_NOTES).
+    """
+    if self.scan_layers is not None:
+      return self.scan_layers
+    return (platform or jax.default_backend()) != "cpu"
 
   @property
   def head_dim(self) -> int:

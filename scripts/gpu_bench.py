@@ -150,7 +150,7 @@ def run_variant(name: str, spec: dict, steps: int, warmup: int) -> dict:
   return {
       "variant": name, "status": "ok", "device": jax.devices()[0].device_kind,
       "params": n_params, "batch": b, "seq_len": t, "attention": cfg.attention,
-      "remat": cfg.remat, "loss_chunk": cfg.loss_chunk, "scan_layers": cfg.scan_layers,
+      "remat": cfg.remat, "loss_chunk": cfg.loss_chunk, "scan_layers": cfg.layers_scanned(),
       "compile_s": round(compile_s, 2),
       "step_ms": round(1e3 * step_s, 2), "tokens_per_s": round(tokens / step_s),
       "mfu": flops.flops_per_token(cfg, n_params, t) * tokens / step_s / peak,

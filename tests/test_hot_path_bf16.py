@@ -57,7 +57,7 @@ def test_bf16_step_has_no_mixed_precision_dense_matmuls(over):
   dense = _dense_dots(flops.dot_signatures(jaxpr))
   mixed = {k: n for k, n in dense.items() if k[0] != k[1] or F32 in k[:2]}
   assert not mixed, mixed
-  layers = 1 if cfg.scan_layers else cfg.n_layers  # a scanned block appears once
+  layers = 1 if cfg.layers_scanned() else cfg.n_layers  # a scanned block appears once
   per_pass = 7 * layers + 1  # q, k, v, o, gate, up, down per layer; the head
   forward_passes = 2 if cfg.remat != "none" else 1  # remat recomputes the forward
   recomputed_head = 1 if cfg.loss_chunk else 0  # the chunked loss recomputes its logits

@@ -246,3 +246,15 @@ def test_scanned_run_resumes_bitwise(tmp_path, prepared_data):
   assert got.keys() == want.keys() and any(k.startswith("blocks/1/") for k in want)
   for path in want:
     assert np.array_equal(got[path], want[path]), f"{path} differs after resume"
+
+
+def test_scan_layers_default_is_by_platform():
+  """Unset (None), training scans on accelerators and unrolls on CPU (where the scanned step
+  measured 1.44x slower at the default experiment); an explicit value wins everywhere."""
+  cfg = _cfg()
+  assert cfg.scan_layers is None
+  assert not cfg.layers_scanned("cpu")
+  assert cfg.layers_scanned("gpu") and cfg.layers_scanned("tpu")
+  assert not _cfg(scan_layers=False).layers_scanned("gpu")
+  assert _cfg(scan_layers=True).layers_scanned("cpu")
+  assert not TrainSetup.build(cfg, optax.sgd(1.0), 0, sharding.make_mesh((1, 1, 1))).stacked

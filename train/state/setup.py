@@ -42,6 +42,7 @@ class TrainSetup:
   stored_graphdef: nnx.GraphDef
   stored_abstract: step_lib.TrainState
   stored_shardings: step_lib.TrainState
+  stacked: bool  # the training layout stacks the blocks (model.scan_layers on this platform)
   _converters: dict[tuple[str, str], Any] = dataclasses.field(default_factory=dict, repr=False)
 
   @classmethod
@@ -53,14 +54,12 @@ class TrainSetup:
       specs = sharding.param_specs(abstract_model(model_cfg, stacked), mesh)
       return graphdef, init, abstract, sharding.state_shardings(abstract, specs, tx, mesh)
 
-    graphdef, init, abstract, shardings = train = layout(model_cfg.scan_layers)
-    stored = layout(False) if model_cfg.scan_layers else train
+    stacked = model_cfg.layers_scanned()
+    graphdef, init, abstract, shardings = train = layout(stacked)
+    stored = layout(False) if stacked else train
     return cls(model_cfg, graphdef, init, abstract, shardings, mesh, stored[0], stored[2],
-               stored[3])
+               stored[3], stacked)
 
-  @property
-  def stacked(self) -> bool:
-    return self.model_cfg.scan_layers
 
   def jit_step(self, train_step: Any, teacher_shardings: Any = None) -> Any:
     """jit a pure step with the state's shardings on BOTH sides: left to XLA, outputs such as

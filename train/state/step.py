@@ -66,12 +66,12 @@ def init_fn(model_cfg: ModelConfig, tx: optax.GradientTransformation, seed: int,
             stacked: bool | None = None) -> tuple[nnx.GraphDef, Callable[[], TrainState]]:
   """(graphdef, a no-argument function building the initial state) for jit or eval_shape.
 
-  `stacked` (default: model.scan_layers): the training layout of scanned layers, block
+  `stacked` (default: `model_cfg.layers_scanned()`): the training layout of scanned layers, block
   parameters on a leading layer axis (train/state/layout.py); its initial values equal the
   per-layer layout's. The Rngs is created inside the function so tracing it compiles nothing
   extra, and jitting it with out_shardings initializes every array directly on its devices.
   """
-  stacked = model_cfg.scan_layers if stacked is None else stacked
+  stacked = model_cfg.layers_scanned() if stacked is None else stacked
   graphdef = nnx.graphdef(abstract_model(model_cfg, stacked))
 
   def init() -> TrainState:

@@ -1,6 +1,6 @@
-"""Compile time and program size of the train step against depth, scanned vs unrolled layers.
+"""Scanned vs unrolled layers: compile time against depth, and step time at the config's depth.
 
-`PYTHONPATH=$PWD python scripts/scan_compile.py [configs/shakespeare_char.py] [4,32] [3]`
+`PYTHONPATH=$PWD python scripts/ab_scan_layers.py [configs/shakespeare_char.py] [4,32] [3] [400]`
 
 For each depth and layout, the config's full train step (AdamW, clipping, the run's mesh and
 shardings, donation; what train.main compiles) is lowered and compiled `reps` times, each on a
@@ -8,7 +8,9 @@ fresh jit so nothing is cached (no persistent cache on CPU). Layouts alternate w
 repetition, so machine load shared with other jobs hits both alike. Prints median compile
 seconds, the compiled ENTRY's fusion count and the HLO text size, then the 'deep / shallow'
 ratios (issue 13's acceptance: within 1.5x with scan). Also the one-off cost of the save-time
-conversion (train/state/layout.py) at the deepest setting.
+conversion (train/state/layout.py) at the deepest setting. Last, an in-process step-time A/B
+at the config's own depth and mesh: both compiled steps run in alternating blocks of 25 steps
+(`steps` each; timed like train.bench: dispatch + reading the previous step's loss).
 """
 from __future__ import annotations
 
@@ -25,8 +27,12 @@ def _config(path: str):
   return mod.get_config()
 
 
-def main(config_path: str, depths: list[int], reps: int) -> None:
+def main(config_path: str, depths: list[int], reps: int, steps: int) -> None:
   config = _config(config_path)
+  from models.config import ModelConfig
+  from train.runtime import distributed
+  distributed.split_cpu_cores(config, ModelConfig.from_dict(config.model.to_dict()),
+                              multi_process=False)
   import jax
   import numpy as np
 
@@ -75,10 +81,60 @@ def main(config_path: str, depths: list[int], reps: int) -> None:
       t = time.perf_counter()
       jax.block_until_ready(fn(arg))
       ts.append(time.perf_counter() - t)
-    print(f"{label} at {hi} layers: first call (compile + copy) {ts[0]:.2f} s, then {ts[1]:.3f} s")
+    print(f"{label} at {hi} layers: first call (compile + copy) {ts[0]:.2f} s, then "
+          f"{ts[1]:.3f} s")
+  if steps:
+    step_time_ab(config, steps)
+
+
+def step_time_ab(config, steps: int) -> None:
+  """Median step ms of the config's step, unrolled vs scanned, in alternating blocks."""
+  import jax
+  import numpy as np
+
+  from models.config import ModelConfig
+  from train.state import sharding
+  from train.state import step as step_lib
+  from train.state.setup import TrainSetup
+
+  tx, schedule = step_lib.make_optimizer(config), step_lib.lr_schedule(config)
+  rng = np.random.default_rng(0)
+  runs = {}
+  for scan in (False, True):
+    model_cfg = ModelConfig.from_dict({**config.model.to_dict(), "scan_layers": scan})
+    mesh = sharding.make_mesh(sharding.run_mesh_shape(config, model_cfg, jax.device_count()))
+    setup = TrainSetup.build(model_cfg, tx, config.seed, mesh)
+    shape = (config.batch.global_batch, config.batch.seq_len)
+    batches = [{k: jax.device_put(rng.integers(0, model_cfg.vocab_size, shape, np.int32),
+                                  sharding.batch_sharding(mesh)) for k in ("inputs", "targets")}
+               for _ in range(8)]
+    step = setup.jit_step(step_lib.make_train_step(
+        setup.graphdef, tx, schedule, config.batch.grad_accum, mesh=mesh)).lower(
+            setup.abstract_state(), batches[0]).compile()
+    state = setup.fresh_state()
+    for i in range(10):
+      state, m = step(state, batches[i % 8])
+    jax.block_until_ready(state)
+    runs[scan] = [step, state, batches, []]
+  for _ in range(0, steps, 25):
+    for run in runs.values():
+      step, state, batches, times = run
+      prev = None
+      for i in range(25):
+        t = time.perf_counter()
+        state, m = step(state, batches[i % 8])
+        if prev is not None:
+          float(prev["loss"])
+        prev = m
+        times.append(time.perf_counter() - t)
+      run[1] = jax.block_until_ready(state)
+  med = {scan: 1e3 * statistics.median(run[3]) for scan, run in runs.items()}
+  print(f"step time at {config.model.n_layers} layers: unrolled {med[False]:.3f} ms, scanned "
+        f"{med[True]:.3f} ms (median of {len(runs[True][3])} steps each; scanned / unrolled "
+        f"= {med[True] / med[False]:.3f})")
 
 if __name__ == "__main__":
   args = sys.argv[1:]
   main(args[0] if args else "configs/shakespeare_char.py",
        [int(x) for x in (args[1] if len(args) > 1 else "4,32").split(",")],
-       int(args[2]) if len(args) > 2 else 3)
+       int(args[2]) if len(args) > 2 else 3, int(args[3]) if len(args) > 3 else 400)
