@@ -1,11 +1,12 @@
 """Issue 16 acceptance matrix: metadata that lies without changing a shape never loads.
 
 For each non-shape field (rope_theta, norm_eps, the compute dtype, the head split with every
-shape unchanged) x each load path (resume, --init, load_for_eval, pregate-eval, pregate-sample),
-a checkpoint whose metadata was edited in that field is refused with one line and nothing is
-written; the unedited checkpoint loads on 1 and 2 devices. The library paths run in-process
-(1 device) with a configured model that agrees with the edited metadata, so only the functional
-fingerprint can catch the lie; the commands run as real subprocesses on 1 and 2 devices.
+shape unchanged) x each load path (resume, --init, load_for_eval, pregate-eval, pregate-sample,
+pregate-export, a distillation teacher), a checkpoint whose metadata was edited in that field
+is refused with one line and nothing is written; the unedited checkpoint loads on 1 and 2
+devices. The library paths run in-process (1 device) with a configured model that agrees with
+the edited metadata, so only the functional fingerprint can catch the lie; the commands run as
+real subprocesses on 1 and 2 devices.
 """
 from __future__ import annotations
 
@@ -122,7 +123,8 @@ def _cli(module: str, *args: str, env: dict) -> helpers.Result:
 
 
 COMMANDS = {"pregate-eval": ("train.cli.evaluate",),
-            "pregate-sample": ("train.cli.sample", "--max_new_tokens=4")}
+            "pregate-sample": ("train.cli.sample", "--max_new_tokens=4"),
+            "pregate-export": ("train.cli.export", "--out={out}")}
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
@@ -131,10 +133,12 @@ def test_edited_field_refused_by_commands(trained, tmp_path, field, command):
   work = _copy(trained, tmp_path, field)
   before = helpers.snapshot(work)
   module, *extra = COMMANDS[command]
-  res = _cli(module, f"--checkpoint={work}", *extra, env=TWO)
+  out = tmp_path / "hf"
+  res = _cli(module, f"--checkpoint={work}", *(a.format(out=out) for a in extra), env=TWO)
   helpers.assert_one_line_error(res, "FingerprintMismatchError",
                                 "the metadata does not describe the tensors")
   assert helpers.snapshot(work) == before
+  assert not out.exists()  # the export wrote nothing
 
 
 @pytest.mark.parametrize("devices", [ONE, TWO], ids=["1-device", "2-devices"])
@@ -184,6 +188,19 @@ def test_edited_field_refused_on_init_command(trained, tmp_path, prepared_data, 
   res = _train(work, prepared_data, f"--init={src}:{STEP}", overrides=_model_flags(field))
   one_error(res, "FingerprintMismatchError")
   assert not work.exists(), sorted(p.name for p in work.iterdir())
+
+
+@pytest.mark.parametrize("field", sorted(EDITS))
+def test_edited_field_refused_as_teacher(trained, tmp_path, prepared_data, field):
+  """A distillation run whose teacher checkpoint misstates a non-shape field is refused by the
+  teacher's fingerprint before the student's workdir exists; the teacher is untouched."""
+  teacher = _copy(trained, tmp_path, field)
+  before = helpers.snapshot(teacher)
+  work = tmp_path / "student"
+  res = _train(work, prepared_data, overrides={"distill.teacher": str(teacher)})
+  one_error(res, "FingerprintMismatchError")
+  assert not work.exists(), sorted(p.name for p in work.iterdir())
+  assert helpers.snapshot(teacher) == before
 
 
 @pytest.mark.parametrize("devices", [ONE, TWO], ids=["1-device", "2-devices"])

@@ -69,7 +69,8 @@ def _model_config(meta: dict[str, Any]) -> list[Check]:
   model = _d(meta.get("model"))
   valid = {"int": lambda x: is_int(x, 0),
            "float": lambda x: is_int(x, -math.inf) or isinstance(x, float),
-           "bool": lambda x: isinstance(x, bool), "str": lambda x: isinstance(x, str)}
+           "bool": lambda x: isinstance(x, bool), "str": lambda x: isinstance(x, str),
+           "bool | None": lambda x: x is None or isinstance(x, bool)}
   bad = {f.name: "missing" if f.name not in model else f"{model[f.name]!r}, not a {f.type}"
          for f in dataclasses.fields(ModelConfig)
          if not valid.get(f.type, lambda x: x is not None)(model.get(f.name))}

@@ -174,6 +174,8 @@ def load(config: Any, student: ModelConfig, workdir: str, tokenizer: Tokenizer, 
       path = importer.init_from_hf(HF + path, workdir, "hf_teacher", "--teacher")
     restored = load_for_eval(path, step, mesh)
     directory = checkpoint_dir(path)
+  except arch_match.FingerprintMismatchError as e:  # keeps its class: metadata that lies
+    raise arch_match.FingerprintMismatchError(f"distill.teacher={spec}", str(e)) from None
   except PregateError as e:
     raise TeacherError(f"distill.teacher={spec}: {e}") from None
   t_cfg = restored.model.cfg

@@ -1,0 +1,36 @@
+"""pregate-bench times the step train.main trains (both build it with RunSetup.build), with a
+scanned training state saved in the stored layout; bad input is one line, exit 2."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import helpers
+
+
+def _bench(*args: str) -> helpers.Result:
+  proc = subprocess.run([sys.executable, "-m", "train.cli.bench", f"--config={helpers.CONFIG}",
+                         *args], cwd=helpers.REPO, env=helpers.child_env(),
+                        capture_output=True, text=True, timeout=600)
+  return helpers.Result(proc.returncode, proc.stdout, proc.stderr, 0.0)
+
+
+def test_bench_prints_the_training_steps_figures(prepared_data):
+  res = _bench(*helpers.tiny_flags(prepared_data, {"model.scan_layers": True}), "--steps=3",
+               "--warmup=1", "--saves=2")
+  assert res.rc == 0, res.stderr[-3000:]
+  figures = dict(line.split(None, 1) for line in res.stdout.splitlines() if line.strip())
+  for key in ("config_params", "compile_s", "tokens_per_s", "step_ms", "save_blocking_ms"):
+    assert key in figures, sorted(figures)
+  assert float(figures["tokens_per_s"].replace(",", "")) > 0
+
+
+@pytest.mark.parametrize("args, error", [
+    (("--config.model.n_heads=5",), "ModelConfigError"),
+    (("--steps=0",), "ConfigError"),
+    (("--config.model.n_layers=two",), "Error"),
+])
+def test_bench_bad_input_is_one_line(args, error):
+  helpers.assert_one_line_error(_bench(*args), error)
