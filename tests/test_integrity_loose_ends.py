@@ -117,7 +117,8 @@ def test_damaged_array_read_is_one_line(trained, tmp_path):
   work = Path(shutil.copytree(trained, tmp_path / "damaged"))
   _truncate_arrays(work)
   for module, args in (("train.cli.evaluate", [f"--checkpoint={work}"]),
-                       ("train.cli.sample", [f"--checkpoint={work}", "--max_new_tokens=2"])):
+                       ("train.cli.sample", [f"--checkpoint={work}", "--max_new_tokens=2"]),
+                       ("train.cli.inspect_ckpt", [str(work)])):
     res = _cli(module, *args, env=TWO)
     line = helpers.assert_one_line_error(res, "CheckpointError", "is damaged")
     assert "Truncated" in line or "Error reading" in line, line
