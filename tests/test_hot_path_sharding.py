@@ -1,7 +1,8 @@
 """Activation sharding constraints and microbatched eval.
 
 FSDP on 8 fake CPU devices: with the constraints the compiled step has no all-to-all (28
-without them) and the losses equal the 1-device run within 1e-5. Eval runs a global batch
+without them) and the losses equal the 1-device run within 1e-5, with per-layer and with
+stacked, scanned layers. Eval runs a global batch
 in microbatches a training microbatch already fits, with the same result and less memory.
 """
 import json
@@ -19,7 +20,7 @@ from models.config import ModelConfig
 from train.state import step as step_lib
 from train.state.activation_sharding import activation_spec
 
-MESHES = ("1x8x1", "2x2x2")
+MESHES = ("1x8x1", "2x2x2", "1x8x1-scan")  # -scan: layers stacked and scanned
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,9 @@
 """Child of tests/test_hot_path_sharding.py (8 fake CPU devices, set by the parent's XLA_FLAGS):
 the default model's train and microbatched eval steps on the meshes named in argv (the first
-also without the activation sharding constraints). Prints one JSON line: per run, the
+also without the activation sharding constraints; a `-scan` suffix trains with the layers
+stacked and scanned). Prints one JSON line: per run, the
 collective counts of the compiled train and eval steps and the losses."""
+import dataclasses
 import json
 import sys
 
@@ -24,9 +26,9 @@ batches = [{"inputs": t[:, :-1].astype(np.int32), "targets": t[:, 1:].astype(np.
            for t in toks]
 
 
-def run(shape, constrained, devices=None):
+def run(shape, constrained, devices=None, scan=False):
   mesh = sharding.make_mesh(shape, devices)
-  setup = TrainSetup.build(cfg, tx, 0, mesh)
+  setup = TrainSetup.build(dataclasses.replace(cfg, scan_layers=scan), tx, 0, mesh)
   put = lambda b: jax.tree.map(lambda x: jax.device_put(x, sharding.batch_sharding(mesh)), b)
   hook_mesh = mesh if constrained else None
   step = setup.jit_step(step_lib.make_train_step(setup.graphdef, tx,
@@ -46,8 +48,8 @@ def run(shape, constrained, devices=None):
 
 out = {"single": run((1, 1, 1), False, jax.devices()[:1])}
 for i, name in enumerate(sys.argv[1:]):
-  shape = tuple(int(x) for x in name.split("x"))
-  out[name] = run(shape, True)
+  shape = tuple(int(x) for x in name.removesuffix("-scan").split("x"))
+  out[name] = run(shape, True, scan=name.endswith("-scan"))
   if i == 0:  # the first mesh also without constraints: what they remove
     out[name + "-unconstrained"] = run(shape, False)
 print(json.dumps(out))
