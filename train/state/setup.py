@@ -60,7 +60,6 @@ class TrainSetup:
     return cls(model_cfg, graphdef, init, abstract, shardings, mesh, stored[0], stored[2],
                stored[3], stacked)
 
-
   def jit_step(self, train_step: Any, teacher_shardings: Any = None) -> Any:
     """jit a pure step with the state's shardings on BOTH sides: left to XLA, outputs such as
     norm scales came back split over fsdp and the second call was refused. A distillation
