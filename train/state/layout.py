@@ -5,18 +5,19 @@ moment that tracks one, stacked on a leading layer axis (`blocks/attn/wq/kernel`
 The compiled step then holds one block and a dozen parameter leaves however deep the model,
 so its compile time is flat in depth. Stacking inside the step instead (the first design)
 left one slice per layer and parameter in the backward and the optimizer: compile time grew
-3x from 4 to 32 layers (BUILD_NOTES, scanned layers).
+4.8x from 4 to 32 layers (BUILD_NOTES, scanned layers).
 
 Everything that leaves the step keeps the stored layout `blocks/<i>/...`: checkpoints, their
 array signature and fingerprint, evaluation, export. So nothing on disk changed, and a
 checkpoint restores across the switch. The conversions are copies (stack, index), placed at
 the edges: stored -> training after a restore or `--init`, training -> stored before a save.
-They work on any tree whose parameter subtrees follow the params' paths (a TrainState, its
-params, its shardings), matching leaves by path: `.../blocks/<i>/rest` <-> `.../blocks/rest`.
+Both work on a TrainState or its params, matching leaves by path:
+`.../blocks/<i>/rest` (stored) <-> `.../blocks/rest` (training), whether under `params` or
+under an optimizer moment that mirrors them.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -26,44 +27,29 @@ _BLOCKS = DictKey("blocks")
 Path = tuple[Any, ...]
 
 
-def _flat(tree: Any, is_leaf: Callable[[Any], bool] | None = None) -> dict[Path, Any]:
-  return dict(jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0])
+def _rebuild(tree: Any, target: Any, leaf_at: Callable[[dict[Path, Any], Path, int], Any]
+             ) -> Any:
+  """`target`'s structure, each leaf `leaf_at(tree's leaves by path, path, index of 'blocks'
+  in path)`, or the same path's leaf of `tree` where the path has no 'blocks'."""
+  flat = dict(jax.tree_util.tree_flatten_with_path(tree)[0])
+  paths, treedef = jax.tree_util.tree_flatten_with_path(target)
+  leaves = [flat[path] if _BLOCKS not in path else leaf_at(flat, path, path.index(_BLOCKS))
+            for path, _ in paths]
+  return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
-def _blocks_index(path: Path) -> int | None:
-  return path.index(_BLOCKS) if _BLOCKS in path else None
-
-
-def stack(tree: Any, target: Any, n_layers: int,
-          combine: Callable[[Sequence[Any]], Any] = jnp.stack,
-          is_leaf: Callable[[Any], bool] | None = None) -> Any:
+def stack(tree: Any, target: Any, n_layers: int) -> Any:
   """A stored-layout tree -> the training layout of `target` (a tree of that structure):
-  each `.../blocks/rest` leaf is `combine` of the n_layers leaves `.../blocks/<i>/rest`."""
-  flat = _flat(tree, is_leaf)
-  paths, treedef = jax.tree_util.tree_flatten_with_path(target, is_leaf=is_leaf)
-  leaves = []
-  for path, _ in paths:
-    k = _blocks_index(path)
-    if k is None:
-      leaves.append(flat[path])
-    else:
-      head, rest = path[:k + 1], path[k + 1:]
-      leaves.append(combine([flat[(*head, DictKey(i), *rest)] for i in range(n_layers)]))
-  return jax.tree_util.tree_unflatten(treedef, leaves)
+  each `.../blocks/rest` leaf stacks the n_layers leaves `.../blocks/<i>/rest`."""
+  def layers(flat: dict[Path, Any], path: Path, k: int) -> jax.Array:
+    return jnp.stack([flat[(*path[:k + 1], DictKey(i), *path[k + 1:])]
+                      for i in range(n_layers)])
+  return _rebuild(tree, target, layers)
 
 
-def unstack(tree: Any, target: Any, take: Callable[[Any, int], Any] = lambda x, i: x[i],
-            is_leaf: Callable[[Any], bool] | None = None) -> Any:
+def unstack(tree: Any, target: Any) -> Any:
   """A training-layout tree -> the stored layout of `target`: each `.../blocks/<i>/rest`
-  leaf is `take(leaf .../blocks/rest, i)`."""
-  flat = _flat(tree, is_leaf)
-  paths, treedef = jax.tree_util.tree_flatten_with_path(target, is_leaf=is_leaf)
-  leaves = []
-  for path, _ in paths:
-    k = _blocks_index(path)
-    if k is None:
-      leaves.append(flat[path])
-    else:
-      layer = path[k + 1].key
-      leaves.append(take(flat[(*path[:k + 1], *path[k + 2:])], layer))
-  return jax.tree_util.tree_unflatten(treedef, leaves)
+  leaf is layer i of `.../blocks/rest`."""
+  def layer(flat: dict[Path, Any], path: Path, k: int) -> jax.Array:
+    return flat[(*path[:k + 1], *path[k + 2:])][path[k + 1].key]
+  return _rebuild(tree, target, layer)
