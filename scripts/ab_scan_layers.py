@@ -14,27 +14,20 @@ at the config's own depth and mesh: both compiled steps run in alternating block
 """
 from __future__ import annotations
 
-import importlib.util
 import statistics
 import sys
 import time
 
-
-def _config(path: str):
-  spec = importlib.util.spec_from_file_location("cfg", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config()
+import configs
 
 
 def main(config_path: str, depths: list[int], reps: int, steps: int) -> None:
-  config = _config(config_path)
+  config = configs.load_file(config_path)
   from models.config import ModelConfig
   from train.runtime import distributed
   distributed.split_cpu_cores(config, ModelConfig.from_dict(config.model.to_dict()),
                               multi_process=False)
   import jax
-  import numpy as np
 
   from models.config import ModelConfig
   from train.state import sharding
@@ -54,9 +47,7 @@ def main(config_path: str, depths: list[int], reps: int, steps: int) -> None:
   shape: dict[tuple[int, bool], tuple[int, int]] = {}
   for _ in range(reps):
     for key, setup in setups.items():
-      batch = {k: jax.ShapeDtypeStruct((b.global_batch, b.seq_len), np.int32,
-                                       sharding=sharding.batch_sharding(setup.mesh))
-               for k in ("inputs", "targets")}
+      batch = sharding.abstract_batch(b, setup.mesh)
       step = setup.jit_step(step_lib.make_train_step(
           setup.graphdef, tx, schedule, b.grad_accum, mesh=setup.mesh))
       t = time.perf_counter()

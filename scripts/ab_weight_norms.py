@@ -12,21 +12,15 @@ fusion and copy counts.
 """
 from __future__ import annotations
 
-import importlib.util
 import statistics
 import sys
 import time
 
-
-def _config(path: str):
-  spec = importlib.util.spec_from_file_location("cfg", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config()
+import configs
 
 
 def main(config_path: str, steps: int) -> None:
-  config = _config(config_path)
+  config = configs.load_file(config_path)
   from models.config import ModelConfig
   from train.runtime import distributed
   model_cfg = ModelConfig.from_dict(config.model.to_dict())

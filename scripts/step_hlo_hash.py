@@ -10,22 +10,19 @@ commit: equal hashes mean XLA was handed the same program.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import re
 import sys
 
+import configs
+
 
 def main(path: str) -> None:
-  spec = importlib.util.spec_from_file_location("cfg", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  config = mod.get_config()
+  config = configs.load_file(path)
   from models.config import ModelConfig
   from train.runtime import distributed
   model_cfg = ModelConfig.from_dict(config.model.to_dict())
   distributed.split_cpu_cores(config, model_cfg, multi_process=False)
   import jax
-  import numpy as np
 
   from train.state import sharding
   from train.state import step as step_lib
@@ -35,9 +32,7 @@ def main(path: str) -> None:
   b = config.batch
   mesh = sharding.make_mesh(sharding.run_mesh_shape(config, model_cfg, jax.device_count()))
   setup = TrainSetup.build(model_cfg, tx, config.seed, mesh)
-  batch = {k: jax.ShapeDtypeStruct((b.global_batch, b.seq_len), np.int32,
-                                   sharding=sharding.batch_sharding(mesh))
-           for k in ("inputs", "targets")}
+  batch = sharding.abstract_batch(b, mesh)
   for norms in (False, True):
     step = setup.jit_step(step_lib.make_train_step(setup.graphdef, tx, schedule, b.grad_accum,
                                                    mesh=mesh, weight_norms=norms))

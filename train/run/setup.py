@@ -112,8 +112,7 @@ class RunSetup:
     t0 = time.perf_counter()
     distill = None if teacher is None else Distill(
         teacher.graphdef, float(config.distill.alpha), float(config.distill.temperature))
-    batch = {k: jax.ShapeDtypeStruct((b.global_batch, b.seq_len), np.int32,
-                                     sharding=batch_sharding) for k in ("inputs", "targets")}
+    batch = sharding.abstract_batch(b, mesh)
     extra = () if teacher is None else (teacher.abstract(),)
 
     def compile_step(weight_norms: bool) -> Any:

@@ -135,5 +135,12 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(BATCH_AXES))
 
 
+def abstract_batch(batch_cfg: ConfigDict, mesh: Mesh) -> dict[str, jax.ShapeDtypeStruct]:
+  """The train step's global batch as sharded shapes, to lower the step ahead of time."""
+  shape = (batch_cfg.global_batch, batch_cfg.seq_len)
+  return {k: jax.ShapeDtypeStruct(shape, np.int32, sharding=batch_sharding(mesh))
+          for k in ("inputs", "targets")}
+
+
 def describe(mesh: Mesh) -> str:
   return " x ".join(f"{a}={mesh.shape[a]}" for a in AXES) + f" ({mesh.size} devices)"
