@@ -68,10 +68,9 @@ def hf_config(cfg: ModelConfig, dtype: str, eos_id: int | None = None) -> dict[s
   return out
 
 
-def generation_config(cfg: ModelConfig, eos_id: int | None = None) -> dict[str, Any]:
+def generation_config(eos_id: int | None = None) -> dict[str, Any]:
   """Greedy by default; generation stops at the end-of-text id where the tokenizer has one,
   else at max_length only."""
-  del cfg
   return {"bos_token_id": None, "eos_token_id": eos_id, "pad_token_id": None,
           "do_sample": False}
 
@@ -168,7 +167,7 @@ def export(checkpoint: str, out: str, *, step: str | int = "latest", dtype: str 
     files += tokenizer_json.write(restored.tokenizer, tmp, cfg.max_seq_len)
     eos = restored.tokenizer.eos_id
     _write_json(os.path.join(tmp, "config.json"), hf_config(cfg, dtype, eos))
-    _write_json(os.path.join(tmp, "generation_config.json"), generation_config(cfg, eos))
+    _write_json(os.path.join(tmp, "generation_config.json"), generation_config(eos))
     _write_json(os.path.join(tmp, SIDECAR), {k: meta[k] for k in CARRIED if k in meta})
     with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
       f.write(model_card.render(meta, cfg, kind, dtype=dtype, export_versions=export_versions(),
