@@ -34,16 +34,20 @@ def _batch(seed=0, b=8, t=32):
           "targets": jnp.asarray(toks[:, 1:], jnp.int32)}
 
 
+def _setup_and_step(cfg: ModelConfig, tx, schedule, grad_accum: int = 1):
+  """The configured layout on one device and its jitted train step (donating, as the loop's)."""
+  setup = TrainSetup.build(cfg, tx, 0, sharding.make_mesh((1, 1, 1)))
+  return setup, setup.jit_step(step_lib.make_train_step(setup.graphdef, tx, schedule,
+                                                        grad_accum=grad_accum))
+
+
 def _sgd_step(cfg: ModelConfig, grad_accum: int, state: step_lib.TrainState | None = None):
   """One SGD(lr=1) step: the parameter update IS the gradient, so 'updated params equal'
   tests the gradients at 1e-6 without Adam's m/sqrt(v) amplifying float32 rounding. A given
   `state` is in the stored layout and enters the training layout (stacked when scanned);
   the results come back in the stored layout."""
   tx = optax.sgd(1.0)
-  setup = TrainSetup.build(cfg, tx, 0, sharding.make_mesh((1, 1, 1)))
-  step = setup.jit_step(step_lib.make_train_step(setup.graphdef, tx,
-                                                 optax.constant_schedule(1.0),
-                                                 grad_accum=grad_accum))
+  setup, step = _setup_and_step(cfg, tx, optax.constant_schedule(1.0), grad_accum)
   start = setup.fresh_state() if state is None else setup.to_train(state)
   stored = jax.tree.map(jnp.copy, setup.to_stored(start))  # the step donates `start`
   new_state, metrics = step(start, _batch())
@@ -78,9 +82,7 @@ def _adamw_steps(cfg: ModelConfig, n: int, state: step_lib.TrainState | None = N
   config.optimizer.update(lr=3e-2, weight_decay=0.5, grad_clip=0.05)
   config.schedule.update(warmup_steps=1)
   tx = step_lib.make_optimizer(config)
-  setup = TrainSetup.build(cfg, tx, 0, sharding.make_mesh((1, 1, 1)))
-  step = setup.jit_step(step_lib.make_train_step(setup.graphdef, tx,
-                                                 step_lib.lr_schedule(config)))
+  setup, step = _setup_and_step(cfg, tx, step_lib.lr_schedule(config))
   train = setup.fresh_state() if state is None else setup.to_train(state)
   start = jax.tree.map(jnp.copy, setup.to_stored(train))
   losses = []
@@ -127,10 +129,8 @@ def _step_fusions(n_layers: int, scan: bool) -> int:
   depth when the program does."""
   config = base.get_config()
   tx = step_lib.make_optimizer(config)
-  setup = TrainSetup.build(_cfg(n_layers=n_layers, scan_layers=scan), tx, 0,
-                           sharding.make_mesh((1, 1, 1)))
-  step = setup.jit_step(step_lib.make_train_step(setup.graphdef, tx,
-                                                 step_lib.lr_schedule(config)))
+  setup, step = _setup_and_step(_cfg(n_layers=n_layers, scan_layers=scan), tx,
+                                step_lib.lr_schedule(config))
   batch = {k: jax.ShapeDtypeStruct((8, 32), jnp.int32) for k in ("inputs", "targets")}
   text = step.lower(setup.abstract_state(), batch).compile().as_text()
   return text.split("ENTRY", 1)[1].count(" fusion(")
@@ -140,7 +140,7 @@ def test_compiled_train_step_flat_in_depth_with_scan():
   """The whole compiled step (not only the model: the optimizer, clipping, the norms) holds
   about the same kernels at 4 and 16 layers when scanned (measured 132 vs 140: XLA splits a
   few fusions differently as the stacked buffers grow); unrolled they grow with depth.
-  Compile seconds: scripts/scan_compile.py (BUILD_NOTES)."""
+  Compile seconds: scripts/ab_scan_layers.py (BUILD_NOTES)."""
   shallow, deep = _step_fusions(4, True), _step_fusions(16, True)
   assert deep <= 1.1 * shallow, (shallow, deep)
   assert _step_fusions(16, False) > 2.5 * _step_fusions(4, False)
