@@ -1,13 +1,38 @@
-"""Session fixtures and markers for the end-to-end tests of the training command."""
+"""Test tiers, session fixtures.
+
+Tiers are declared here once. A test file is in the tier its module-level `pytestmark` names, or
+in `fast` when it names none (tests/test_tiers.py keeps it so):
+- fast: in process, seconds each; the set-up check (`pytest -m fast`, README), <= 5 minutes
+  on a 2-core machine.
+- e2e: runs a real command (train, plan, eval, export, ...) in a child process.
+- multiprocess: several JAX processes talking over 127.0.0.1.
+- hf: checked against the real Hugging Face client (transformers, torch CPU).
+The full suite (`.ci/run`) runs every tier.
+"""
 import pytest
 import watch_runs
 
 import helpers
 
+TIERS = {
+    "e2e": "runs a real pregate command in a child process",
+    "multiprocess": "several JAX processes on 127.0.0.1",
+    "hf": "checked against transformers / torch (CPU)",
+}
+FAST = "fast"
+
 
 def pytest_configure(config):
-  config.addinivalue_line(
-      "markers", "slow: end-to-end runs of the real command (seconds to minutes)")
+  for name, doc in TIERS.items():
+    config.addinivalue_line("markers", f"{name}: {doc}")
+  config.addinivalue_line("markers", f"{FAST}: no tier marker: in process, the set-up check")
+
+
+def pytest_collection_modifyitems(items):
+  """Every test of a file without a tier marker is `fast`, so `-m fast` selects them."""
+  for item in items:
+    if not any(item.get_closest_marker(name) for name in TIERS):
+      item.add_marker(FAST)
 
 
 @pytest.fixture(scope="session")

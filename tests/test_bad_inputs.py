@@ -3,6 +3,9 @@ traceback, no XLA compile, and the workdir exactly as it was (absent stays absen
 input; the rows that reach the loop (data, vocabulary, mesh) run against an existing workdir
 holding a file, so any write there shows up."""
 
+import os
+import subprocess
+
 import pytest
 import test_main_cli
 
@@ -72,16 +75,27 @@ def _workdir(tmp_path, kind):
   path.mkdir()
   (path / "notes.txt").write_text("someone's files\n")
   if kind == "readonly":
-    path.chmod(0o500)
-    try:  # root writes through permission bits: the refusal cannot be provoked then
-      (path / ".probe").write_bytes(b"")
-    except PermissionError:
-      pass
-    else:
-      (path / ".probe").unlink()
-      path.chmod(0o700)
-      pytest.skip("this user can write into a 0o500 directory (root)")
+    _make_read_only(path)
   return path
+
+
+def _make_read_only(path):
+  """A directory the test user cannot write into, whoever it is: as root (CI) permission bits do
+  not stop writes, so the directory becomes a read-only bind mount of itself (a read-only
+  filesystem stops root too); otherwise mode 0o500 does."""
+  if os.geteuid() != 0:
+    path.chmod(0o500)
+    return
+  subprocess.run(["mount", "--bind", str(path), str(path)], check=True, capture_output=True)
+  subprocess.run(["mount", "-o", "remount,bind,ro", str(path)], check=True, capture_output=True)
+  assert not os.access(path, os.W_OK), f"{path} is still writable after a read-only bind"
+
+
+def _undo_read_only(path):
+  if os.geteuid() != 0:
+    path.chmod(0o700)
+  else:
+    subprocess.run(["umount", str(path)], check=True, capture_output=True)
 
 
 def _state(path):
@@ -106,7 +120,7 @@ def test_bad_input_is_refused_cleanly(prepared_data, tmp_path, row):
         *map(fill, extra), workdir=workdir, count_compiles=True)
   finally:
     if kind == "readonly":
-      workdir.chmod(0o700)
+      _undo_read_only(workdir)
   helpers.assert_one_line_error(res, *map(fill, needles))
   assert res.compiles == 0, f"{res.compiles} XLA compiles before refusing"
   assert _state(workdir) == before, "the refused run changed its workdir"

@@ -190,8 +190,6 @@ def test_load_for_eval_from_8_devices_in_1_device_process(prepared_data, fsdp_8)
   onto 1 device and give the loss it recorded."""
   recorded, measured = _eval_in_this_process(fsdp_8, prepared_data)
   assert recorded == pytest.approx(measured, rel=1e-5)
-  if not (helpers.REPO / "train" / "evaluate.py").exists():
-    pytest.skip("train/evaluate.py does not exist yet")
   env = {**helpers.child_env(), "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
   proc = subprocess.run([sys.executable, "-m", "train.cli.evaluate", f"--checkpoint={fsdp_8}"],
                         cwd=helpers.REPO, env=env, capture_output=True, text=True, timeout=120)

@@ -240,7 +240,6 @@ def test_damaged_checkpoints(flags, whole, tmp_path):
     assert res.rc == 2 and needle in _one_error(res.stderr, "CheckpointError")
   assert helpers.snapshot(workdir / "checkpoints") == before
   assert helpers.events(helpers.read_jsonl(workdir / "metrics.jsonl"), "train") == trained
-  pytest.importorskip("train.cli.inspect_ckpt")
   res = subprocess.run([sys.executable, "-m", "train.cli.inspect_ckpt", str(workdir), "--step=20"],
                        cwd=helpers.REPO, env=helpers.child_env(), capture_output=True,
                        text=True, timeout=120)
