@@ -9,6 +9,9 @@ in `fast` when it names none (tests/test_tiers.py keeps it so):
 - hf: checked against the real Hugging Face client (transformers, torch CPU).
 The full suite (`.ci/run`) runs every tier.
 """
+import subprocess
+import sys
+
 import pytest
 import watch_runs
 
@@ -33,6 +36,36 @@ def pytest_collection_modifyitems(items):
   for item in items:
     if not any(item.get_closest_marker(name) for name in TIERS):
       item.add_marker(FAST)
+
+
+class ChildProcessInFastTier(AssertionError):
+  """A fast-tier test started a Python child process: its file belongs in the e2e tier."""
+
+
+_POPEN_INIT = subprocess.Popen.__init__
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+  """The fast tier runs in process: a fast test (or a fixture it builds) that starts a Python
+  child (a pregate command, a worker script) fails, so a file's tier cannot silently drift."""
+  if item.get_closest_marker(FAST) is None:
+    yield
+    return
+
+  def guarded(self, args, *rest, **kw):
+    argv = [args] if isinstance(args, (str, bytes)) else list(args)
+    if argv and str(argv[0]) == sys.executable:
+      raise ChildProcessInFastTier(
+          f"{item.nodeid} runs {' '.join(map(str, argv))[:200]}: give its file "
+          f"`pytestmark = pytest.mark.e2e` (or move the test to an e2e file)")
+    _POPEN_INIT(self, args, *rest, **kw)
+
+  subprocess.Popen.__init__ = guarded
+  try:
+    yield
+  finally:
+    subprocess.Popen.__init__ = _POPEN_INIT
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,8 @@ import test_main_cli
 
 import helpers
 
+pytestmark = pytest.mark.e2e
+
 PASSING = test_main_cli.PASSING  # long enough that the Chinchilla gate passes unbypassed
 
 # id: (overrides, extra flags, workdir kind, words the ERROR line must contain). "{tmp}" is
@@ -104,7 +106,6 @@ def _state(path):
   return path.read_bytes() if path.is_file() else helpers.snapshot(path)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("row", list(ROWS))
 def test_bad_input_is_refused_cleanly(prepared_data, tmp_path, row):
   overrides, extra, kind, needles = ROWS[row]

@@ -96,7 +96,6 @@ def test_eot_missing_from_tokenizer_json_names_the_field(trained, tmp_path):
     bpe.load(str(path), "</s>")
 
 
-@pytest.mark.slow
 def test_tokenizer_json_round_trips_through_a_checkpoint(trained, tmp_path):
   from train.infer import score
   from train.infer.generate import generate

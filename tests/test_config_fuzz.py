@@ -159,7 +159,6 @@ CLI_ROWS = [("model.norm_eps", "nan", 2), ("optimizer.weight_decay", "nan", 2),
             ("eval.early_stop_min_delta", "1e30", 0)]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("field, value, rc", CLI_ROWS, ids=[r[0] for r in CLI_ROWS])
 def test_cli_refuses_or_starts(field, value, rc, prepared_data, tmp_path):
   workdir = tmp_path / "run"

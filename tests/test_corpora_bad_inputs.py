@@ -107,7 +107,6 @@ def _flags(data, vocab):
   return helpers.tiny_flags(None, fields)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("row", MAIN_ROWS)
 def test_bad_input_refused_by_train_main_before_compile(root, tmp_path, row):
   overrides, vocab, needles = ROWS[row]

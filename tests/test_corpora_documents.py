@@ -59,7 +59,6 @@ def test_separately_prepared_val_dir_is_what_a_run_evaluates(tmp_path):
   assert data.sources["corpus"]["unique_tokens"] == data.manifest["train_tokens"]
 
 
-@pytest.mark.slow
 def test_killed_prepare_never_leaves_a_complete_looking_dir(tmp_path):
   docs = [d + " " + "filler text " * 30 for d in DOCS] * 12
   corpus = _jsonl(tmp_path / "c.jsonl", docs)

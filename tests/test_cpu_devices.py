@@ -65,7 +65,6 @@ def test_multi_process_keeps_one_device_per_process():
   assert _devices("multi", cpu_devices=2) == 2
 
 
-@pytest.mark.slow
 def test_training_run_uses_the_split_and_huge_pages(prepared_data, tmp_path):
   """`train.main` itself applies both before JAX starts (the start-up log says so)."""
   res = helpers.run_main(*helpers.tiny_flags(prepared_data, {"train_steps": 10}),

@@ -18,7 +18,8 @@ import test_main_cli
 
 import helpers
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
+
 
 STEPS = 20
 DISTILL = {"distill.alpha": 0.5, "distill.temperature": 2.0}

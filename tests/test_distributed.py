@@ -14,7 +14,8 @@ import pytest
 
 import helpers
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.multiprocess
+
 
 STEPS, STOP_AT = 6, 3
 BASE = {"train_steps": STEPS, "schedule.warmup_steps": 2, "eval.eval_every": 3,

@@ -16,6 +16,8 @@ import pytest
 import helpers
 import hf_helpers as hh
 
+pytestmark = pytest.mark.hf
+
 torch = pytest.importorskip("torch")
 
 

@@ -14,6 +14,8 @@ from helpers import build_model
 from models.config import ModelConfigError
 from models.params import count_params, param_shapes
 
+pytestmark = pytest.mark.hf
+
 
 def test_family_and_biases_must_agree():
   for family, bias in (("llama", True), ("qwen2", False)):

@@ -18,7 +18,8 @@ import pytest
 import helpers
 import hf_helpers as hh
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.hf
+
 torch = pytest.importorskip("torch")
 STEPS = 20
 

@@ -11,6 +11,8 @@ import pytest
 
 import hf_helpers as hh
 
+pytestmark = pytest.mark.hf
+
 pytest.importorskip("transformers")
 
 

@@ -22,7 +22,6 @@ def _bench(*args: str) -> subprocess.CompletedProcess:
                         capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.slow
 def test_toy_run_end_to_end(tmp_path):
   out = tmp_path / "rows.jsonl"
   proc = _bench("--toy", "--variants=toy_llama_T64,toy_llama_cudnn", "--steps=2",

@@ -199,7 +199,6 @@ def test_minimal_with_context_saves_the_named_activations(capsys):
   assert temps["full"] <= temps["minimal_with_context"] < temps["none"], temps
 
 
-@pytest.mark.slow
 def test_checkpoint_restores_across_execution_switches(tmp_path, prepared_data):
   """Train unrolled; start a new run from that checkpoint with every execution field switched
   (scanned layers, named remat, dot_product_attention, chunked loss): the architecture check
@@ -231,7 +230,6 @@ def test_checkpoint_restores_across_execution_switches(tmp_path, prepared_data):
   assert helpers.checkpoint_steps(work)[-1] == 20
 
 
-@pytest.mark.slow
 def test_scanned_run_resumes_bitwise(tmp_path, prepared_data):
   """A scanned run stopped at step 10 and resumed (restore in the stored layout, then stacked
   again with its Adam moments) ends bit for bit where an uninterrupted scanned run ends."""

@@ -14,7 +14,8 @@ import pytest
 
 import helpers
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
+
 
 OVERRIDES = [
     "--config.train_steps=20", "--config.schedule.warmup_steps=2", "--config.eval.eval_every=10",

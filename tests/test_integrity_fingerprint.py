@@ -30,7 +30,8 @@ from train.state import setup as run_state
 from train.state import sharding
 from train.state import step as step_lib
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
+
 
 STEP = 20
 # Each edit keeps every tensor's shape and dtype (d_model 32: 2 heads of 16 with 1 kv head and

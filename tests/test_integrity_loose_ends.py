@@ -19,7 +19,8 @@ import pytest
 
 import helpers
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
+
 
 STEP = 20
 TWO = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}

@@ -22,7 +22,8 @@ import helpers
 from gates import arch_match
 from train.restore import load_for_eval
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
+
 
 STEPS = 200
 RUN = [f"--config.train_steps={STEPS}", "--config.eval.eval_every=200",

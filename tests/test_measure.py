@@ -14,6 +14,8 @@ import pytest
 
 from helpers import FORCE, REPO, child_env, run_main, tiny_flags
 
+pytestmark = pytest.mark.e2e
+
 FORECAST = re.compile(r"forecast: ([\d.]+) s = start-up ([\d.]+) \+ compile ([\d.]+) \+ "
                       r"([\d,]+) steps ([\d.]+) \+ (\d+) evals ([\d.]+) \+ (\d+) saves ([\d.]+)")
 # save_every=15 with eval_every=10 over 30 steps: evals at 10, 20, 30 plus the one the save at
@@ -36,7 +38,6 @@ def _loop_counts(metrics: Path) -> tuple[int, int, int]:
   return end["step"], len(eval_steps) + sum(s not in eval_steps for s in saves), len(saves)
 
 
-@pytest.mark.slow
 def test_measure_forecast_counts_match_a_real_run(prepared_data, tmp_path, monkeypatch):
   cache = tmp_path / "cache"
   flags = tiny_flags(prepared_data, OVERRIDES)
@@ -66,7 +67,6 @@ def test_measure_forecast_counts_match_a_real_run(prepared_data, tmp_path, monke
   assert started.group(5, 7, 9) == m.group(5, 7, 9)
 
 
-@pytest.mark.slow
 def test_start_line_without_a_measurement_prints_the_formula(prepared_data, tmp_path,
                                                               monkeypatch):
   monkeypatch.setenv("PREGATE_CACHE_DIR", str(tmp_path / "empty"))

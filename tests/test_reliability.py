@@ -13,6 +13,8 @@ import pytest
 
 import helpers
 
+pytestmark = pytest.mark.e2e
+
 STEPS = 20
 RUN = {"train_steps": STEPS, "checkpoint.save_every": 5, "checkpoint.keep": 4,
        "logging.log_every": 1}
@@ -100,7 +102,6 @@ def _one_error(text, kind):
   return errors[0]
 
 
-@pytest.mark.slow
 def test_sigkill_anywhere_then_rerun_is_bitwise_identical(flags, whole, tmp_path):
   """Killed right after the first save committed, between two saves, and while an async save
   is being written: each re-run resumes right after the newest committed step."""
@@ -126,7 +127,6 @@ def test_sigkill_anywhere_then_rerun_is_bitwise_identical(flags, whole, tmp_path
   assert firsts == [s + 1 for s in starts], (firsts, starts)
 
 
-@pytest.mark.slow
 def test_sigint_and_sigterm_preempt_cleanly(flags, whole, tmp_path):
   """Each signal finishes the step, saves it and exits 75; a second SIGTERM while that save
   is being written changes nothing. Re-running then completes exactly as if never stopped."""
@@ -151,7 +151,6 @@ DIVERGE = ("--config.optimizer.lr=100", "--config.optimizer.weight_decay=3",
            "--config.optimizer.grad_clip=0")
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("skip", [0, 1])
 def test_divergence_stops_before_saving_poison(flags, prepared_data, tmp_path, skip):
   """lr 100 with weight decay 3 multiplies the weights by ~-300 a step until the forward pass
@@ -206,7 +205,6 @@ def _damage(workdir, step, how):
     os.truncate(f, f.stat().st_size // 2) if how == "truncate" else f.unlink()
 
 
-@pytest.mark.slow
 def test_damaged_checkpoints(flags, whole, tmp_path):
   """Truncated arrays (20), deleted arrays (15), torn metadata (10) and a leftover incomplete
   save: resume warns about each, sets them aside, restarts from 5 and ends as if intact."""
@@ -250,7 +248,6 @@ def test_damaged_checkpoints(flags, whole, tmp_path):
   assert res.returncode == 2 and "is damaged" in _one_error(res.stderr, "CheckpointError")
 
 
-@pytest.mark.slow
 def test_workdir_ownership(flags, whole, tmp_path):
   """Other architecture or data: refused, untouched. Safe (eval_every): allowed and logged.
   Schedule (train_steps): refused without --allow_config_change, recorded with it."""
@@ -275,7 +272,6 @@ def test_workdir_ownership(flags, whole, tmp_path):
   assert "train_steps: 20 -> 25" in helpers.checkpoint_meta(workdir, 25)["config_changes"]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("env", [{"PREGATE_TEST_ENOSPC_AT": "10"},
                                  {"PREGATE_TEST_DISK_FULL": "1"}], ids=["enospc", "disk-full"])
 def test_full_disk_stops_with_one_line_and_keeps_checkpoints(flags, tmp_path, env):

@@ -8,7 +8,8 @@ import pytest
 
 import helpers
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
+
 
 STEPS, STOP_AT = 40, 15
 

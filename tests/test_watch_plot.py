@@ -14,7 +14,8 @@ import watch_runs
 import helpers
 from train.report import records as rec
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
+
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PANELS = {"overview", "loss_vs_steps", "loss_vs_tokens", "lr", "grad_norm", "tokens_per_s",

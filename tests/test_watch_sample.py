@@ -19,7 +19,8 @@ import watch_runs
 
 import helpers
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
+
 
 W = 16  # the exactness model's max_seq_len
 CKPT_W = watch_runs.MAX_SEQ_LEN  # the trained checkpoint's

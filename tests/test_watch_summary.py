@@ -9,7 +9,8 @@ import helpers
 from train.report import records as rec
 from train.report import summary
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
+
 
 
 def test_summary_of_a_preempted_and_resumed_run(preempted):

@@ -15,7 +15,8 @@ import helpers
 from train.report import records as rec
 from train.run import tensorboard as tb
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
+
 
 
 def _replay(workdir, records) -> None:
