@@ -66,11 +66,6 @@ def quiet_libraries() -> None:
   py_logging.getLogger("absl").addFilter(_QuietLibraries())
 
 
-def step_arg(value: str) -> str | int:
-  """'latest' | 'best' | N from a flag string."""
-  return int(value) if value.strip().isdigit() else value.strip()
-
-
 def define_checkpoint_flags() -> None:
   """--checkpoint and --step, shared by the commands that read one checkpoint."""
   flags.DEFINE_string("checkpoint", None, "A run's workdir or its checkpoints/ directory.")

@@ -18,8 +18,7 @@ from typing import Any
 
 from gates import contract_store as contracts
 from gates import effective
-
-CONTRACT = "chinchilla-gate-v1"
+from gates.effective import CONTRACT
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,9 +4,10 @@ Hoffmann et al. (2022) found ~20 training tokens per parameter compute-optimal; 
 that spends its compute on a model its data cannot train. Since contract v1.2.0 the tokens are
 effective tokens D' (Muennighoff et al. 2023): a run cannot pass by looping over a tiny corpus,
 and no source may be repeated more than the contract's epoch limit. Every boundary is decided
-exactly (integers, fractions, and refined rational intervals for the exp() in D'); thresholds,
-the D' formula, zone texts, rules, the bypass flag and the version all come from
-gates/contracts/chinchilla-gate-v1.yaml, so the rule has one source of truth.
+exactly (integers, fractions, and refined rational intervals for the exp() in D', see
+gates.effective); thresholds, R* of the D' formula, zone texts, rules, the bypass flag and the
+version all come from gates/contracts/chinchilla-gate-v1.yaml, so the rule has one source of
+truth.
 
 `passed` means every rule held. `bypassed` means some rule did not hold and the run proceeds
 anyway because the operator set the bypass (`bypassed_rules` says which); a run that passes is
@@ -17,15 +18,21 @@ decided on D; since D' <= D a refusal then is final, and `recheck` judges D' onc
 """
 from __future__ import annotations
 
-import dataclasses
 from fractions import Fraction
 from typing import Any, Mapping
 
 from core.errors import ConfigError, GateRefusal
-from gates import chinchilla_text, effective, exact
 from gates import contract_store as contracts
+from gates import effective
+from gates import verdict as verdict_lib
+from gates.effective import CONTRACT, Interval
+from gates.verdict import SourceUse, Verdict, ratio_text, warning_line
 
-CONTRACT = "chinchilla-gate-v1"
+# The verdict's record and wording live in gates.verdict; they are part of this gate's interface.
+__all__ = ["CONTRACT", "COMPUTE_OPTIMAL", "DEGENERATION", "EFFECTIVE_FLOOR", "EPOCH_LIMIT",
+           "OVER_REPEATED", "PLATEAU", "RULES", "ZONES", "ChinchillaGateError", "SourceUse",
+           "Verdict", "enforce", "evaluate", "planned_tokens", "ratio_text", "recheck",
+           "warning_line"]
 DEGENERATION = "DEGENERATION"
 PLATEAU = "PLATEAU"
 OVER_REPEATED = "OVER_REPEATED"
@@ -49,84 +56,6 @@ def planned_tokens(train_steps: int, global_batch: int, seq_len: int) -> int:
   return train_steps * global_batch * seq_len
 
 
-ratio_text = chinchilla_text.ratio_text
-
-
-@dataclasses.dataclass(frozen=True)
-class SourceUse:
-  """How a run uses one source: D_s planned tokens over U_s unique ones, and D'_s."""
-
-  name: str
-  weight: str
-  tokens: float
-  unique_tokens: int
-  epochs: float
-  effective_tokens: float
-  over_limit: bool
-
-
-@dataclasses.dataclass(frozen=True)
-class Verdict:
-  """What the gate decided and every number needed to explain or fix it.
-
-  `tokens` is D; `effective_tokens` is D' (None while U is unknown, when the gate judged D).
-  `steps_needed` is the smallest train_steps reaching floor * N effective tokens (None when no
-  step count does within the epoch limit); `max_steps` is the epoch limit in steps and
-  `n_params_max` the largest N that the data supports at it (both None while U is unknown)."""
-
-  n_params: int
-  n_non_embedding: int
-  tokens: int
-  ratio: float
-  zone: str
-  passed: bool
-  bypassed: bool
-  contract_version: str
-  tokens_needed: int
-  steps_needed: int | None
-  tokens_per_step: int
-  floor_ratio: int
-  effective_tokens: float | None = None
-  effective_ratio: float | None = None
-  effective_ratio_text: str | None = None
-  sources: tuple[SourceUse, ...] = ()
-  max_epochs: int = 0
-  max_steps: int | None = None
-  n_params_max: int | None = None
-  failed_rules: tuple[str, ...] = ()
-  bypassed_rules: tuple[str, ...] = ()
-  bypass_requested: bool = False
-
-  @property
-  def proceeds(self) -> bool:
-    return self.passed or self.bypassed
-
-  @property
-  def unique_tokens_known(self) -> bool:
-    return bool(self.sources)
-
-  def to_dict(self) -> dict[str, Any]:
-    """JSON-ready record (gate.json, metrics.jsonl, checkpoint metadata)."""
-    d = dataclasses.asdict(self)
-    d["sources"] = [dataclasses.asdict(s) for s in self.sources]
-    d["failed_rules"], d["bypassed_rules"] = list(self.failed_rules), list(self.bypassed_rules)
-    return {**d, "proceeds": self.proceeds, "unique_tokens_known": self.unique_tokens_known,
-            "contract": contracts.get_contract(CONTRACT)["contract"]}
-
-  def message(self) -> str:
-    """One line: the pass line, the refusal line, or (bypassed) the warning line."""
-    if not self.passed:
-      return warning_line(self) if self.bypassed else chinchilla_text.refusal_line(self)
-    return chinchilla_text.pass_line(self)
-
-
-def warning_line(verdict: Verdict) -> str:
-  """The line to print when an under-provisioned run proceeds because of the bypass."""
-  if verdict.passed:
-    raise ValueError("warning_line is for a verdict that did not pass the gate")
-  return chinchilla_text.warning_line(verdict)
-
-
 def _check_inputs(n_params: int, n_non_embedding: int, tokens: int, tokens_per_step: int) -> None:
   if not _is_int(n_params) or n_params <= 0:
     raise ValueError(f"n_params must be a positive integer, got {n_params!r}")
@@ -142,12 +71,12 @@ def _check_inputs(n_params: int, n_non_embedding: int, tokens: int, tokens_per_s
 def _effective(tokens: int, srcs: tuple[effective.Source, ...]):
   """D' as a refinable interval function of the digits; D itself while U is unknown."""
   if not srcs:
-    return lambda digits: exact.Interval.point(tokens)
+    return lambda digits: Interval.point(tokens)
   return lambda digits: effective.total_interval(tokens, srcs, digits)
 
 
 def _reaches(tokens: int, srcs, target: int) -> bool:
-  return exact.decide(_effective(tokens, srcs), target)
+  return effective.decide(_effective(tokens, srcs), target)
 
 
 def _max_steps(srcs, tokens_per_step: int, max_epochs: int) -> int | None:
@@ -207,11 +136,11 @@ def evaluate(n_params: int, n_non_embedding: int, tokens: int, tokens_per_step: 
   except ValueError as e:
     raise ConfigError(f"chinchilla gate: {e}") from None
   d_eff = _effective(tokens, srcs)
-  floor_ok = exact.decide(d_eff, floor * n_params)
+  floor_ok = effective.decide(d_eff, floor * n_params)
   uses = _source_uses(tokens, srcs, max_epochs)
   failed = tuple(r for r, broken in ((EFFECTIVE_FLOOR, not floor_ok),
                                      (EPOCH_LIMIT, any(u.over_limit for u in uses))) if broken)
-  if not exact.decide(d_eff, degeneration * n_params):
+  if not effective.decide(d_eff, degeneration * n_params):
     zone = DEGENERATION
   elif EPOCH_LIMIT in failed:
     zone = OVER_REPEATED
@@ -222,8 +151,8 @@ def evaluate(n_params: int, n_non_embedding: int, tokens: int, tokens_per_step: 
   max_steps = _max_steps(srcs, tokens_per_step, max_epochs)
   n_max = None
   if max_steps is not None:
-    n_max = exact.floor_of(lambda digits: _effective(max_steps * tokens_per_step, srcs)(digits)
-                           / exact.Interval.point(floor))
+    n_max = effective.floor_of(lambda digits: _effective(max_steps * tokens_per_step, srcs)(
+        digits).scaled(Fraction(1, floor)))
   eff = None if not srcs else d_eff(40).midpoint()
   return Verdict(
       n_params=n_params, n_non_embedding=n_non_embedding, tokens=tokens,
@@ -232,7 +161,7 @@ def evaluate(n_params: int, n_non_embedding: int, tokens: int, tokens_per_step: 
       steps_needed=_steps_needed(floor * n_params, srcs, tokens_per_step, max_steps),
       tokens_per_step=tokens_per_step, floor_ratio=floor, effective_tokens=eff,
       effective_ratio=None if eff is None else eff / n_params,
-      effective_ratio_text=None if not srcs else chinchilla_text.interval_ratio_text(
+      effective_ratio_text=None if not srcs else verdict_lib.interval_ratio_text(
           d_eff, n_params),
       sources=uses, max_epochs=max_epochs, max_steps=max_steps, n_params_max=n_max,
       failed_rules=failed, bypassed_rules=failed if bypass else (), bypass_requested=bool(bypass))

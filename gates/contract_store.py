@@ -3,6 +3,10 @@
 A contract is the rule as data (thresholds, zones, version, invariants, falsifiers), so a gate's
 numbers live in exactly one reviewed place and every falsifier names the test that could break it.
 Parsing is cached: gates consult their contract on every decision.
+
+The one module in gates/ that reads a file, and only the rules shipped inside the package (the
+import-linter contract gates-decide-only names it as its one exception): a gate's rule is part of
+the gate, so every caller gets the same decision without handing the rule in.
 """
 from __future__ import annotations
 

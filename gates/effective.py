@@ -1,21 +1,56 @@
-"""Effective tokens D' of repeated data, from the formula and constants in the gate's contract.
+"""Effective tokens D' of repeated data, decided exactly; R* comes from the gate's contract.
 
-Muennighoff et al. (2023) value a token seen for the R-th repetition less than a fresh one; the
-contract holds their formula (Python syntax, evaluated by gates.exact) so the rule's numbers live
-in one reviewed file. Per source: a mixture draws D_s = D * w_s tokens from source s, whose U_s
-unique tokens give D'_s; D' is the sum. Pure apart from reading the (cached) contract.
+Muennighoff et al. (2023, eq. 5) value a token seen for the R-th repetition less than a fresh
+one: D' = min(D, U) + U R* (1 - exp(-R / R*)) with R = max(D / U - 1, 0) repetitions. The
+contract holds R* and the citation; the formula is the reviewed Python below. Per source: a
+mixture draws D_s = D * w_s tokens from source s, whose U_s unique tokens give D'_s; D' is the
+sum.
+
+A gate boundary must not depend on float rounding: at D' = 20 N exactly the run passes, one token
+below it is refused. D' holds exp(), so it is irrational whenever data repeats; a comparison is
+decided on an interval of Fractions that surely holds the true value, narrowed (more decimal
+digits for exp) until it lies on one side of the threshold. exp of a nonzero rational is never
+rational (Lindemann), so a tie is possible only where the interval is a point, which compares
+exactly. Pure apart from reading the (cached) contract.
 """
 from __future__ import annotations
 
 import dataclasses
+import decimal
+import math
 from fractions import Fraction
-from typing import Mapping
+from typing import Callable, Mapping
 
 from gates import contract_store as contracts
-from gates import exact
-from gates.exact import Interval
 
 CONTRACT = "chinchilla-gate-v1"
+_START_DIGITS = 40
+_MAX_DIGITS = 5000
+_FAR_NEGATIVE = -700  # below this exp(q) < 2^-1000: bounded by powers of two, not decimals
+_EXTREME = -100_000  # below this exp(q) is bounded by [0, exp(_EXTREME)] (see decide)
+
+
+@dataclasses.dataclass(frozen=True)
+class Interval:
+  """A closed interval [lo, hi] of rationals holding a true value."""
+
+  lo: Fraction
+  hi: Fraction
+
+  @staticmethod
+  def point(value: Fraction | int) -> Interval:
+    v = Fraction(value)
+    return Interval(v, v)
+
+  def __add__(self, o: Interval) -> Interval:
+    return Interval(self.lo + o.lo, self.hi + o.hi)
+
+  def scaled(self, factor: Fraction | int) -> Interval:
+    """The interval times a factor >= 0 (exact, so the order of the ends is kept)."""
+    return Interval(self.lo * factor, self.hi * factor)
+
+  def midpoint(self) -> float:
+    return float((self.lo + self.hi) / 2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,29 +62,117 @@ class Source:
   unique_tokens: int
 
 
-def _spec() -> dict:
+def _effective_spec() -> dict:
   spec = contracts.get_contract(CONTRACT).get("effective_tokens")
-  if not isinstance(spec, dict) or not all(
-      isinstance(spec.get(k), str) for k in ("repetitions", "formula")):
-    raise contracts.ContractError(f"contract {CONTRACT}: effective_tokens needs `repetitions` and "
-                                  f"`formula` strings")
+  if not isinstance(spec, dict) or not isinstance(spec.get("constants"), dict):
+    raise contracts.ContractError(f"contract {CONTRACT}: effective_tokens needs `constants`")
   return spec
 
 
-def _constants(spec: dict) -> dict[str, Interval]:
-  out = {}
-  for name, value in (spec.get("constants") or {}).items():
-    try:
-      out[name] = Interval.point(Fraction(str(value)))
-    except (ValueError, ZeroDivisionError):
-      raise contracts.ContractError(f"contract {CONTRACT}: constant {name}={value!r} is not a "
-                                    f"number") from None
-  return out
+def _r_star() -> Fraction:
+  """R*_D, exact: a decimal string such as "15.4" reads as 154/10, not a binary float."""
+  value = _effective_spec()["constants"].get("R_star")
+  try:
+    r_star = Fraction(str(value))
+  except (ValueError, ZeroDivisionError):
+    r_star = Fraction(0)
+  if r_star <= 0:
+    raise contracts.ContractError(f"contract {CONTRACT}: constant R_star={value!r} is not a "
+                                  f"positive number")
+  return r_star
 
 
 def r_star() -> float:
   """R*_D as a float, for reports."""
-  return float(_constants(_spec())["R_star"].lo)
+  return float(_r_star())
+
+
+def _exp_decimal(q: Fraction, digits: int, upper: bool) -> Fraction:
+  """A rational bound on exp(q): Decimal.exp is correctly rounded, so one ulp outward holds it."""
+  ctx = decimal.Context(prec=digits, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
+  rounding = ctx.copy()
+  rounding.rounding = decimal.ROUND_CEILING if upper else decimal.ROUND_FLOOR
+  x = rounding.divide(decimal.Decimal(q.numerator), decimal.Decimal(q.denominator))
+  r = ctx.exp(x)
+  return Fraction(ctx.next_plus(r) if upper else ctx.next_minus(r))
+
+
+def _exp_far_negative(q: Fraction, upper: bool) -> Fraction:
+  """Positive power-of-two bounds on exp(q) for q << 0 (exp(q) = 2^(q / ln 2), 1/ln 2 =
+  1.442695...): a decimal exp there would be a rational with ~|q|/2.3 digits in its denominator.
+  Strictly positive, so a tie with exp(q) = 0 never looks possible."""
+  bits = -q * Fraction(14426, 10000) if upper else -q * Fraction(14427, 10000)
+  return Fraction(1, 2 ** (int(bits) if upper else -(-bits.numerator // bits.denominator)))
+
+
+def exp_interval(q: Fraction, digits: int) -> Interval:
+  """An interval holding exp(q); exp(0) is exactly 1."""
+
+  def bound(upper: bool) -> Fraction:
+    if q == 0:
+      return Fraction(1)
+    if q < _EXTREME:
+      return _exp_far_negative(Fraction(_EXTREME), True) if upper else Fraction(0)
+    if q < _FAR_NEGATIVE:
+      return _exp_far_negative(q, upper)
+    return _exp_decimal(q, digits, upper)
+
+  return Interval(max(bound(False), Fraction(0)), bound(True))
+
+
+def source_interval(tokens: Fraction, unique: int, digits: int) -> Interval:
+  """D'_s for D_s = tokens drawn from U = unique tokens, as an interval holding the true value."""
+  tokens = Fraction(tokens)
+  if tokens <= unique:  # R = 0: every token is fresh, D' = D
+    return Interval.point(tokens)
+  r_star = _r_star()
+  decay = exp_interval(-(tokens / unique - 1) / r_star, digits)  # exp(-R / R*)
+  worth = unique * r_star  # what unlimited repetition of U adds at most
+  return Interval(unique + worth * (1 - decay.hi), unique + worth * (1 - decay.lo))
+
+
+def effective_tokens(tokens: int | float, unique: int) -> float:
+  """D' for one source in floats (reports and planners; decisions use the intervals)."""
+  d, u, r_star = float(tokens), float(unique), float(_r_star())
+  r = max(d / u - 1, 0.0)
+  x = -r / r_star
+  return min(d, u) + u * r_star * (1 - (math.exp(x) if x > -745 else 0.0))
+
+
+def total_interval(tokens: int, srcs: tuple[Source, ...], digits: int) -> Interval:
+  """D' = sum of D'_s over the sources for D planned tokens."""
+  total = Interval.point(0)
+  for s in srcs:
+    if s.weight:
+      total = total + source_interval(tokens * s.weight, s.unique_tokens, digits)
+  return total
+
+
+def decide(value: Callable[[int], Interval], threshold: Fraction | int) -> bool:
+  """Whether value >= threshold, exactly: `value(digits)` is refined until the interval lies on
+  one side. A point interval compares exactly. An interval that stops narrowing (only an exp
+  argument below _EXTREME, i.e. data repeated > 10^6 times, can do that) answers False: a gate
+  passes only what it has proven."""
+  digits, previous = _START_DIGITS, None
+  while True:
+    iv = value(digits)
+    if iv.lo >= threshold:
+      return True
+    if iv.hi < threshold or iv == previous or digits >= _MAX_DIGITS:
+      return False
+    previous, digits = iv, digits * 2
+
+
+def floor_of(value: Callable[[int], Interval]) -> int:
+  """floor(value), refined as `decide` does; the lower end's floor if refining stops helping
+  (used for truncated printouts)."""
+  digits, previous = _START_DIGITS, None
+  while True:
+    iv = value(digits)
+    lo, hi = iv.lo.__floor__(), iv.hi.__floor__()
+    if lo == hi or iv == previous or digits >= _MAX_DIGITS:
+      return lo
+    previous, digits = iv, digits * 2
 
 
 def sources(unique_tokens: Mapping[str, int], weights: Mapping[str, float | int | str] | None
@@ -81,29 +204,3 @@ def sources(unique_tokens: Mapping[str, int], weights: Mapping[str, float | int 
   if total <= 0:
     raise ValueError(f"source weights must sum to > 0, got {dict(weights)}")
   return tuple(Source(name, exact_w[name] / total, unique_tokens[name]) for name in unique_tokens)
-
-
-def source_interval(tokens: Fraction, unique: int, digits: int) -> Interval:
-  """D'_s for D_s = tokens drawn from U = unique tokens, as an interval holding the true value."""
-  spec = _spec()
-  env = {**_constants(spec), "D": Interval.point(tokens), "U": Interval.point(unique)}
-  env["R"] = exact.evaluate(spec["repetitions"], env, digits)
-  return exact.evaluate(spec["formula"], env, digits)
-
-
-def total_interval(tokens: int, srcs: tuple[Source, ...], digits: int) -> Interval:
-  """D' = sum of D'_s over the sources for D planned tokens."""
-  total = Interval.point(0)
-  for s in srcs:
-    if s.weight:
-      total = total + source_interval(tokens * s.weight, s.unique_tokens, digits)
-  return total
-
-
-def effective_tokens(tokens: int | float, unique: int) -> float:
-  """D' for one source in floats (reports and planners; decisions use the intervals)."""
-  spec = _spec()
-  env = {name: float(iv.lo) for name, iv in _constants(spec).items()}
-  env.update(D=float(tokens), U=float(unique))
-  env["R"] = exact.evaluate_float(spec["repetitions"], env)
-  return exact.evaluate_float(spec["formula"], env)

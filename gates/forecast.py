@@ -3,7 +3,7 @@ run's start-up line print.
 
   wall = startup + compile + steps * step_time + evals * eval_time + saves * save_time
 
-The counts follow the training loop's schedule exactly (train/loop.py): an eval every
+The counts follow the training loop's schedule exactly (train/run/loop.py): an eval every
 `eval_every` steps and at the last step; a save every `save_every` steps before the last and
 one at the end; a save on a step without an eval evaluates first (every checkpoint records its
 val loss), so it also costs an eval. Measuring the unit costs (a few real steps, one eval, one

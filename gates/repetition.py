@@ -1,10 +1,10 @@
 """Data repetition report: epochs over the unique tokens, and what the repeated tokens are worth.
 
 A token seen for the fifth time teaches less than a fresh one. Muennighoff et al. (2023, "Scaling
-Data-Constrained Language Models") fit the value of repeated data as effective tokens D' (the
-formula and R* are in the Chinchilla gate's contract, which since v1.2.0 decides on D' and
-refuses more than its epoch limit); this is the human-readable report `gates.plan` prints beside
-the verdict. Pure apart from reading the (cached) contract.
+Data-Constrained Language Models") fit the value of repeated data as effective tokens D'
+(gates.effective; R* is in the Chinchilla gate's contract, which since v1.2.0 decides on D' and
+refuses more than its epoch limit); this is the human-readable report `pregate-plan` prints
+beside the verdict. Pure apart from reading the (cached) contract.
 """
 from __future__ import annotations
 

@@ -13,4 +13,4 @@ for ((i = 0; i < POINTS; i++)); do
   "$PY" -m train.main --config="configs/fit_sweep.py:$i" --workdir="$OUT/$i" \
     --config.data.data_dir="$OUT/data" "$@"
 done
-"$PY" -m gates.fit_cli --out="$OUT/fit.json" "$OUT"/[0-9]*
+"$PY" -m train.cli.fit --out="$OUT/fit.json" "$OUT"/[0-9]*

@@ -84,7 +84,7 @@ def test_fitted_law_gives_its_own_optimum():
 def _plan(*args: str) -> subprocess.CompletedProcess:
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
-  return subprocess.run([sys.executable, "-m", "gates.plan", *args], cwd=REPO_ROOT, env=env,
+  return subprocess.run([sys.executable, "-m", "train.cli.plan", *args], cwd=REPO_ROOT, env=env,
                         capture_output=True, text=True, timeout=300)
 
 

@@ -1,5 +1,5 @@
 """The wall-time forecast: event counts follow the training loop's schedule exactly (checked
-against a step-by-step replay of train/loop.py's conditions), and the sum is the formula."""
+against a step-by-step replay of train/run/loop.py's conditions), and the sum is the formula."""
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st

@@ -12,11 +12,11 @@ from flax import nnx
 
 from configs import base, shakespeare_char, shakespeare_char_distill
 from gates import config_sanity, ownership
-from gates import plan as plan_mod
 from models.config import ModelConfig
 from models.loss import cross_entropy, distill_kl
 from models.params import count_params
 from models.transformer import Transformer
+from train.cli import plan as plan_mod
 from train.run import teacher as teacher_lib
 from train.state import distill as distill_lib
 from train.state import step as step_lib

@@ -64,7 +64,7 @@ def _fake_run(root: pathlib.Path, n: int, steps: int, per_step: int, loss: float
 def _fit_cli(*args: str) -> subprocess.CompletedProcess:
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
-  return subprocess.run([sys.executable, "-m", "gates.fit_cli", *args], cwd=REPO_ROOT, env=env,
+  return subprocess.run([sys.executable, "-m", "train.cli.fit", *args], cwd=REPO_ROOT, env=env,
                         capture_output=True, text=True, timeout=600)
 
 
@@ -87,7 +87,7 @@ def test_fit_command_reads_runs_and_feeds_the_adviser(tmp_path):
   law = Law(**record["law"])
   assert adviser.advise(1e21, law=law).n_params == pytest.approx(TRUE.optimal_n(1e21), rel=0.05)
   plan = subprocess.run(
-      [sys.executable, "-m", "gates.plan", "--config=configs/base.py", "--budget_flops=1e18",
+      [sys.executable, "-m", "train.cli.plan", "--config=configs/base.py", "--budget_flops=1e18",
        f"--fit={out}", "--no_data_limit"], cwd=REPO_ROOT, capture_output=True, text=True,
       env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, timeout=300)
   assert plan.returncode == 0, plan.stdout + plan.stderr
@@ -106,7 +106,7 @@ def test_fit_command_refuses_unfinished_runs_in_one_line(tmp_path):
 
 
 def test_effective_tokens_are_fitted_for_repeated_runs(tmp_path):
-  from gates import fit_cli
+  from train.cli import fit as fit_cli
   _fake_run(tmp_path / "r", 1000, 100, 100, 3.0, 2_500)  # D = 10,000 = 4 epochs of 2,500
   point = fit_cli.run_point(tmp_path / "r")
   assert point["tokens"] == pytest.approx(2_500 * 3.72588, rel=1e-5)

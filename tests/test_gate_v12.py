@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import helpers
 from configs import shakespeare_char
-from gates import chinchilla, exact
+from gates import chinchilla, effective
 from gates import contract_store as contracts
 from gates.chinchilla import (
   COMPUTE_OPTIMAL,
@@ -32,7 +32,7 @@ from train.run.preflight import preflight
 
 
 def _reference_d_eff(d: Fraction, u: int) -> decimal.Decimal:
-  """D' at 100 digits, written out independently of gates.exact and the contract."""
+  """D' at 100 digits, written out independently of gates.effective and the contract."""
   with decimal.localcontext() as ctx:
     ctx.prec = 100
     r = max(decimal.Decimal(d.numerator) / decimal.Decimal(d.denominator) / u - 1, 0)
@@ -162,7 +162,7 @@ def _patched(tmp_path, monkeypatch, edit):
   monkeypatch.setattr(contracts, "CONTRACT_DIR", directory)
 
 
-def test_formula_and_constants_come_from_the_contract(tmp_path, monkeypatch):
+def test_r_star_comes_from_the_contract(tmp_path, monkeypatch):
   args = (311_040, 304_800, 6_553_600, 4096)
   source = {"tinyshakespeare.txt": 1_003_854}
   default = evaluate(*args, unique_tokens=source)
@@ -176,19 +176,19 @@ def test_formula_and_constants_come_from_the_contract(tmp_path, monkeypatch):
   v = evaluate(*args, unique_tokens=source)
   assert v.passed and v.effective_ratio_text == "21.06"  # R* -> infinity: D' -> D
 
-  def worthless_repeats(data):
-    data["effective_tokens"]["formula"] = "min(D, U)"
+  def fast_decay(data):
+    data["effective_tokens"]["constants"]["R_star"] = "1e-9"
     data["thresholds"]["max_epochs"] = 10
 
-  _patched(tmp_path, monkeypatch, worthless_repeats)
-  v = evaluate(*args, unique_tokens=source)
-  assert v.effective_tokens == 1_003_854 and v.zone == DEGENERATION
+  _patched(tmp_path, monkeypatch, fast_decay)
+  v = evaluate(*args, unique_tokens=source)  # R* -> 0: repeats are worthless, D' -> U
+  assert v.effective_tokens == pytest.approx(1_003_854) and v.zone == DEGENERATION
 
-  def bad_syntax(data):
-    data["effective_tokens"]["formula"] = "__import__('os').getcwd()"
+  def not_a_number(data):
+    data["effective_tokens"]["constants"]["R_star"] = "fifteen"
 
-  _patched(tmp_path, monkeypatch, bad_syntax)
-  with pytest.raises(exact.FormulaError, match="unsupported syntax"):
+  _patched(tmp_path, monkeypatch, not_a_number)
+  with pytest.raises(contracts.ContractError, match="R_star='fifteen' is not a positive number"):
     evaluate(*args, unique_tokens=source)
 
 
@@ -231,15 +231,16 @@ def test_ties_and_extreme_repetition_are_decided_promptly():
 
 
 def test_decide_is_exact_for_points_and_refines_intervals():
-  one_third = exact.Interval.point(Fraction(1, 3))
-  assert exact.decide(lambda digits: one_third, Fraction(1, 3))
-  assert not exact.decide(lambda digits: one_third, Fraction(1, 3) + Fraction(1, 10**30))
+  one_third = effective.Interval.point(Fraction(1, 3))
+  assert effective.decide(lambda digits: one_third, Fraction(1, 3))
+  assert not effective.decide(lambda digits: one_third, Fraction(1, 3) + Fraction(1, 10**30))
   def e(digits):
-    return exact.evaluate("exp(1)", {}, digits)
+    return effective.exp_interval(Fraction(1), digits)
 
   # e = 2.71828182845904523536028747135266249775724709369995...
-  assert exact.decide(e, Fraction("2.718281828459045235360287471352662497757247093699"))
-  assert not exact.decide(e, Fraction("2.718281828459045235360287471352662497757247093700"))
-  assert exact.evaluate("exp(0) - max(1, 2) / 4", {}).lo == Fraction(1, 2)
-  with pytest.raises(exact.FormulaError, match="needs values"):
-    exact.evaluate("D + 1", {})
+  assert effective.decide(e, Fraction("2.718281828459045235360287471352662497757247093699"))
+  assert not effective.decide(e, Fraction("2.718281828459045235360287471352662497757247093700"))
+  assert effective.exp_interval(Fraction(0), 40) == effective.Interval.point(1)
+  # No repetition is exact: D' = D, a point.
+  assert effective.source_interval(Fraction(7, 2), 4, 40) == effective.Interval.point(
+      Fraction(7, 2))

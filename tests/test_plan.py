@@ -1,4 +1,4 @@
-"""`python -m gates.plan` as a user runs it (subprocess), and its helpers in-process."""
+"""`pregate-plan` (python -m train.cli.plan) as a user runs it, and its helpers in-process."""
 import dataclasses
 import json
 import os
@@ -12,7 +12,8 @@ import pytest
 from configs import base
 from core.errors import ConfigError
 from gates import effective, repetition
-from gates import plan as plan_mod
+from train.cli import plan as plan_mod
+from train.data import unique_tokens
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 NANOGPT = "--config=configs/nanogpt_shakespeare_char_cpu.py"
@@ -22,7 +23,7 @@ DEFAULT = "--config=configs/shakespeare_char.py"
 def _run(*args: str) -> subprocess.CompletedProcess:
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
-  return subprocess.run([sys.executable, "-m", "gates.plan", *args], cwd=REPO_ROOT, env=env,
+  return subprocess.run([sys.executable, "-m", "train.cli.plan", *args], cwd=REPO_ROOT, env=env,
                         capture_output=True, text=True, timeout=300)
 
 
@@ -135,14 +136,14 @@ def test_plan_lines_when_the_data_cannot_reach_the_floor(tmp_path, monkeypatch):
                                                        ("byte", 180, "utf-8 bytes")])
 def test_corpus_estimate_counts_the_train_split(tmp_path, tokenizer, expected, unit):
   c = _config(tmp_path, text="é" * 100, tokenizer=tokenizer)
-  unique, source = plan_mod.unique_train_tokens(c.data)
-  assert unique == expected and unit in source and tokenizer in source
+  unique, source = unique_tokens.unique_train_tokens(c.data)
+  assert unique == {"corpus.txt": expected} and unit in source and tokenizer in source
 
 
 def test_unreadable_manifest_skips_the_report(tmp_path):
   (tmp_path / "manifest.json").write_text("{not json")
   c = _config(tmp_path)
-  unique, reason = plan_mod.unique_train_tokens(c.data, data_dir=str(tmp_path))
+  unique, reason = unique_tokens.unique_train_tokens(c.data, data_dir=str(tmp_path))
   assert unique is None and "manifest.json" in reason
 
 

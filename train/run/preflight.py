@@ -17,12 +17,13 @@ from typing import Any
 
 from core.errors import ConfigError
 from core.paths import data_dirs, resolve_path
-from gates import arch_match, chinchilla, config_sanity, unique_tokens
+from gates import arch_match, chinchilla, config_sanity
 from models.config import ModelConfig
 from models.params import ParamCounts, count_params
 from train.ckpt import metadata
 from train.ckpt.stepspec import checkpoint_dir, read_meta_file, resolve_on_disk, split_path_step
 from train.data import spec as data_spec
+from train.data import unique_tokens
 from train.data.tokenizer import build_tokenizer
 from train.hf import importer
 from train.run import teacher

@@ -1,10 +1,11 @@
 """`pregate-fit WORKDIR... [--out=FIT.json]`: fit your own scaling law to a sweep of pregate runs.
 
 Each run directory gives one point: N and the tokens per step from its gate.json, its final
-validation loss and the step it ended at from the last `end` event of its metrics.jsonl. D is
-the tokens the run actually trained on (step x tokens/step, so an early-stopped run counts what
-it saw); with unique-token counts recorded (gate contract >= 1.2.0) the effective tokens D' of
-those tokens are fitted by default, as repeated data is worth less (`--tokens=planned` fits D).
+validation loss and the step it ended at from the last `end` event of its metrics.jsonl (read by
+train.report.records, the one reader of that log). D is the tokens the run actually trained on
+(step x tokens/step, so an early-stopped run counts what it saw); with unique-token counts
+recorded (gate contract >= 1.2.0) the effective tokens D' of those tokens are fitted by default,
+as repeated data is worth less (`--tokens=planned` fits D).
 The law's constants go to stdout (with bootstrap uncertainty) and to --out for
 `pregate-plan --budget_flops=C --fit=FIT.json`.
 
@@ -22,6 +23,7 @@ from absl import flags
 from core import cli
 from core.errors import ConfigError
 from gates import effective, scaling_fit
+from train.report import records
 
 FLAGS = flags.FLAGS
 
@@ -46,21 +48,12 @@ def run_point(workdir: str | pathlib.Path, tokens: str = "effective") -> dict[st
   """{workdir, n_params, tokens, loss} of one finished run; ConfigError says what is missing."""
   root = pathlib.Path(workdir)
   gate = _read_json(root / "gate.json")
-  end = None
-  try:
-    lines = (root / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-  except OSError as e:
-    raise ConfigError(f"{root / 'metrics.jsonl'}: cannot read ({e.strerror})") from None
-  for line in lines:
-    try:
-      record = json.loads(line)
-    except ValueError:
-      continue  # a line cut by a crash: the run's earlier records still count
-    if record.get("event") == "end" and record.get("val_loss") is not None:
-      end = record
-  if end is None:
+  ends = [r for r in records.load(str(root), require_metrics=False)
+          if r.get("event") == "end" and r.get("val_loss") is not None]
+  if not ends:
     raise ConfigError(f"{root}: metrics.jsonl has no finished run with a final val_loss; "
                       f"let the run finish (or drop it from the sweep)")
+  end = ends[-1]
   try:
     seen = int(end["step"]) * int(gate["tokens_per_step"])
     d = float(seen)

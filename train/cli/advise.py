@@ -1,9 +1,10 @@
 """`pregate-plan --budget_flops=C` (or `--budget_hours=H --tokens_per_sec=T`): what to train.
 
-The I/O side of gates.adviser: reads the budget, the config (vocab, tokens per step, the data
-for U) and optionally a fitted law (`--fit=FILE.json` from pregate-fit), then prints the advice,
-a concrete model shape of pregate's family counted exactly as the gate counts it, train_steps,
-the config overrides to paste, and the gate's verdict on exactly that plan (last line).
+The I/O side of gates.adviser, part of the pregate-plan command (train.cli.plan): reads the
+budget, the config (vocab, tokens per step, the data for U) and optionally a fitted law
+(`--fit=FILE.json` from pregate-fit), then prints the advice, a concrete model shape of pregate's
+family counted exactly as the gate counts it, train_steps, the config overrides to paste, and the
+gate's verdict on exactly that plan (last line).
 """
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from absl import flags
 from ml_collections import ConfigDict
 
 from core.errors import ConfigError
-from gates import adviser, chinchilla, shapes, unique_tokens
+from gates import adviser, chinchilla, shapes
 from models import params
 from models.config import ModelConfig
+from train.data import unique_tokens
 
 
 def define_flags() -> None:

@@ -1,11 +1,11 @@
 """How many unique train tokens U a run's data holds, known before anything is prepared or compiled.
 
 The Chinchilla gate judges effective tokens D', which need U per source. For a char or byte
-tokenizer U is exact from the corpus alone: preparation (train.prepare_data.split_tokens) keeps
+tokenizer U is exact from the corpus alone: preparation (train.data.prepare.split_tokens) keeps
 the first int(n * (1.0 - val_fraction)) of the n tokens for training, and n is the corpus's
 character or UTF-8 byte count; the same expression is used here. Otherwise (e.g. a BPE tokenizer
 not trained yet) U comes from an already prepared manifest, or is unknown until preparation,
-when chinchilla.recheck judges it. Reads files only; writes nothing.
+when gates.chinchilla.recheck judges it. Reads files only; writes nothing.
 """
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def _corpus_tokens(data: Mapping[str, Any]) -> tuple[dict[str, int] | None, str]
       return None, f"{path} is not UTF-8 (preparation will refuse it)"
   else:
     count, unit = len(raw), "utf-8 bytes"
-  train = int(count * (1.0 - float(val_fraction)))  # train.prepare_data.split_tokens, exactly
+  train = int(count * (1.0 - float(val_fraction)))  # train.data.prepare.split_tokens, exactly
   if train <= 0:
     return None, f"{path} leaves no training tokens at val_fraction={val_fraction}"
   return {path.name: train}, (f"counted: first {1 - val_fraction:.0%} of {path.name} in {unit}, "

@@ -1,21 +1,95 @@
-"""The Chinchilla gate's one-line messages: pass, refusal and bypass warning.
+"""The Chinchilla gate's verdict and its one-line messages: pass, refusal and bypass warning.
 
 Every line names the zone, N, D, D' and the epochs per source, and (when the run does not pass)
 the rules broken and a fix that can actually work: more train_steps only while the epoch limit
 allows them, else a smaller model or more unique data. Ratios are truncated, never rounded, so
-a refused 19.999 never prints as 20.00.
+a refused 19.999 never prints as 20.00. gates.chinchilla decides; this module only records and
+words the decision, so it imports nothing from it.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+import dataclasses
+from fractions import Fraction
+from typing import Any, Callable
 
 from gates import contract_store as contracts
-from gates import exact
+from gates import effective
+from gates.effective import CONTRACT, Interval
 
-if TYPE_CHECKING:
-  from gates.chinchilla import Verdict
 
-CONTRACT = "chinchilla-gate-v1"
+@dataclasses.dataclass(frozen=True)
+class SourceUse:
+  """How a run uses one source: D_s planned tokens over U_s unique ones, and D'_s."""
+
+  name: str
+  weight: str
+  tokens: float
+  unique_tokens: int
+  epochs: float
+  effective_tokens: float
+  over_limit: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+  """What the gate decided and every number needed to explain or fix it.
+
+  `tokens` is D; `effective_tokens` is D' (None while U is unknown, when the gate judged D).
+  `steps_needed` is the smallest train_steps reaching floor * N effective tokens (None when no
+  step count does within the epoch limit); `max_steps` is the epoch limit in steps and
+  `n_params_max` the largest N that the data supports at it (both None while U is unknown)."""
+
+  n_params: int
+  n_non_embedding: int
+  tokens: int
+  ratio: float
+  zone: str
+  passed: bool
+  bypassed: bool
+  contract_version: str
+  tokens_needed: int
+  steps_needed: int | None
+  tokens_per_step: int
+  floor_ratio: int
+  effective_tokens: float | None = None
+  effective_ratio: float | None = None
+  effective_ratio_text: str | None = None
+  sources: tuple[SourceUse, ...] = ()
+  max_epochs: int = 0
+  max_steps: int | None = None
+  n_params_max: int | None = None
+  failed_rules: tuple[str, ...] = ()
+  bypassed_rules: tuple[str, ...] = ()
+  bypass_requested: bool = False
+
+  @property
+  def proceeds(self) -> bool:
+    return self.passed or self.bypassed
+
+  @property
+  def unique_tokens_known(self) -> bool:
+    return bool(self.sources)
+
+  def to_dict(self) -> dict[str, Any]:
+    """JSON-ready record (gate.json, metrics.jsonl, checkpoint metadata)."""
+    d = dataclasses.asdict(self)
+    d["sources"] = [dataclasses.asdict(s) for s in self.sources]
+    d["failed_rules"], d["bypassed_rules"] = list(self.failed_rules), list(self.bypassed_rules)
+    return {**d, "proceeds": self.proceeds, "unique_tokens_known": self.unique_tokens_known,
+            "contract": _contract()["contract"]}
+
+  def message(self) -> str:
+    """One line: the pass line, the refusal line, or (bypassed) the warning line."""
+    if not self.passed:
+      return _warning_line(self) if self.bypassed else _refusal_line(self)
+    return _pass_line(self)
+
+
+def warning_line(verdict: Verdict) -> str:
+  """The line to print when an under-provisioned run proceeds because of the bypass."""
+  if verdict.passed:
+    raise ValueError("warning_line is for a verdict that did not pass the gate")
+  return _warning_line(verdict)
 
 
 def ratio_text(tokens: int, n_params: int) -> str:
@@ -24,10 +98,10 @@ def ratio_text(tokens: int, n_params: int) -> str:
   return f"{hundredths // 100}.{hundredths % 100:02d}"
 
 
-def interval_ratio_text(value: Callable[[int], exact.Interval], n_params: int) -> str:
+def interval_ratio_text(value: Callable[[int], Interval], n_params: int) -> str:
   """D'/N to 2 decimals, truncated exactly (D' is irrational when data repeats)."""
-  scale = exact.Interval.point(100) / exact.Interval.point(n_params)
-  hundredths = exact.floor_of(lambda digits: value(digits) * scale)
+  scale = Fraction(100, n_params)
+  hundredths = effective.floor_of(lambda digits: value(digits).scaled(scale))
   return f"{hundredths // 100}.{hundredths % 100:02d}"
 
 
@@ -93,18 +167,18 @@ def _fix(v: Verdict) -> str:
           f"(or shrink the model)")
 
 
-def pass_line(v: Verdict) -> str:
+def _pass_line(v: Verdict) -> str:
   return (f"chinchilla gate passed: {v.zone} zone, {_ratios(v, _floor_comparison(v))} with "
           f"{_sizes(v)} {_tag(v)}")
 
 
-def refusal_line(v: Verdict) -> str:
+def _refusal_line(v: Verdict) -> str:
   return (f"chinchilla gate refused the run: {v.zone} zone ({_zone_text(v.zone)}); broken: "
           f"{_rules(v, v.failed_rules)}; {_ratios(v, _floor_comparison(v))} with {_sizes(v)}; "
           f"fix: {_fix(v)}; pass {_bypass_flag()} to run anyway {_tag(v)}")
 
 
-def warning_line(v: Verdict) -> str:
+def _warning_line(v: Verdict) -> str:
   return (f"WARNING: chinchilla gate bypassed by {_bypass_flag()} (rules bypassed: "
           f"{', '.join(v.bypassed_rules)}): {v.zone} zone ({_zone_text(v.zone)}); "
           f"{_ratios(v, _floor_comparison(v))} with {_sizes(v)}; fix: {_fix(v)} {_tag(v)}")
