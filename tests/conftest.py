@@ -4,6 +4,7 @@ Tiers are declared here once. A test file is in the tier its module-level `pytes
 in `fast` when it names none (tests/test_tiers.py keeps it so):
 - fast: in process, seconds each; the set-up check (`pytest -m fast`, README), <= 5 minutes
   on a 2-core machine.
+- slow: in process, but tens of seconds a test (large or many XLA compiles).
 - e2e: runs a real command (train, plan, eval, export, ...) in a child process.
 - multiprocess: several JAX processes talking over 127.0.0.1.
 - hf: checked against the real Hugging Face client (transformers, torch CPU).
@@ -18,6 +19,7 @@ import watch_runs
 import helpers
 
 TIERS = {
+    "slow": "in process, tens of seconds a test (large or many XLA compiles)",
     "e2e": "runs a real pregate command in a child process",
     "multiprocess": "several JAX processes on 127.0.0.1",
     "hf": "checked against transformers / torch (CPU)",

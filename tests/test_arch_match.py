@@ -32,6 +32,9 @@ from train.state import setup as run_state
 from train.state import sharding
 from train.state import step as step_lib
 
+pytestmark = pytest.mark.e2e
+
+
 STEP = 20
 BASE = dict(vocab_size=65, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=64,
             max_seq_len=128, rope_theta=10000.0, tie_embeddings=True, dtype="float32",

@@ -13,6 +13,7 @@ import helpers
 
 pytestmark = pytest.mark.e2e
 
+
 PASSING = test_main_cli.PASSING  # long enough that the Chinchilla gate passes unbypassed
 
 # id: (overrides, extra flags, workdir kind, words the ERROR line must contain). "{tmp}" is

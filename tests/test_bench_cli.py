@@ -9,6 +9,8 @@ import pytest
 
 import helpers
 
+pytestmark = pytest.mark.e2e
+
 
 def _bench(*args: str) -> helpers.Result:
   proc = subprocess.run([sys.executable, "-m", "train.cli.bench", f"--config={helpers.CONFIG}",

@@ -17,6 +17,7 @@ import helpers
 
 pytestmark = pytest.mark.e2e
 
+
 # Required flags and positional arguments of the commands that have them; values point nowhere
 # on purpose (the stray argument must be refused before they are looked at).
 REQUIRED: dict[str, list[str]] = {

@@ -12,6 +12,9 @@ from core.errors import DataError
 from train.data import datasets, prepare
 from train.data import spec as spec_lib
 
+pytestmark = pytest.mark.e2e
+
+
 DOCS = [f"document number {i} with a few words" for i in range(40)]
 GOOD = {"tokenizer": "byte", "val_fraction": 0.2, "workers": 1, "corpus": ""}
 

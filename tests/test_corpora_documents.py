@@ -16,6 +16,9 @@ from core.progress import Progress
 from train.data import pipeline, prepare, store
 from train.data import tokenizer as tk
 
+pytestmark = pytest.mark.e2e
+
+
 DOCS = [f"<doc{i:04d}> " + " ".join(f"word{(i * 31 + j) % 211}" for j in range(40))
         for i in range(400)]
 

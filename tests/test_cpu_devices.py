@@ -10,6 +10,8 @@ from configs import base
 from models.config import ModelConfig
 from train.runtime import distributed, host_memory
 
+pytestmark = pytest.mark.e2e
+
 
 def _config(**over):
   c = base.get_config()

@@ -21,6 +21,9 @@ from train.run import teacher as teacher_lib
 from train.state import distill as distill_lib
 from train.state import step as step_lib
 
+pytestmark = pytest.mark.slow
+
+
 VOCAB, SEQ, BATCH = 65, 16, 4
 STUDENT = dict(vocab_size=VOCAB, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=64,
                max_seq_len=SEQ)

@@ -16,6 +16,9 @@ import pytest
 
 import helpers
 
+pytestmark = pytest.mark.e2e
+
+
 TRAIN_FLAGS = [
     "--config=configs/shakespeare_char.py", "--force_under_provisioned",
     "--config.train_steps=20", "--config.schedule.warmup_steps=2",

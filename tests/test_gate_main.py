@@ -13,6 +13,9 @@ from configs import nanogpt_shakespeare_char_cpu, shakespeare_char
 from gates.chinchilla import COMPUTE_OPTIMAL, DEGENERATION, PLATEAU, ChinchillaGateError, ratio_text
 from train.run.preflight import preflight
 
+pytestmark = pytest.mark.e2e
+
+
 # The TINY model has N = 11,392: 10 steps -> D/N = 0.11 (DEGENERATION), 1,000 steps -> D/N =
 # 11.2 (PLATEAU); the rule needs 1,780.
 DEGENERATE_STEPS, PLATEAU_STEPS = 10, 1000

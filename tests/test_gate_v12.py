@@ -123,18 +123,6 @@ def test_over_repeated_refused_with_zone_and_fix():
   assert low.zone == DEGENERATION and EPOCH_LIMIT in low.failed_rules
 
 
-def test_over_repeated_refused_before_compile(prepared_data, tmp_path):
-  # TINY: N = 11,392, 128 tokens/step; U = 1,003,854 -> the limit is 31,370 steps.
-  flags = helpers.tiny_flags(prepared_data, {"train_steps": 40_000})
-  workdir = tmp_path / "run"
-  res = helpers.run_main(*flags, workdir=workdir, count_compiles=True)
-  assert res.rc == 3, res.stderr[-3000:]
-  assert res.compiles == 0 and not workdir.exists()
-  [line] = res.error_lines
-  assert line.startswith("ERROR: ChinchillaGateError:") and "OVER_REPEATED" in line
-  assert "train_steps <= 31,370" in line and "5.10 epochs" in line
-
-
 @pytest.mark.parametrize("tokens, rules", [(5_000, (EPOCH_LIMIT,)),
                                            (1_500, (EFFECTIVE_FLOOR,)),
                                            (50_000, (EFFECTIVE_FLOOR, EPOCH_LIMIT))])

@@ -18,6 +18,7 @@ import hf_helpers as hh
 
 pytestmark = pytest.mark.hf
 
+
 torch = pytest.importorskip("torch")
 
 

@@ -20,6 +20,7 @@ import hf_helpers as hh
 
 pytestmark = pytest.mark.hf
 
+
 torch = pytest.importorskip("torch")
 STEPS = 20
 

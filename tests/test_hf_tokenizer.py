@@ -13,6 +13,7 @@ import hf_helpers as hh
 
 pytestmark = pytest.mark.hf
 
+
 pytest.importorskip("transformers")
 
 

@@ -8,6 +8,8 @@ import pytest
 import helpers
 from train.runtime import host_memory
 
+pytestmark = pytest.mark.e2e
+
 
 def _probe(mode: str, **env_over: str) -> dict:
   return helpers.python_json("page_faults.py", mode, env={"GLIBC_TUNABLES": None, **env_over})

@@ -15,6 +15,8 @@ from models.params import count_params
 sys.path.insert(0, str(helpers.REPO / "scripts"))
 import gpu_bench  # noqa: E402
 
+pytestmark = pytest.mark.e2e
+
 
 def _bench(*args: str) -> subprocess.CompletedProcess:
   return subprocess.run([sys.executable, "scripts/gpu_bench.py", *args], cwd=helpers.REPO,

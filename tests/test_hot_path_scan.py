@@ -20,6 +20,8 @@ from train.state import sharding
 from train.state import step as step_lib
 from train.state.setup import TrainSetup
 
+pytestmark = pytest.mark.e2e
+
 
 def _cfg(**over) -> ModelConfig:
   c = base.get_config()

@@ -20,6 +20,9 @@ from models.config import ModelConfig
 from train.state import step as step_lib
 from train.state.activation_sharding import activation_spec
 
+pytestmark = pytest.mark.e2e
+
+
 MESHES = ("1x8x1", "2x2x2", "1x8x1-scan")  # -scan: layers stacked and scanned
 
 

@@ -4,6 +4,9 @@ import pytest
 
 import helpers
 
+pytestmark = pytest.mark.e2e
+
+
 # Long enough to pass the Chinchilla gate with the TINY model (needs >= 1,780 steps), so no
 # bypass warning shares stderr with the error; nothing here gets as far as training.
 PASSING = {"train_steps": 2000}

@@ -16,6 +16,7 @@ from helpers import FORCE, REPO, child_env, run_main, tiny_flags
 
 pytestmark = pytest.mark.e2e
 
+
 FORECAST = re.compile(r"forecast: ([\d.]+) s = start-up ([\d.]+) \+ compile ([\d.]+) \+ "
                       r"([\d,]+) steps ([\d.]+) \+ (\d+) evals ([\d.]+) \+ (\d+) saves ([\d.]+)")
 # save_every=15 with eval_every=10 over 30 steps: evals at 10, 20, 30 plus the one the save at

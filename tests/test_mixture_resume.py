@@ -7,14 +7,14 @@ import pytest
 
 import helpers
 
+pytestmark = pytest.mark.e2e
+
 
 STEPS, STOP_AT = 40, 15
 CONFIG = '''
 from ml_collections import ConfigDict
 
 from configs import shakespeare_char
-
-pytestmark = pytest.mark.e2e
 
 
 def get_config(arg=None):

@@ -3,8 +3,6 @@ atomicity and clear refusals."""
 import hashlib
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -235,28 +233,3 @@ def test_remote_kvstore_specs_are_valid():
     store.kvstore_spec("gs:///x")
 
 
-def _cli(*args):
-  env = dict(os.environ, PYTHONPATH=str(REPO))
-  return subprocess.run([sys.executable, "-m", "train.cli.prepare", *args], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=120)
-
-
-def test_cli_empty_file_exits_2_with_one_line(tmp_path):
-  empty = tmp_path / "empty.txt"
-  empty.write_bytes(b"")
-  r = _cli(f"--input={empty}", f"--output_dir={tmp_path / 'out'}")
-  assert r.returncode == 2, r.stderr
-  lines = [l for l in r.stderr.splitlines() if l.strip()]
-  assert len(lines) == 1 and lines[0].startswith("ERROR: ") and str(empty) in lines[0]
-  assert "Traceback" not in r.stderr and r.stdout == ""
-
-
-def test_cli_success_prints_summary(tmp_path):
-  out = tmp_path / "out"
-  r = _cli(f"--input={_corpus(tmp_path)}", f"--output_dir={out}", "--tokenizer=byte",
-           "--val_fraction=0.2", "--txt_separator=\\n\\n")
-  assert r.returncode == 0, r.stderr
-  m = store.load_manifest(str(out))
-  assert m["tokenizer"] == {"type": "byte", "eot": "<|endoftext|>"}
-  assert m["val_fraction"] == 0.2 and m["documents"] == len(DOCS)
-  assert f"{m['train_tokens']:,}" in r.stdout and "byte" in r.stdout

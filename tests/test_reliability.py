@@ -15,6 +15,7 @@ import helpers
 
 pytestmark = pytest.mark.e2e
 
+
 STEPS = 20
 RUN = {"train_steps": STEPS, "checkpoint.save_every": 5, "checkpoint.keep": 4,
        "logging.log_every": 1}

@@ -8,6 +8,8 @@ from configs import shakespeare_char
 from models.config import ModelConfig, ModelConfigError
 from train.state import step as step_lib
 
+pytestmark = pytest.mark.slow
+
 
 def _step(remat: str):
   config = shakespeare_char.get_config()

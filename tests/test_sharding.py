@@ -15,6 +15,9 @@ from ml_collections import ConfigDict
 from core.errors import ConfigError
 from train.state import sharding
 
+pytestmark = pytest.mark.e2e
+
+
 REPO = Path(__file__).resolve().parents[1]
 MESHES = {"data8": (8, 1, 1), "fsdp8": (1, 8, 1), "d2f2t2": (2, 2, 2), "f4t2": (1, 4, 2)}
 

@@ -11,6 +11,9 @@ from configs import base
 from models.config import ModelConfig
 from train.state import step as step_lib
 
+pytestmark = pytest.mark.slow
+
+
 VOCAB, SEQ, BATCH = 65, 16, 4
 
 
