@@ -46,3 +46,8 @@ class NonFiniteLossError(RunGuardError):
 
 class DiskSpaceError(RunGuardError):
   """Not enough free disk for the next checkpoint; earlier checkpoints are untouched."""
+
+
+class ContractError(PregateError):
+  """A guardrail contract (gates/contracts/*.yaml) that is missing or malformed; no gate can
+  decide without its rule."""

@@ -8,7 +8,8 @@ i.e. fewer parameters rather than more repetition; if even that needs more than 
 plans exactly max_epochs and leaves the rest of the budget unspent (more data is the fix).
 
 With a fitted law L(N, D) = E + A/N^a + B/D^b (gates.scaling_fit) it minimises L(N, D'(C/6N))
-instead, within the same gate limits. Pure apart from reading the contract.
+instead, within the same gate limits. Pure: the caller passes the gate's contract (ratio r,
+max_epochs, R*; gates.chinchilla_contract).
 """
 from __future__ import annotations
 
@@ -16,9 +17,8 @@ import dataclasses
 import math
 from typing import Any
 
-from gates import contract_store as contracts
 from gates import effective
-from gates.effective import CONTRACT
+from gates.chinchilla_contract import ChinchillaContract
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,16 +59,8 @@ class Advice:
     return dataclasses.asdict(self)
 
 
-def _ratio() -> int:
-  return contracts.threshold(CONTRACT, "hard_floor_ratio")
-
-
-def _max_epochs() -> int:
-  return contracts.threshold(CONTRACT, "max_epochs")
-
-
-def _d_eff(tokens: float, unique: int | None) -> float:
-  return tokens if unique is None else effective.effective_tokens(tokens, unique)
+def _d_eff(contract: ChinchillaContract, tokens: float, unique: int | None) -> float:
+  return tokens if unique is None else effective.effective_tokens(tokens, unique, contract.r_star)
 
 
 def _bisect_largest(ok, lo: float, hi: float, iters: int = 200) -> float:
@@ -82,49 +74,53 @@ def _bisect_largest(ok, lo: float, hi: float, iters: int = 200) -> float:
   return math.exp(llo)
 
 
-def gate_max_n(flops: float, unique: int | None) -> tuple[float, str]:
+def gate_max_n(contract: ChinchillaContract, flops: float, unique: int | None
+               ) -> tuple[float, str]:
   """The largest N whose full-budget plan (D = C/6N) passes the gate, and what limits it."""
-  r = _ratio()
+  r, max_epochs = contract.hard_floor_ratio, contract.max_epochs
   n_free = math.sqrt(flops / (6 * r))
   if unique is None or flops / (6 * n_free) <= unique:
     return n_free, "compute"
-  n = _bisect_largest(lambda n: _d_eff(flops / (6 * n), unique) >= r * n, 1.0, n_free)
-  if flops / (6 * n) <= _max_epochs() * unique:
+  n = _bisect_largest(lambda n: _d_eff(contract, flops / (6 * n), unique) >= r * n, 1.0, n_free)
+  if flops / (6 * n) <= max_epochs * unique:
     return n, "data: effective floor"
-  return _d_eff(_max_epochs() * unique, unique) / r, "data: epoch limit"
+  return _d_eff(contract, max_epochs * unique, unique) / r, "data: epoch limit"
 
 
-def advise(flops: float, unique: int | None = None, law: Law | None = None) -> Advice:
+def advise(contract: ChinchillaContract, flops: float, unique: int | None = None,
+           law: Law | None = None) -> Advice:
   """Recommend N and D for a budget of `flops` FLOPs (C = 6 N D), given U unique tokens (None:
   unlimited data) and optionally a fitted law instead of the contract's ratio."""
   if not flops > 0 or not math.isfinite(flops):
     raise ValueError(f"budget must be a positive number of FLOPs, got {flops!r}")
   if unique is not None and (not isinstance(unique, int) or unique <= 0):
     raise ValueError(f"unique tokens must be a positive integer, got {unique!r}")
-  r, max_epochs = _ratio(), _max_epochs()
-  n_gate, limited = gate_max_n(flops, unique)
+  r, max_epochs = contract.hard_floor_ratio, contract.max_epochs
+  n_gate, limited = gate_max_n(contract, flops, unique)
   unconstrained = math.sqrt(flops / (6 * r)) if law is None else law.optimal_n(flops)
   if limited == "data: epoch limit":  # D is capped; any law then prefers the largest N allowed
     n, tokens = n_gate, float(max_epochs * unique)
   else:
-    n = n_gate if law is None else _best_n(law, flops, unique, n_gate)
+    n = n_gate if law is None else _best_n(contract, law, flops, unique, n_gate)
     tokens = flops / (6 * n)
     if law is not None and n < n_gate * (1 - 1e-6):  # else the law's optimum is past the cap
       limited = "fitted law"
   return Advice(
-      budget_flops=flops, n_params=n, tokens=tokens, effective_tokens=_d_eff(tokens, unique),
+      budget_flops=flops, n_params=n, tokens=tokens,
+      effective_tokens=_d_eff(contract, tokens, unique),
       epochs=None if unique is None else tokens / unique, flops_used=6 * n * tokens,
       limited_by=limited, rule="fitted law" if law is not None else f"contract ratio {r}",
       unconstrained_n=unconstrained)
 
 
-def _best_n(law: Law, flops: float, unique: int | None, n_max: float) -> float:
+def _best_n(contract: ChinchillaContract, law: Law, flops: float, unique: int | None,
+            n_max: float) -> float:
   """argmin over N <= n_max (and D <= max_epochs U) of L(N, D'(C/6N)): log-grid, then refine."""
-  n_min = 1.0 if unique is None else max(1.0, flops / (6 * _max_epochs() * unique))
+  n_min = 1.0 if unique is None else max(1.0, flops / (6 * contract.max_epochs * unique))
   if n_min >= n_max:
     return n_max
   def loss(log_n: float) -> float:
-    return law.loss(math.exp(log_n), _d_eff(flops / (6 * math.exp(log_n)), unique))
+    return law.loss(math.exp(log_n), _d_eff(contract, flops / (6 * math.exp(log_n)), unique))
 
   lo, hi = math.log(n_min), math.log(n_max)
   grid = [lo + (hi - lo) * i / 400 for i in range(401)]

@@ -7,7 +7,8 @@ and no source may be repeated more than the contract's epoch limit. Every bounda
 exactly (integers, fractions, and refined rational intervals for the exp() in D', see
 gates.effective); thresholds, R* of the D' formula, zone texts, rules, the bypass flag and the
 version all come from gates/contracts/chinchilla-gate-v1.yaml, so the rule has one source of
-truth.
+truth. The caller loads it (core.contracts) and passes the parsed ChinchillaContract in
+(gates.chinchilla_contract), so `evaluate` is a pure function of its arguments.
 
 `passed` means every rule held. `bypassed` means some rule did not hold and the run proceeds
 anyway because the operator set the bypass (`bypassed_rules` says which); a run that passes is
@@ -22,17 +23,17 @@ from fractions import Fraction
 from typing import Any, Mapping
 
 from core.errors import ConfigError, GateRefusal
-from gates import contract_store as contracts
 from gates import effective
 from gates import verdict as verdict_lib
-from gates.effective import CONTRACT, Interval
+from gates.chinchilla_contract import CONTRACT, ChinchillaContract
+from gates.effective import Interval
 from gates.verdict import SourceUse, Verdict, ratio_text, warning_line
 
 # The verdict's record and wording live in gates.verdict; they are part of this gate's interface.
-__all__ = ["CONTRACT", "COMPUTE_OPTIMAL", "DEGENERATION", "EFFECTIVE_FLOOR", "EPOCH_LIMIT",
-           "OVER_REPEATED", "PLATEAU", "RULES", "ZONES", "ChinchillaGateError", "SourceUse",
-           "Verdict", "enforce", "evaluate", "planned_tokens", "ratio_text", "recheck",
-           "warning_line"]
+__all__ = ["CONTRACT", "ChinchillaContract", "COMPUTE_OPTIMAL", "DEGENERATION", "EFFECTIVE_FLOOR",
+           "EPOCH_LIMIT", "OVER_REPEATED", "PLATEAU", "RULES", "ZONES", "ChinchillaGateError",
+           "SourceUse", "Verdict", "enforce", "evaluate", "planned_tokens", "ratio_text",
+           "recheck", "warning_line"]
 DEGENERATION = "DEGENERATION"
 PLATEAU = "PLATEAU"
 OVER_REPEATED = "OVER_REPEATED"
@@ -68,15 +69,15 @@ def _check_inputs(n_params: int, n_non_embedding: int, tokens: int, tokens_per_s
     raise ValueError(f"tokens_per_step must be a positive integer, got {tokens_per_step!r}")
 
 
-def _effective(tokens: int, srcs: tuple[effective.Source, ...]):
+def _effective(tokens: int, srcs: tuple[effective.Source, ...], r_star: Fraction):
   """D' as a refinable interval function of the digits; D itself while U is unknown."""
   if not srcs:
     return lambda digits: Interval.point(tokens)
-  return lambda digits: effective.total_interval(tokens, srcs, digits)
+  return lambda digits: effective.total_interval(tokens, srcs, r_star, digits)
 
 
-def _reaches(tokens: int, srcs, target: int) -> bool:
-  return effective.decide(_effective(tokens, srcs), target)
+def _reaches(tokens: int, srcs, r_star: Fraction, target: int) -> bool:
+  return effective.decide(_effective(tokens, srcs, r_star), target)
 
 
 def _max_steps(srcs, tokens_per_step: int, max_epochs: int) -> int | None:
@@ -86,61 +87,59 @@ def _max_steps(srcs, tokens_per_step: int, max_epochs: int) -> int | None:
   return min(int(limit) for limit in limits) if limits else None
 
 
-def _steps_needed(target: int, srcs, tokens_per_step: int, max_steps: int | None) -> int | None:
+def _steps_needed(target: int, srcs, r_star: Fraction, tokens_per_step: int,
+                  max_steps: int | None) -> int | None:
   """Smallest s with D'(s * tokens_per_step) >= target; D' <= D bounds it below, D' grows
   with s, so a binary search decides it exactly. None if even max_steps falls short."""
   low = max(1, -(-target // tokens_per_step))
   if not srcs:
     return low
   if max_steps is None or max_steps < low or not _reaches(max_steps * tokens_per_step, srcs,
-                                                          target):
+                                                          r_star, target):
     return None
   high = max_steps
   while low < high:
     mid = (low + high) // 2
-    if _reaches(mid * tokens_per_step, srcs, target):
+    if _reaches(mid * tokens_per_step, srcs, r_star, target):
       high = mid
     else:
       low = mid + 1
   return low
 
 
-def _source_uses(tokens: int, srcs, max_epochs: int) -> tuple[SourceUse, ...]:
+def _source_uses(tokens: int, srcs, r_star: Fraction, max_epochs: int) -> tuple[SourceUse, ...]:
   out = []
   for s in srcs:
     planned = tokens * s.weight
     out.append(SourceUse(
         name=s.name, weight=str(s.weight), tokens=float(planned), unique_tokens=s.unique_tokens,
         epochs=float(planned / s.unique_tokens),
-        effective_tokens=effective.source_interval(planned, s.unique_tokens, 40).midpoint(),
+        effective_tokens=effective.source_interval(planned, s.unique_tokens, r_star,
+                                                   40).midpoint(),
         over_limit=planned > max_epochs * s.unique_tokens))
   return tuple(out)
 
 
-def evaluate(n_params: int, n_non_embedding: int, tokens: int, tokens_per_step: int,
-             bypass: bool = False, unique_tokens: Mapping[str, int] | None = None,
+def evaluate(contract: ChinchillaContract, n_params: int, n_non_embedding: int, tokens: int,
+             tokens_per_step: int, bypass: bool = False,
+             unique_tokens: Mapping[str, int] | None = None,
              weights: Mapping[str, float | int | str] | None = None) -> Verdict:
-  """Judge a planned run; pure apart from reading the (cached) contract.
+  """Judge a planned run under `contract`; pure.
 
   `unique_tokens` maps each source to its unique train tokens U_s (None: unknown yet, judge D);
   `weights` its mixture weight (optional for one source)."""
   _check_inputs(n_params, n_non_embedding, tokens, tokens_per_step)
-  floor = contracts.threshold(CONTRACT, "hard_floor_ratio")
-  degeneration = contracts.threshold(CONTRACT, "degeneration_below")
-  max_epochs = contracts.threshold(CONTRACT, "max_epochs")
-  if degeneration > floor:
-    raise contracts.ContractError(f"contract {CONTRACT}: degeneration_below={degeneration} "
-                                  f"exceeds hard_floor_ratio={floor}")
+  floor, max_epochs, r_star = contract.hard_floor_ratio, contract.max_epochs, contract.r_star
   try:
     srcs = () if unique_tokens is None else effective.sources(unique_tokens, weights)
   except ValueError as e:
     raise ConfigError(f"chinchilla gate: {e}") from None
-  d_eff = _effective(tokens, srcs)
+  d_eff = _effective(tokens, srcs, r_star)
   floor_ok = effective.decide(d_eff, floor * n_params)
-  uses = _source_uses(tokens, srcs, max_epochs)
+  uses = _source_uses(tokens, srcs, r_star, max_epochs)
   failed = tuple(r for r, broken in ((EFFECTIVE_FLOOR, not floor_ok),
                                      (EPOCH_LIMIT, any(u.over_limit for u in uses))) if broken)
-  if not effective.decide(d_eff, degeneration * n_params):
+  if not effective.decide(d_eff, contract.degeneration_below * n_params):
     zone = DEGENERATION
   elif EPOCH_LIMIT in failed:
     zone = OVER_REPEATED
@@ -151,14 +150,14 @@ def evaluate(n_params: int, n_non_embedding: int, tokens: int, tokens_per_step: 
   max_steps = _max_steps(srcs, tokens_per_step, max_epochs)
   n_max = None
   if max_steps is not None:
-    n_max = effective.floor_of(lambda digits: _effective(max_steps * tokens_per_step, srcs)(
-        digits).scaled(Fraction(1, floor)))
+    n_max = effective.floor_of(lambda digits: _effective(max_steps * tokens_per_step, srcs,
+                                                         r_star)(digits).scaled(Fraction(1, floor)))
   eff = None if not srcs else d_eff(40).midpoint()
   return Verdict(
-      n_params=n_params, n_non_embedding=n_non_embedding, tokens=tokens,
+      contract=contract, n_params=n_params, n_non_embedding=n_non_embedding, tokens=tokens,
       ratio=tokens / n_params, zone=zone, passed=not failed, bypassed=bool(bypass and failed),
-      contract_version=contracts.version(CONTRACT), tokens_needed=floor * n_params,
-      steps_needed=_steps_needed(floor * n_params, srcs, tokens_per_step, max_steps),
+      contract_version=contract.version, tokens_needed=floor * n_params,
+      steps_needed=_steps_needed(floor * n_params, srcs, r_star, tokens_per_step, max_steps),
       tokens_per_step=tokens_per_step, floor_ratio=floor, effective_tokens=eff,
       effective_ratio=None if eff is None else eff / n_params,
       effective_ratio_text=None if not srcs else verdict_lib.interval_ratio_text(
@@ -170,8 +169,8 @@ def evaluate(n_params: int, n_non_embedding: int, tokens: int, tokens_per_step: 
 def recheck(verdict: Verdict, unique_tokens: Mapping[str, int],
             weights: Mapping[str, float | int | str] | None = None) -> Verdict:
   """The verdict once U is known (right after data preparation, before any compile): the same
-  plan and bypass flag judged on D'. Pure; enforce() the result."""
-  return evaluate(verdict.n_params, verdict.n_non_embedding, verdict.tokens,
+  plan, contract and bypass flag judged on D'. Pure; enforce() the result."""
+  return evaluate(verdict.contract, verdict.n_params, verdict.n_non_embedding, verdict.tokens,
                   verdict.tokens_per_step, bypass=verdict.bypass_requested,
                   unique_tokens=unique_tokens, weights=weights)
 

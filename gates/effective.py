@@ -1,4 +1,4 @@
-"""Effective tokens D' of repeated data, decided exactly; R* comes from the gate's contract.
+"""Effective tokens D' of repeated data, decided exactly; R* is the gate contract's constant.
 
 Muennighoff et al. (2023, eq. 5) value a token seen for the R-th repetition less than a fresh
 one: D' = min(D, U) + U R* (1 - exp(-R / R*)) with R = max(D / U - 1, 0) repetitions. The
@@ -11,7 +11,7 @@ below it is refused. D' holds exp(), so it is irrational whenever data repeats; 
 decided on an interval of Fractions that surely holds the true value, narrowed (more decimal
 digits for exp) until it lies on one side of the threshold. exp of a nonzero rational is never
 rational (Lindemann), so a tie is possible only where the interval is a point, which compares
-exactly. Pure apart from reading the (cached) contract.
+exactly. Pure: R* is an argument (gates.chinchilla_contract holds it).
 """
 from __future__ import annotations
 
@@ -21,9 +21,6 @@ import math
 from fractions import Fraction
 from typing import Callable, Mapping
 
-from gates import contract_store as contracts
-
-CONTRACT = "chinchilla-gate-v1"
 _START_DIGITS = 40
 _MAX_DIGITS = 5000
 _FAR_NEGATIVE = -700  # below this exp(q) < 2^-1000: bounded by powers of two, not decimals
@@ -62,31 +59,6 @@ class Source:
   unique_tokens: int
 
 
-def _effective_spec() -> dict:
-  spec = contracts.get_contract(CONTRACT).get("effective_tokens")
-  if not isinstance(spec, dict) or not isinstance(spec.get("constants"), dict):
-    raise contracts.ContractError(f"contract {CONTRACT}: effective_tokens needs `constants`")
-  return spec
-
-
-def _r_star() -> Fraction:
-  """R*_D, exact: a decimal string such as "15.4" reads as 154/10, not a binary float."""
-  value = _effective_spec()["constants"].get("R_star")
-  try:
-    r_star = Fraction(str(value))
-  except (ValueError, ZeroDivisionError):
-    r_star = Fraction(0)
-  if r_star <= 0:
-    raise contracts.ContractError(f"contract {CONTRACT}: constant R_star={value!r} is not a "
-                                  f"positive number")
-  return r_star
-
-
-def r_star() -> float:
-  """R*_D as a float, for reports."""
-  return float(_r_star())
-
-
 def _exp_decimal(q: Fraction, digits: int, upper: bool) -> Fraction:
   """A rational bound on exp(q): Decimal.exp is correctly rounded, so one ulp outward holds it."""
   ctx = decimal.Context(prec=digits, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
@@ -120,31 +92,31 @@ def exp_interval(q: Fraction, digits: int) -> Interval:
   return Interval(max(bound(False), Fraction(0)), bound(True))
 
 
-def source_interval(tokens: Fraction, unique: int, digits: int) -> Interval:
+def source_interval(tokens: Fraction, unique: int, r_star: Fraction, digits: int) -> Interval:
   """D'_s for D_s = tokens drawn from U = unique tokens, as an interval holding the true value."""
   tokens = Fraction(tokens)
   if tokens <= unique:  # R = 0: every token is fresh, D' = D
     return Interval.point(tokens)
-  r_star = _r_star()
   decay = exp_interval(-(tokens / unique - 1) / r_star, digits)  # exp(-R / R*)
   worth = unique * r_star  # what unlimited repetition of U adds at most
   return Interval(unique + worth * (1 - decay.hi), unique + worth * (1 - decay.lo))
 
 
-def effective_tokens(tokens: int | float, unique: int) -> float:
+def effective_tokens(tokens: int | float, unique: int, r_star: Fraction) -> float:
   """D' for one source in floats (reports and planners; decisions use the intervals)."""
-  d, u, r_star = float(tokens), float(unique), float(_r_star())
+  d, u, r_star = float(tokens), float(unique), float(r_star)
   r = max(d / u - 1, 0.0)
   x = -r / r_star
   return min(d, u) + u * r_star * (1 - (math.exp(x) if x > -745 else 0.0))
 
 
-def total_interval(tokens: int, srcs: tuple[Source, ...], digits: int) -> Interval:
+def total_interval(tokens: int, srcs: tuple[Source, ...], r_star: Fraction, digits: int
+                   ) -> Interval:
   """D' = sum of D'_s over the sources for D planned tokens."""
   total = Interval.point(0)
   for s in srcs:
     if s.weight:
-      total = total + source_interval(tokens * s.weight, s.unique_tokens, digits)
+      total = total + source_interval(tokens * s.weight, s.unique_tokens, r_star, digits)
   return total
 
 

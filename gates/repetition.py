@@ -4,27 +4,17 @@ A token seen for the fifth time teaches less than a fresh one. Muennighoff et al
 Data-Constrained Language Models") fit the value of repeated data as effective tokens D'
 (gates.effective; R* is in the Chinchilla gate's contract, which since v1.2.0 decides on D' and
 refuses more than its epoch limit); this is the human-readable report `pregate-plan` prints
-beside the verdict. Pure apart from reading the (cached) contract.
+beside the verdict. Pure: the caller passes the gate's contract (R*, the epoch limit).
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
 
-from gates import contract_store as contracts
 from gates import effective
+from gates.chinchilla_contract import ChinchillaContract
 
 CITATION = "Muennighoff et al. 2023, Scaling Data-Constrained Language Models"
-
-
-def epoch_limit() -> int:
-  """The contract's epoch limit (repeated tokens lose value fast past it)."""
-  return contracts.threshold(effective.CONTRACT, "max_epochs")
-
-
-def effective_tokens(tokens: int, unique_tokens: int) -> float:
-  """D' for one source (the contract's formula); equals D while no token is repeated."""
-  return effective.effective_tokens(tokens, unique_tokens)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,27 +29,31 @@ class RepetitionReport:
   effective_ratio: float | None
   warning: bool
   source: str
+  contract: ChinchillaContract = dataclasses.field(repr=False)
 
   def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
+    """JSON-ready; the contract is the rule it was judged by, not part of the record."""
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+            if f.name != "contract"}
 
   def lines(self) -> list[str]:
     out = [f"data: D = {self.tokens:,} planned tokens over U = {self.unique_tokens:,} unique train "
            f"tokens ({self.source}) = {self.epochs:.2f} epochs"]
     line = (f"data: effective tokens D' = {self.effective_tokens:,.0f} "
-            f"(data-constrained scaling, R* = {effective.r_star():g})")
+            f"(data-constrained scaling, R* = {float(self.contract.r_star):g})")
     if self.effective_ratio is not None:
       line += f", D'/N = {self.effective_ratio:.2f}"
     out.append(line)
     if self.warning:
-      out.append(f"WARNING: {self.epochs:.2f} epochs > {epoch_limit()}: repeated tokens lose "
-                 f"value fast past ~{epoch_limit()} epochs ({CITATION}); add unique data or "
+      limit = self.contract.max_epochs
+      out.append(f"WARNING: {self.epochs:.2f} epochs > {limit}: repeated tokens lose "
+                 f"value fast past ~{limit} epochs ({CITATION}); add unique data or "
                  f"plan fewer tokens")
     return out
 
 
-def report(tokens: int, unique_tokens: int, n_params: int | None = None,
-           source: str = "given") -> RepetitionReport:
+def report(contract: ChinchillaContract, tokens: int, unique_tokens: int,
+           n_params: int | None = None, source: str = "given") -> RepetitionReport:
   """The repetition report for D planned tokens over U unique train tokens (and N, if known)."""
   if unique_tokens <= 0:
     raise ValueError(f"unique_tokens must be positive, got {unique_tokens!r}")
@@ -68,8 +62,8 @@ def report(tokens: int, unique_tokens: int, n_params: int | None = None,
   if n_params is not None and n_params <= 0:
     raise ValueError(f"n_params must be positive, got {n_params!r}")
   epochs = tokens / unique_tokens
-  d_eff = effective_tokens(tokens, unique_tokens)
+  d_eff = effective.effective_tokens(tokens, unique_tokens, contract.r_star)
   return RepetitionReport(
       tokens=tokens, unique_tokens=unique_tokens, epochs=epochs, effective_tokens=d_eff,
       n_params=n_params, effective_ratio=None if n_params is None else d_eff / n_params,
-      warning=tokens > epoch_limit() * unique_tokens, source=source)
+      warning=tokens > contract.max_epochs * unique_tokens, source=source, contract=contract)

@@ -4,7 +4,8 @@ Every line names the zone, N, D, D' and the epochs per source, and (when the run
 the rules broken and a fix that can actually work: more train_steps only while the epoch limit
 allows them, else a smaller model or more unique data. Ratios are truncated, never rounded, so
 a refused 19.999 never prints as 20.00. gates.chinchilla decides; this module only records and
-words the decision, so it imports nothing from it.
+words the decision, so it imports nothing from it. The texts (zones, rules, the bypass flag) come
+from the contract the verdict was decided under, which the verdict carries.
 """
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ import dataclasses
 from fractions import Fraction
 from typing import Any, Callable
 
-from gates import contract_store as contracts
 from gates import effective
-from gates.effective import CONTRACT, Interval
+from gates.chinchilla_contract import ChinchillaContract
+from gates.effective import Interval
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,8 +38,10 @@ class Verdict:
   `tokens` is D; `effective_tokens` is D' (None while U is unknown, when the gate judged D).
   `steps_needed` is the smallest train_steps reaching floor * N effective tokens (None when no
   step count does within the epoch limit); `max_steps` is the epoch limit in steps and
-  `n_params_max` the largest N that the data supports at it (both None while U is unknown)."""
+  `n_params_max` the largest N that the data supports at it (both None while U is unknown).
+  `contract` is the rule it was decided under (not part of the record: its name is)."""
 
+  contract: ChinchillaContract = dataclasses.field(repr=False)
   n_params: int
   n_non_embedding: int
   tokens: int
@@ -72,11 +75,11 @@ class Verdict:
 
   def to_dict(self) -> dict[str, Any]:
     """JSON-ready record (gate.json, metrics.jsonl, checkpoint metadata)."""
-    d = dataclasses.asdict(self)
+    d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "contract"}
     d["sources"] = [dataclasses.asdict(s) for s in self.sources]
     d["failed_rules"], d["bypassed_rules"] = list(self.failed_rules), list(self.bypassed_rules)
     return {**d, "proceeds": self.proceeds, "unique_tokens_known": self.unique_tokens_known,
-            "contract": _contract()["contract"]}
+            "contract": self.contract.name}
 
   def message(self) -> str:
     """One line: the pass line, the refusal line, or (bypassed) the warning line."""
@@ -105,21 +108,8 @@ def interval_ratio_text(value: Callable[[int], Interval], n_params: int) -> str:
   return f"{hundredths // 100}.{hundredths % 100:02d}"
 
 
-def _contract() -> dict:
-  return contracts.get_contract(CONTRACT)
-
-
-def _zone_text(zone: str) -> str:
-  spec = _contract().get("zones", {}).get(zone, {})
-  return f"{spec.get('range', '?')}: {spec.get('meaning', '?')}"
-
-
-def _bypass_flag() -> str:
-  return _contract()["bypass"]["flag"]
-
-
 def _tag(v: Verdict) -> str:
-  return f"[contract {_contract()['contract']} v{v.contract_version}]"
+  return f"[contract {v.contract.name} v{v.contract_version}]"
 
 
 def _ratios(v: Verdict, comparison: str = "") -> str:
@@ -147,8 +137,7 @@ def _sizes(v: Verdict) -> str:
 
 
 def _rules(v: Verdict, rules: tuple[str, ...]) -> str:
-  texts = _contract().get("rules", {})
-  return "; ".join(f"{r}: {texts.get(r, '?')}" for r in rules)
+  return "; ".join(f"{r}: {v.contract.rule_text(r)}" for r in rules)
 
 
 def _fix(v: Verdict) -> str:
@@ -173,12 +162,12 @@ def _pass_line(v: Verdict) -> str:
 
 
 def _refusal_line(v: Verdict) -> str:
-  return (f"chinchilla gate refused the run: {v.zone} zone ({_zone_text(v.zone)}); broken: "
-          f"{_rules(v, v.failed_rules)}; {_ratios(v, _floor_comparison(v))} with {_sizes(v)}; "
-          f"fix: {_fix(v)}; pass {_bypass_flag()} to run anyway {_tag(v)}")
+  return (f"chinchilla gate refused the run: {v.zone} zone ({v.contract.zone_text(v.zone)}); "
+          f"broken: {_rules(v, v.failed_rules)}; {_ratios(v, _floor_comparison(v))} with "
+          f"{_sizes(v)}; fix: {_fix(v)}; pass {v.contract.bypass_flag} to run anyway {_tag(v)}")
 
 
 def _warning_line(v: Verdict) -> str:
-  return (f"WARNING: chinchilla gate bypassed by {_bypass_flag()} (rules bypassed: "
-          f"{', '.join(v.bypassed_rules)}): {v.zone} zone ({_zone_text(v.zone)}); "
+  return (f"WARNING: chinchilla gate bypassed by {v.contract.bypass_flag} (rules bypassed: "
+          f"{', '.join(v.bypassed_rules)}): {v.zone} zone ({v.contract.zone_text(v.zone)}); "
           f"{_ratios(v, _floor_comparison(v))} with {_sizes(v)}; fix: {_fix(v)} {_tag(v)}")

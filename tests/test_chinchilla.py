@@ -6,9 +6,9 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.errors import ConfigError, GateRefusal
-from gates import chinchilla
-from gates import contract_store as contracts
+from core import contracts
+from core.errors import ConfigError, ContractError, GateRefusal
+from gates import chinchilla, chinchilla_contract
 from gates.chinchilla import (
   COMPUTE_OPTIMAL,
   DEGENERATION,
@@ -22,17 +22,18 @@ from gates.chinchilla import (
 
 N = st.integers(1, 10**12)
 FLAG = "--force_under_provisioned"
+GATE = chinchilla_contract.parse(contracts.load(chinchilla.CONTRACT))
 
 
-def _verdict(n: int, d: int, tokens_per_step: int = 1, bypass: bool = False):
-  return evaluate(n, n, d, tokens_per_step, bypass=bypass)
+def _verdict(n: int, d: int, tokens_per_step: int = 1, bypass: bool = False, contract=GATE):
+  return evaluate(contract, n, n, d, tokens_per_step, bypass=bypass)
 
 
 @settings(deadline=None)
 @given(n=N, data=st.data(), bypass=st.booleans())
 def test_refused_iff_below_twenty_n_without_bypass(n, data, bypass):
   d = data.draw(st.integers(0, 40 * n))
-  v = evaluate(n, n // 2, d, 1, bypass=bypass)
+  v = evaluate(GATE, n, n // 2, d, 1, bypass=bypass)
   assert v.passed == (d >= 20 * n)
   assert v.bypassed == (bypass and d < 20 * n)
   assert v.proceeds == (d >= 20 * n or bypass)
@@ -96,12 +97,13 @@ def test_twenty_five_passes(n):
 @given(n=N, global_batch=st.integers(1, 4096), seq_len=st.integers(1, 8192))
 def test_steps_needed_is_the_smallest_passing_step_count(n, global_batch, seq_len):
   per_step = global_batch * seq_len
-  v = evaluate(n, n, planned_tokens(1, global_batch, seq_len), per_step)
+  v = evaluate(GATE, n, n, planned_tokens(1, global_batch, seq_len), per_step)
   steps = v.steps_needed
   assert v.tokens_needed == 20 * n and v.tokens_per_step == per_step
-  assert evaluate(n, n, planned_tokens(steps, global_batch, seq_len), per_step).passed
+  assert evaluate(GATE, n, n, planned_tokens(steps, global_batch, seq_len), per_step).passed
   if steps > 1:
-    assert not evaluate(n, n, planned_tokens(steps - 1, global_batch, seq_len), per_step).passed
+    assert not evaluate(GATE, n, n, planned_tokens(steps - 1, global_batch, seq_len),
+                        per_step).passed
 
 
 @settings(deadline=None)
@@ -114,7 +116,7 @@ def test_refused_ratio_never_prints_as_twenty(n):
 
 def test_refusal_message_names_zone_sizes_ratio_steps_and_flag():
   # The nanoGPT CPU config: N = 800,000 (791,680 non-embedding), 2,000 x 12 x 64 tokens.
-  v = evaluate(800_000, 791_680, planned_tokens(2000, 12, 64), 12 * 64)
+  v = evaluate(GATE, 800_000, 791_680, planned_tokens(2000, 12, 64), 12 * 64)
   msg = v.message()
   assert "\n" not in msg
   for part in ("refused", "DEGENERATION", "800,000", "791,680", "1,536,000", "D/N = 1.92",
@@ -131,7 +133,7 @@ def test_plateau_message_has_two_decimals():
 
 
 def test_pass_message():
-  msg = evaluate(311_040, 304_800, 8_192_000, 4096).message()
+  msg = evaluate(GATE, 311_040, 304_800, 8_192_000, 4096).message()
   assert msg.startswith("chinchilla gate passed: COMPUTE_OPTIMAL")
   assert "26.33" in msg and "311,040" in msg and "304,800" in msg and FLAG not in msg
 
@@ -157,7 +159,7 @@ def test_bypass_on_a_passing_run_is_not_a_bypass():
 
 
 def test_to_dict_is_json_ready():
-  v = evaluate(800_000, 791_680, 1_536_000, 768)
+  v = evaluate(GATE, 800_000, 791_680, 1_536_000, 768)
   d = json.loads(json.dumps(v.to_dict()))
   assert d["n_params"] == 800_000 and d["n_non_embedding"] == 791_680
   assert d["tokens"] == 1_536_000 and d["zone"] == DEGENERATION and d["proceeds"] is False
@@ -177,11 +179,11 @@ def test_planned_tokens_is_the_whole_run():
                                   (10.0, 5, 1, 1)])
 def test_evaluate_rejects_impossible_inputs(args):
   with pytest.raises(ValueError):
-    evaluate(*args)
+    evaluate(GATE, *args)
 
 
 def test_contract_yaml_holds_the_v1_2_rule():
-  c = contracts.get_contract(chinchilla.CONTRACT)
+  c = contracts.load(chinchilla.CONTRACT)
   assert c["contract"] == "chinchilla-gate" and c["version"] == "1.2.0"
   assert c["thresholds"] == {"hard_floor_ratio": 20, "degeneration_below": 10, "max_epochs": 4}
   assert set(c["zones"]) == set(chinchilla.ZONES)
@@ -192,25 +194,28 @@ def test_contract_yaml_holds_the_v1_2_rule():
   assert [f["id"] for f in c["falsifiers"]] == [f"FALSIFY-CHINCHILLA-{i:03d}" for i in range(1, 14)]
 
 
-def _patched_contract(tmp_path, monkeypatch, **thresholds):
+def _edited_contract(tmp_path, **thresholds):
+  """The shipped contract file with `thresholds` changed, written, read back and parsed."""
   path = contracts.CONTRACT_DIR / f"{chinchilla.CONTRACT}.yaml"
   data = yaml.safe_load(path.read_text())
   data["thresholds"].update(thresholds)
   data["version"] = "9.9.9"
   (tmp_path / path.name).write_text(yaml.safe_dump(data))
-  monkeypatch.setattr(contracts, "CONTRACT_DIR", tmp_path)
+  return chinchilla_contract.parse(contracts.load_contract(tmp_path / path.name))
 
 
-def test_thresholds_come_from_the_contract(tmp_path, monkeypatch):
+def test_thresholds_come_from_the_contract(tmp_path):
   assert _verdict(1_000, 25_000).passed
-  _patched_contract(tmp_path, monkeypatch, hard_floor_ratio=30)
-  v = _verdict(1_000, 25_000)
+  edited = _edited_contract(tmp_path, hard_floor_ratio=30)
+  v = _verdict(1_000, 25_000, contract=edited)
   assert not v.passed and v.zone == PLATEAU and v.contract_version == "9.9.9"
   assert v.tokens_needed == 30_000 and "< 30" in v.message()
-  assert _verdict(1_000, 30_000).passed
+  assert _verdict(1_000, 30_000, contract=edited).passed
+  assert _verdict(1_000, 25_000).passed  # the shipped rule is untouched: nothing is cached
+  rechecked = chinchilla.recheck(v, {"c": 10**9})  # judged again under the verdict's contract
+  assert rechecked.contract == edited and not rechecked.passed and rechecked.tokens_needed == 30_000
 
 
-def test_non_integer_threshold_is_refused(tmp_path, monkeypatch):
-  _patched_contract(tmp_path, monkeypatch, hard_floor_ratio=20.5)
-  with pytest.raises(contracts.ContractError, match="hard_floor_ratio"):
-    _verdict(1_000, 25_000)
+def test_non_integer_threshold_is_refused(tmp_path):
+  with pytest.raises(ContractError, match="hard_floor_ratio"):
+    _edited_contract(tmp_path, hard_floor_ratio=20.5)

@@ -10,7 +10,7 @@ import re
 import pytest
 import yaml
 
-from gates import contract_store as contracts
+from core import contracts
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 PATHS = contracts.contract_paths()

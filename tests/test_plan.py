@@ -5,11 +5,13 @@ import json
 import pytest
 
 from configs import base
+from core import contracts
 from core.errors import ConfigError
-from gates import effective, repetition
+from gates import chinchilla_contract, effective, repetition
 from train.cli import plan as plan_mod
 from train.data import unique_tokens
 
+GATE = chinchilla_contract.parse(contracts.load(chinchilla_contract.CONTRACT))
 
 @dataclasses.dataclass(frozen=True)
 class _Counts:
@@ -76,17 +78,17 @@ def test_human_duration(seconds, text):
 
 
 def test_repetition_without_repeats_is_worth_every_token():
-  r = repetition.report(900, 1_000, n_params=100)
+  r = repetition.report(GATE, 900, 1_000, n_params=100)
   assert r.effective_tokens == 900 and r.effective_ratio == 9 and not r.warning
   assert r.epochs == 0.9
 
 
 def test_repetition_follows_data_constrained_scaling():
   # 4 epochs = 3 repetitions: D' = U * (1 + 15.4 * (1 - exp(-3 / 15.4))) ~ 3.726 U.
-  assert repetition.effective_tokens(4_000, 1_000) == pytest.approx(3_725.88, abs=0.01)
-  assert repetition.effective_tokens(10**9, 1_000) <= 1_000 * (1 + effective.r_star())
-  at_four = repetition.report(4_000, 1_000)
+  assert effective.effective_tokens(4_000, 1_000, GATE.r_star) == pytest.approx(3_725.88, abs=0.01)
+  assert effective.effective_tokens(10**9, 1_000, GATE.r_star) <= 1_000 * (1 + GATE.r_star)
+  at_four = repetition.report(GATE, 4_000, 1_000)
   assert not at_four.warning and not any("WARNING" in line for line in at_four.lines())
-  past = repetition.report(4_001, 1_000, n_params=10)
+  past = repetition.report(GATE, 4_001, 1_000, n_params=10)
   assert past.warning and "Muennighoff et al. 2023" in past.lines()[-1]
   assert json.loads(json.dumps(past.to_dict()))["epochs"] == pytest.approx(4.001)

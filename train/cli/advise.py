@@ -15,8 +15,9 @@ from typing import Any
 from absl import flags
 from ml_collections import ConfigDict
 
+from core import contracts
 from core.errors import ConfigError
-from gates import adviser, chinchilla, shapes
+from gates import adviser, chinchilla, chinchilla_contract, shapes
 from models import params
 from models.config import ModelConfig
 from train.data import unique_tokens
@@ -71,24 +72,26 @@ def advise(config: ConfigDict, f: Any, data_dir: str | None = None
       unique_tokens.unique_train_tokens(config.get("data", ConfigDict()), data_dir)
   unique = None if per_source is None else sum(per_source.values())
   law = load_law(f.fit) if f.fit else None
-  advice = adviser.advise(flops, unique, law)
+  contract = chinchilla_contract.parse(contracts.load(chinchilla.CONTRACT))
+  advice = adviser.advise(contract, flops, unique, law)
   per_step = chinchilla.planned_tokens(1, config.batch.global_batch, config.batch.seq_len)
   n_max = None
   if per_source is not None:
-    n_max = chinchilla.evaluate(1, 0, per_step, per_step, unique_tokens=per_source).n_params_max
+    n_max = chinchilla.evaluate(contract, 1, 0, per_step, per_step,
+                                unique_tokens=per_source).n_params_max
   shape = shapes.shape_for(advice.n_params, model_cfg.vocab_size, model_cfg.tie_embeddings,
                            n_max=n_max)
   fields = {**model_cfg.to_dict(), **shape.model_fields()}
   counts = params.count_params(ModelConfig.from_dict(fields))
-  probe = chinchilla.evaluate(counts.total, counts.non_embedding, per_step, per_step,
+  probe = chinchilla.evaluate(contract, counts.total, counts.non_embedding, per_step, per_step,
                               unique_tokens=per_source)
   steps = max(1, round(advice.tokens / per_step))
   if probe.steps_needed is not None:
     steps = max(steps, probe.steps_needed)
   if probe.max_steps is not None:
     steps = min(steps, probe.max_steps)
-  verdict = chinchilla.evaluate(counts.total, counts.non_embedding, steps * per_step, per_step,
-                                unique_tokens=per_source)
+  verdict = chinchilla.evaluate(contract, counts.total, counts.non_embedding, steps * per_step,
+                                per_step, unique_tokens=per_source)
   lines = [f"budget: {budget_text}",
            (f"data: U = {unique:,} unique train tokens ({source}); at most "
             f"{verdict.max_epochs} epochs") if unique is not None else

@@ -20,9 +20,9 @@ from typing import Any
 
 from absl import flags
 
-from core import cli
+from core import cli, contracts
 from core.errors import ConfigError
-from gates import effective, scaling_fit
+from gates import chinchilla_contract, effective, scaling_fit
 from train.report import records
 
 FLAGS = flags.FLAGS
@@ -58,8 +58,9 @@ def run_point(workdir: str | pathlib.Path, tokens: str = "effective") -> dict[st
     seen = int(end["step"]) * int(gate["tokens_per_step"])
     d = float(seen)
     if tokens == "effective" and gate.get("sources"):
+      r_star = chinchilla_contract.parse(contracts.load(chinchilla_contract.CONTRACT)).r_star
       d = sum(effective.source_interval(seen * Fraction(s["weight"]), int(s["unique_tokens"]),
-                                        40).midpoint() for s in gate["sources"])
+                                        r_star, 40).midpoint() for s in gate["sources"])
     return {"workdir": str(root), "n_params": int(gate["n_params"]), "tokens": d,
             "loss": float(end["val_loss"])}
   except (KeyError, ValueError, TypeError) as e:

@@ -31,9 +31,9 @@ from typing import Any, Mapping
 from absl import flags
 from ml_collections import ConfigDict, config_flags
 
-from core import cli
+from core import cli, contracts
 from core.errors import ConfigError
-from gates import chinchilla, repetition
+from gates import chinchilla, chinchilla_contract, repetition
 from models import params
 from models.config import ModelConfig
 from train.cli import advise
@@ -111,8 +111,9 @@ def plan(config: ConfigDict, *, tokens_per_sec: float | None = None, data_dir: s
   tokens = chinchilla.planned_tokens(steps, batch, seq)
   per_source, source = unique_tokens.unique_train_tokens(config.get("data", ConfigDict()),
                                                          data_dir)
-  verdict = chinchilla.evaluate(counts.total, counts.non_embedding, tokens, batch * seq,
-                                bypass=bypass, unique_tokens=per_source)
+  contract = chinchilla_contract.parse(contracts.load(chinchilla.CONTRACT))
+  verdict = chinchilla.evaluate(contract, counts.total, counts.non_embedding, tokens,
+                                batch * seq, bypass=bypass, unique_tokens=per_source)
   n = counts.total
   lines = [
       f"model: N = {n:,} trainable parameters ({counts.non_embedding:,} non-embedding, "
@@ -146,8 +147,8 @@ def plan(config: ConfigDict, *, tokens_per_sec: float | None = None, data_dir: s
     lines.append(f"data: repetition report skipped: {source}")
   else:
     for use in verdict.sources:
-      lines.extend(repetition.report(round(use.tokens), use.unique_tokens, n_params=n,
-                                     source=f"{use.name}: {source}").lines())
+      lines.extend(repetition.report(contract, round(use.tokens), use.unique_tokens,
+                                     n_params=n, source=f"{use.name}: {source}").lines())
   lines.append(verdict.message())
   return lines, verdict
 

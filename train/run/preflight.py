@@ -15,9 +15,10 @@ import json
 import os
 from typing import Any
 
+from core import contracts
 from core.errors import ConfigError
 from core.paths import data_dirs, resolve_path
-from gates import arch_match, chinchilla, config_sanity
+from gates import arch_match, chinchilla, chinchilla_contract, config_sanity
 from models.config import ModelConfig
 from models.params import ParamCounts, count_params
 from train.ckpt import metadata
@@ -52,7 +53,8 @@ def preflight(config: Any, workdir: str, force: bool, init: str = "",
   counts = count_params(model_cfg)
   batch = cfg["batch"]
   tokens = chinchilla.planned_tokens(cfg["train_steps"], batch["global_batch"], batch["seq_len"])
-  verdict = chinchilla.evaluate(counts.total, counts.non_embedding, tokens,
+  verdict = chinchilla.evaluate(chinchilla_contract.parse(contracts.load(chinchilla.CONTRACT)),
+                                counts.total, counts.non_embedding, tokens,
                                 batch["global_batch"] * batch["seq_len"], bypass=force,
                                 unique_tokens=unique_tokens.for_gate(cfg["data"]))
   chinchilla.enforce(verdict)

@@ -1,31 +1,26 @@
-"""Load the guardrail contracts in gates/contracts/*.yaml.
+"""Read the guardrail contracts, gates/contracts/*.yaml: the one place their files are opened.
 
-A contract is the rule as data (thresholds, zones, version, invariants, falsifiers), so a gate's
-numbers live in exactly one reviewed place and every falsifier names the test that could break it.
-Parsing is cached: gates consult their contract on every decision.
-
-The one module in gates/ that reads a file, and only the rules shipped inside the package (the
-import-linter contract gates-decide-only names it as its one exception): a gate's rule is part of
-the gate, so every caller gets the same decision without handing the rule in.
+A contract is a gate's rule as data (thresholds, zones, version, invariants, falsifiers), so the
+numbers live in one reviewed place and every falsifier names the test that could break it. The
+files ship inside the gates package (package data) because the rule belongs to its gate, but
+gates/ only decides: it never opens a file (import-linter contract gates-decide-only). So the
+reading is here, below every layer that needs it: `load(name)` returns the parsed mapping,
+checked for the format every contract shares, and the gate's own module turns it into the typed
+value its decisions take as an argument (gates.chinchilla_contract.parse).
 """
 from __future__ import annotations
 
-import copy
-import functools
 import pathlib
 import re
 from typing import Any
 
 import yaml
 
-from core.errors import PregateError
+from core.errors import ContractError
+from core.paths import REPO_ROOT
 
-CONTRACT_DIR = pathlib.Path(__file__).resolve().parent / "contracts"
+CONTRACT_DIR = pathlib.Path(REPO_ROOT) / "gates" / "contracts"
 _VERSION = re.compile(r"^\d+\.\d+\.\d+$")
-
-
-class ContractError(PregateError):
-  """A contract file that is missing or malformed; the gate cannot decide without it."""
 
 
 def contract_paths() -> list[pathlib.Path]:
@@ -33,8 +28,13 @@ def contract_paths() -> list[pathlib.Path]:
   return sorted(CONTRACT_DIR.glob("*.yaml"))
 
 
+def load(name: str) -> dict[str, Any]:
+  """Contract `name` (file stem, e.g. 'chinchilla-gate-v1'), parsed and format-checked."""
+  return load_contract(CONTRACT_DIR / f"{name}.yaml")
+
+
 def load_contract(path: str | pathlib.Path) -> dict[str, Any]:
-  """Parse and validate one contract file (uncached); raises ContractError naming the problem."""
+  """Parse and validate one contract file; raises ContractError naming the problem."""
   path = pathlib.Path(path)
   try:
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -79,31 +79,3 @@ def falsifier_tests(falsifier: dict[str, Any]) -> list[str]:
   if isinstance(tests, list) and all(isinstance(t, str) and t for t in tests):
     return list(tests)
   return []
-
-
-@functools.cache
-def _cached(path: pathlib.Path) -> dict[str, Any]:
-  return load_contract(path)
-
-
-def _named(name: str) -> dict[str, Any]:
-  # Keyed by path, so pointing CONTRACT_DIR elsewhere (tests) never serves a stale parse.
-  return _cached(CONTRACT_DIR / f"{name}.yaml")
-
-
-def get_contract(name: str) -> dict[str, Any]:
-  """A private copy of contract `name` (file stem, e.g. 'chinchilla-gate-v1')."""
-  return copy.deepcopy(_named(name))
-
-
-def version(name: str) -> str:
-  return _named(name)["version"]
-
-
-def threshold(name: str, key: str) -> int:
-  """An integer threshold; ints only, because gates compare with exact integer arithmetic."""
-  value = _named(name).get("thresholds", {}).get(key)
-  if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-    raise ContractError(f"contract {name}: thresholds.{key} must be a positive integer, "
-                        f"got {value!r}")
-  return value
