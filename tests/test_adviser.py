@@ -10,11 +10,7 @@ from gates import adviser, chinchilla, chinchilla_contract, effective, shapes
 from models.config import ModelConfig
 from models.params import count_params
 
-<<<<<<< HEAD
-=======
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 GATE = chinchilla_contract.parse(contracts.load(chinchilla.CONTRACT))
->>>>>>> h-gates
 CHINCHILLA_LAW = adviser.Law(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
 
 

@@ -6,12 +6,7 @@ import pathlib
 import numpy as np
 import pytest
 
-<<<<<<< HEAD
 from gates import scaling_fit
-=======
-from core import contracts
-from gates import adviser, chinchilla_contract, scaling_fit
->>>>>>> h-gates
 from gates.adviser import Law
 
 TRUE = Law(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)  # Hoffmann et al.'s Approach 3
@@ -62,55 +57,6 @@ def _fake_run(root: pathlib.Path, n: int, steps: int, per_step: int, loss: float
   (root / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
-<<<<<<< HEAD
-=======
-def _fit_cli(*args: str) -> subprocess.CompletedProcess:
-  env = dict(os.environ)
-  env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
-  return subprocess.run([sys.executable, "-m", "train.cli.fit", *args], cwd=REPO_ROOT, env=env,
-                        capture_output=True, text=True, timeout=600)
-
-
-def test_fit_command_reads_runs_and_feeds_the_adviser(tmp_path):
-  n, d, loss = _grid(TRUE)
-  per_step = 1000
-  unique = 10**13  # no repetition: D' = D, so the fit sees the grid's D exactly
-  runs = []
-  for i, (a, b, value) in enumerate(zip(n, d, loss)):
-    runs.append(tmp_path / f"run{i}")
-    _fake_run(runs[-1], int(a), int(b) // per_step, per_step, float(value), unique)
-  out = tmp_path / "fit.json"
-  r = _fit_cli(f"--out={out}", "--bootstrap=2", *map(str, runs))
-  assert r.returncode == 0, r.stdout + r.stderr
-  record = json.loads(out.read_text())
-  for name, value in vars(TRUE).items():
-    assert record["law"][name] == pytest.approx(value, rel=0.05), name
-  assert len(record["runs"]) == 18 and "alpha" in r.stdout
-  # The adviser takes the fitted law instead of the contract's 20 x.
-  law = Law(**record["law"])
-  gate = chinchilla_contract.parse(contracts.load(chinchilla_contract.CONTRACT))
-  advice = adviser.advise(gate, 1e21, law=law)
-  assert advice.n_params == pytest.approx(TRUE.optimal_n(1e21), rel=0.05)
-  plan = subprocess.run(
-      [sys.executable, "-m", "train.cli.plan", "--config=configs/base.py", "--budget_flops=1e18",
-       f"--fit={out}", "--no_data_limit"], cwd=REPO_ROOT, capture_output=True, text=True,
-      env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, timeout=300)
-  assert plan.returncode == 0, plan.stdout + plan.stderr
-  assert "advice (fitted law)" in plan.stdout
-
-
-def test_fit_command_refuses_unfinished_runs_in_one_line(tmp_path):
-  run = tmp_path / "run"
-  _fake_run(run, 1000, 10, 10, 3.0, 100)
-  lines = (run / "metrics.jsonl").read_text().splitlines()[:-1]  # no `end` event
-  (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
-  r = _fit_cli(str(run))
-  assert r.returncode == 2 and "Traceback" not in r.stderr
-  [line] = r.stderr.strip().splitlines()
-  assert line.startswith("ERROR: ConfigError:") and "final val_loss" in line
-
-
->>>>>>> h-gates
 def test_effective_tokens_are_fitted_for_repeated_runs(tmp_path):
   from train.cli import fit as fit_cli
   _fake_run(tmp_path / "r", 1000, 100, 100, 3.0, 2_500)  # D = 10,000 = 4 epochs of 2,500

@@ -9,7 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from gates import adviser
+from core import contracts
+from gates import adviser, chinchilla_contract
 from gates.adviser import Law
 
 pytestmark = pytest.mark.e2e
@@ -64,7 +65,9 @@ def test_fit_command_reads_runs_and_feeds_the_adviser(tmp_path):
   assert len(record["runs"]) == 18 and "alpha" in r.stdout
   # The adviser takes the fitted law instead of the contract's 20 x.
   law = Law(**record["law"])
-  assert adviser.advise(1e21, law=law).n_params == pytest.approx(TRUE.optimal_n(1e21), rel=0.05)
+  gate = chinchilla_contract.parse(contracts.load(chinchilla_contract.CONTRACT))
+  advice = adviser.advise(gate, 1e21, law=law)
+  assert advice.n_params == pytest.approx(TRUE.optimal_n(1e21), rel=0.05)
   plan = subprocess.run(
       [sys.executable, "-m", "train.cli.plan", "--config=configs/base.py", "--budget_flops=1e18",
        f"--fit={out}", "--no_data_limit"], cwd=REPO_ROOT, capture_output=True, text=True,
