@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 import pytest
-import watch_runs
+import shared_runs
 
 import helpers
 
@@ -78,11 +78,11 @@ def prepared_data(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def preempted(prepared_data, tmp_path_factory):
-  """The tests/test_watch_*.py run preempted at step 10 and resumed (made once per session)."""
-  return watch_runs.preempted(prepared_data, tmp_path_factory)
+  """A tiny run preempted at step 10 and resumed (tests/shared_runs.py; made once per worker)."""
+  return shared_runs.preempted(prepared_data, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def crashed(prepared_data, tmp_path_factory):
-  """The tests/test_watch_*.py run killed after step 25 and resumed (made once per session)."""
-  return watch_runs.crashed(prepared_data, tmp_path_factory)
+  """A tiny run killed after step 25 and resumed (tests/shared_runs.py; made once per worker)."""
+  return shared_runs.crashed(prepared_data, tmp_path_factory)

@@ -136,7 +136,7 @@ def test_top_k_1_is_greedy(restored):
 
 
 def test_generation_past_max_seq_len_slides_the_window(workdir):
-  """prompt + new tokens > max_seq_len=128 is generated (tests/test_watch_sample.py checks it
+  """prompt + new tokens > max_seq_len=128 is generated (tests/test_sample_window.py checks it
   against the full forward)."""
   res = _cli("train.cli.sample", f"--checkpoint={workdir}", f"--prompt={PROMPT}",
              "--max_new_tokens=120")

@@ -1,4 +1,4 @@
-"""Child of tests/test_hot_path_sharding.py (8 fake CPU devices, set by the parent's XLA_FLAGS):
+"""Child of tests/test_activation_sharding.py (8 fake CPU devices, set by the parent's XLA_FLAGS):
 the default model's train and microbatched eval steps on the meshes named in argv (the first
 also without the activation sharding constraints; a `-scan` suffix trains with the layers
 stacked and scanned). Prints one JSON line: per run, the

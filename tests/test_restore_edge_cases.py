@@ -1,4 +1,4 @@
-"""Issue 16 loose ends, each with its test: old checkpoints without a fingerprint load with one
+"""Restore edge cases, each with its test: old checkpoints without a fingerprint load with one
 warning; --init from a damaged checkpoint refuses before the new workdir exists; a damaged
 array read is one line, not buried under tensorstore/asyncio thread tracebacks; a second
 SIGTERM during a multi-process save changes nothing; no refusal claims a workdir, and the

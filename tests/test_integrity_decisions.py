@@ -1,4 +1,4 @@
-"""The pure decisions behind issue 16, on plain data (fast): fingerprint comparison and its
+"""The pure decisions behind restore integrity, on plain data (fast): fingerprint comparison and its
 tolerance, the stamp's held-out proof, and the config rules' one-line messages."""
 from __future__ import annotations
 

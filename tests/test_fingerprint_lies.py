@@ -1,4 +1,4 @@
-"""Issue 16 acceptance matrix: metadata that lies without changing a shape never loads.
+"""The fingerprint matrix: metadata that lies without changing a shape never loads.
 
 For each non-shape field (rope_theta, norm_eps, the compute dtype, the head split with every
 shape unchanged) x each load path (resume, --init, load_for_eval, pregate-eval, pregate-sample,
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import jax
 import pytest
-from test_integrity_loose_ends import one_error
+from test_restore_edge_cases import one_error
 
 import helpers
 from gates import arch_match

@@ -9,7 +9,7 @@ import sys
 import zlib
 
 import pytest
-import watch_runs
+import shared_runs
 
 import helpers
 from train.report import records as rec
@@ -77,7 +77,7 @@ def test_crashed_run_without_end_record(crashed, tmp_path):
   gates = [i for i, line in enumerate(lines) if '"event": "gate"' in line]
   (workdir / "metrics.jsonl").write_text("\n".join(lines[:gates[1]]) + "\n" + lines[gates[1]][:40])
   run = rec.effective(rec.load(str(workdir)))
-  assert run.termination is None and run.last_step == watch_runs.CRASH_AFTER
+  assert run.termination is None and run.last_step == shared_runs.CRASH_AFTER
   res = _plot(str(workdir), f"--out={tmp_path / 'out'}")
   assert res.rc == 0, res.stderr[-3000:]
   assert_png(tmp_path / "out" / "loss_vs_tokens.png")
@@ -85,12 +85,12 @@ def test_crashed_run_without_end_record(crashed, tmp_path):
 
 def test_resume_points_and_superseded_steps(preempted, crashed):
   p = rec.effective(rec.load(str(preempted)))
-  assert p.resumes == [10] and p.termination == "COMPLETED" and p.last_step == watch_runs.STEPS
+  assert p.resumes == [10] and p.termination == "COMPLETED" and p.last_step == shared_runs.STEPS
   assert [r["step"] for r in p.events("train")] == [10, 20, 30]
   c = rec.effective(rec.load(str(crashed)))
-  assert c.resumes == [watch_runs.CRASH_CKPT]
+  assert c.resumes == [shared_runs.CRASH_CKPT]
   assert [r["step"] for r in c.events("train")] == [5, 10, 15, 20, 25, 30]
-  assert c.tokens(c.events("train")[-1]) == watch_runs.STEPS * 4 * 32
+  assert c.tokens(c.events("train")[-1]) == shared_runs.STEPS * 4 * 32
 
 
 @pytest.mark.parametrize("make, needle", [

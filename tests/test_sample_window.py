@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 import pytest
-import watch_runs
+import shared_runs
 
 import helpers
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.e2e
 
 
 W = 16  # the exactness model's max_seq_len
-CKPT_W = watch_runs.MAX_SEQ_LEN  # the trained checkpoint's
+CKPT_W = shared_runs.MAX_SEQ_LEN  # the trained checkpoint's
 PROMPT = "Citizen:"
 SCALE = 4.0
 
