@@ -1,4 +1,5 @@
-"""Real tiny runs shared by the tests/test_{plot,tensorboard,run_summary,sample_window}.py files (made once per test session).
+"""Real tiny runs shared by the plot, TensorBoard, run-summary and sample-window tests (made once
+per test worker).
 
 `preempted`: stopped by --stop_after_steps at step 10, then resumed to 30 by the same command.
 `crashed`: a run that died after logging step 25 with its last checkpoint at 20 (what a killed
