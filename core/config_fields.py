@@ -98,7 +98,8 @@ class Field:
     if self.type == "choice":
       return " | ".join(map(str, self.choices))
     if self.type in ("int", "float"):
-      lo, hi = ("(" if self.low_open else "["), (")" if self.high_open else "]")
+      lo = "(" if self.low_open or not math.isfinite(self.low) else "["
+      hi = ")" if self.high_open or not math.isfinite(self.high) else "]"
       also = f" or {', '.join(map(str, self.extra))}" if self.extra else ""
       return f"{lo}{_num(self.low)}, {_num(self.high)}{hi}{also}"
     if self.type == "bool" and None in self.extra:
