@@ -111,19 +111,20 @@ def _num(x: float) -> str:
   return str(int(x)) if math.isfinite(x) and x == int(x) else f"{x:g}"
 
 
-def field(default: Any, kind: str, doc: str, *, low: float | None = None,
-          high: float | None = None, required: bool = False, **range_: Any) -> Any:
-  """Declare a field: its default, resume kind (KINDS), one-line doc and range or choices
-  (`low`/`high` for numbers: an int's default range is [-inf, int32 max], `choices`, `extra`,
-  `low_open`/`high_open`, `empty_ok`, `size`). Mutable defaults (a mapping) are copied per
-  instance."""
-  spec = Field(default, kind, doc, -math.inf if low is None else low,
-               math.inf if high is None else high, required=required, **range_)
-  meta = {_SPEC: (spec, high is None)}
+def field(default: Any, kind: str, doc: str, *, low: float = -math.inf,
+          high: float | None = None, low_open: bool = False, high_open: bool = False,
+          choices: tuple[Any, ...] = (), extra: tuple[Any, ...] = (), empty_ok: bool = True,
+          required: bool = False, size: bool = False) -> Any:
+  """Declare a field: its default, resume kind (KINDS), one-line doc, and its range (numbers;
+  an int without `high` stops at int32's max) or `choices` (a str); see Field. A mapping
+  default is copied per instance."""
+  spec = Field(default, kind, doc, low, math.inf if high is None else high, low_open, high_open,
+               choices, extra, empty_ok, required, size)
+  meta = {_SPEC: (spec, high is None)}  # (declaration, range open above: int32 for an int)
   if required:
     return dataclasses.field(metadata=meta)
-  if isinstance(default, (dict, list)):
-    return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
+  if isinstance(default, Mapping):
+    return dataclasses.field(default_factory=lambda: dict(default), metadata=meta)
   return dataclasses.field(default=default, metadata=meta)
 
 
