@@ -4,8 +4,8 @@ models/config.py's ModelConfig).
 
 configs/base.py builds its ConfigDict from `DEFAULTS`, gates/config_sanity.py checks `FIELDS`,
 gates/ownership.py classifies by `kind_of`, tests/test_config_fuzz.py draws from `FIELDS`, and
-`describe()` documents them (the --config flag's help). `Config` is the typed view code can pass
-around: `view(config.to_dict())`.
+`describe()` documents them, one line a field (text for a --config flag's help). `Config` is the
+typed view code can pass around: `view(config.to_dict())`.
 
 Why gates/: the root holds ModelConfig (models/, which needs jax), so the schema sits above
 models/; gates/ (the sanity and ownership rules) and train/ read it, configs/ builds from it,

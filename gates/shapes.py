@@ -22,9 +22,14 @@ ERROR_WEIGHT = 20.0  # 1% off the target costs as much as a 22% miss of the pref
 _HINTS = typing.get_type_hints(ModelConfig)
 
 
-class _ShapeMath:
-  """What a shape computes from its fields (ModelConfig's size fields; see Shape)."""
+# A shape is ModelConfig's size fields (declared there with `size=True`, in its order: `family`
+# builds them positionally) and nothing else: the search sets them, the config keeps the rest.
+_SizeFields = dataclasses.make_dataclass(
+    "_SizeFields", [(name, _HINTS[name]) for name in SIZE_FIELDS], frozen=True)
 
+
+@dataclasses.dataclass(frozen=True)
+class Shape(_SizeFields):  # type: ignore[misc,valid-type]  # its fields are ModelConfig's
   @property
   def head_dim(self) -> int:
     return self.d_model // self.n_heads
@@ -47,13 +52,6 @@ class _ShapeMath:
   def overrides(self) -> list[str]:
     """`--config.model.x=v` flags for this shape."""
     return [f"--config.model.{k}={v}" for k, v in self.model_fields().items()]
-
-
-# A shape is ModelConfig's size fields (declared there with `size=True`, in its order: `family`
-# builds them positionally) and nothing else: the search sets them, the config keeps the rest.
-Shape = dataclasses.make_dataclass(
-    "Shape", [(name, _HINTS[name]) for name in SIZE_FIELDS], bases=(_ShapeMath,), frozen=True,
-    namespace={"__module__": __name__})
 
 
 def target_aspect(n_params: float) -> float:
