@@ -30,7 +30,8 @@ _FRAC = dict(low=0.0, high=1.0)
 @dataclasses.dataclass(frozen=True)
 class Data:
   corpus: str = field("data/tinyshakespeare.txt", ID, "files, directories or globs, comma-"
-                      "separated (.txt, .jsonl[.gz|.zst], .parquet); unused when sources is set")
+                      "separated (.txt, .jsonl[.gz|.zst], .parquet); may be empty when sources "
+                      "names the inputs")
   format: str = field("auto", ID, "input format; auto = by extension", choices=FORMATS)
   text_field: str = field("text", ID, "the JSONL field / Parquet column holding a document's "
                           "text", empty_ok=False)
