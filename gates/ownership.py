@@ -3,6 +3,7 @@
 Pure comparison of the config recorded when the workdir was first used with the config of the
 command now starting there. Identity fields (architecture, data, seed) may never change;
 schedule fields change the run's trajectory and need an explicit opt-in; the rest is safe.
+Each field's kind is declared with it (gates/config_schema.py).
 """
 from __future__ import annotations
 
@@ -11,17 +12,12 @@ import json
 from typing import Any, Mapping
 
 from core.errors import ConfigError
+from gates import config_schema
 
-IDENTITY = ("model.", "data.", "seed")
-# The distillation loss's weights change the trajectory like the optimizer's.
-SCHEDULE = ("train_steps", "batch.", "optimizer.", "schedule.", "distill.")
-# How many processes tokenize (the prepared data is the same) and the model's execution-only
-# fields (remat, attention backend, scanned layers, loss tile): tensors are identical. The
-# teacher's spelling (a path, relative or absolute, pinned to a step or not) may change: the
-# teacher itself is identified by content, recorded in every checkpoint and compared on resume
-# (train/run/teacher.py), which refuses a different one.
-SAFE = ("data.workers", "model.remat", "model.attention", "model.scan_layers",
-        "model.loss_chunk", "logging.tensorboard", "logging.weight_norms", "distill.teacher")
+# The buckets a difference falls in: an execution field (remat, attention backend, scanned
+# layers, loss tile, tokenizing workers, mesh) leaves the tensors identical, so changing it is
+# as safe as changing a bookkeeping field.
+_BUCKET = {"identity": "identity", "schedule": "schedule", "execution": "safe", "safe": "safe"}
 
 
 class WorkdirOwnershipError(ConfigError):
@@ -43,16 +39,6 @@ def config_hash(cfg: Mapping[str, Any]) -> str:
                         ).hexdigest()
 
 
-def _kind(key: str) -> str:
-  if key in SAFE:
-    return "safe"
-  if any(key == p or key.startswith(p) for p in IDENTITY):
-    return "identity"
-  if any(key == p or key.startswith(p) for p in SCHEDULE):
-    return "schedule"
-  return "safe"
-
-
 def classify(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, list[str]]:
   """Differences grouped by kind, each as 'field: recorded -> current'."""
   old, new = flatten(recorded), flatten(current)
@@ -61,7 +47,7 @@ def classify(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> dict[st
     if old.get(key, "<absent>") != new.get(key, "<absent>"):
       # A field the workdir's first run did not have yet (added to the code since) is safe:
       # anything it changes about the tensors is refused by the checkpoint's own checks.
-      kind = "safe" if key not in old else _kind(key)
+      kind = "safe" if key not in old else _BUCKET[config_schema.kind_of(key)]
       out[kind].append(f"{key}: {old.get(key, '<absent>')!r} -> "
                              f"{new.get(key, '<absent>')!r}")
   return out

@@ -12,22 +12,24 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from typing import Iterator
+
+from models.config import SIZE_FIELDS, ModelConfig
 
 TOLERANCE = 0.04  # the largest miss from the target allowed while any shape meets it
 ERROR_WEIGHT = 20.0  # 1% off the target costs as much as a 22% miss of the preferred aspect
+_HINTS = typing.get_type_hints(ModelConfig)
+
+
+# A shape is ModelConfig's size fields (declared there with `size=True`, in its order: `family`
+# builds them positionally) and nothing else: the search sets them, the config keeps the rest.
+_SizeFields = dataclasses.make_dataclass(
+    "_SizeFields", [(name, _HINTS[name]) for name in SIZE_FIELDS], frozen=True)
 
 
 @dataclasses.dataclass(frozen=True)
-class Shape:
-  vocab_size: int
-  d_model: int
-  n_layers: int
-  n_heads: int
-  n_kv_heads: int
-  d_ff: int
-  tie_embeddings: bool
-
+class Shape(_SizeFields):  # type: ignore[misc,valid-type]  # its fields are ModelConfig's
   @property
   def head_dim(self) -> int:
     return self.d_model // self.n_heads
@@ -45,7 +47,7 @@ class Shape:
     return self.counts()[0]
 
   def model_fields(self) -> dict[str, int | bool]:
-    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+    return {name: getattr(self, name) for name in SIZE_FIELDS}
 
   def overrides(self) -> list[str]:
     """`--config.model.x=v` flags for this shape."""

@@ -11,10 +11,10 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-from core.checks import is_int
+from core.config_fields import BIG, field, fields
 from core.errors import ConfigError
 
-_DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots_saveable", "minimal_with_context")
 # einsum: 4-D einsums with repeated K/V heads (fastest on XLA:CPU); xla / cudnn:
 # jax.nn.dot_product_attention with that implementation (native GQA); auto: per platform.
@@ -28,32 +28,45 @@ class ModelConfigError(ConfigError):
   """A model config that cannot describe a valid transformer (a ConfigError: exit 2)."""
 
 
+ID = "identity"
+X = "execution"  # tensors and checkpoints are identical whatever the value
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  vocab_size: int
-  d_model: int
-  n_layers: int
-  n_heads: int
-  n_kv_heads: int
-  d_ff: int
-  max_seq_len: int
-  rope_theta: float = 10000.0
-  tie_embeddings: bool = True
-  dtype: str = "float32"
-  param_dtype: str = "float32"
-  norm_eps: float = 1e-5
+  """The model section of the experiment config, each field declared once here (the model's
+  defaults in configs/base.py, its rules, kinds, fuzzing and docs derive from it). The size
+  fields are required: a checkpoint's record must state them."""
+
+  vocab_size: int = field(256, ID, "token ids the embedding holds", low=1, high=2**24,
+                          required=True, size=True)
+  d_model: int = field(128, ID, "width of the residual stream", low=1, high=BIG,
+                       required=True, size=True)
+  n_layers: int = field(4, ID, "transformer blocks", low=1, high=4096, required=True, size=True)
+  n_heads: int = field(4, ID, "query heads; divides d_model, head_dim even (RoPE)", low=1,
+                       high=BIG, required=True, size=True)
+  n_kv_heads: int = field(4, ID, "key/value heads (grouped-query attention); divides n_heads",
+                          low=1, high=BIG, required=True, size=True)
+  d_ff: int = field(344, ID, "SwiGLU hidden width", low=1, high=BIG, required=True, size=True)
+  max_seq_len: int = field(256, ID, "longest sequence (RoPE positions)", low=1, high=BIG,
+                           required=True)
+  rope_theta: float = field(10000.0, ID, "RoPE base frequency", low=0.0, low_open=True)
+  tie_embeddings: bool = field(True, ID, "output projection shares the embedding", size=True)
+  dtype: str = field("float32", ID, "compute dtype", choices=DTYPES)
+  param_dtype: str = field("float32", ID, "stored parameter dtype", choices=DTYPES)
+  norm_eps: float = field(1e-5, ID, "RMSNorm epsilon", low=0.0, low_open=True, high=1.0)
   # Which Hugging Face architecture the tensors are laid out as; qwen2 <=> qkv_bias.
-  family: str = "llama"
-  qkv_bias: bool = False
-  # Execution-only fields below: tensors and checkpoints are identical whatever their value.
-  # Activation rematerialization per block (memory for compute): none | full | dots_saveable |
-  # minimal_with_context (keep the named projections and the attention output).
-  remat: str = "none"
-  attention: str = "auto"  # ATTENTION_IMPLS; the training forward only (decode: einsum)
-  # Train with the blocks stacked and scanned (compile time flat in depth): True | False |
-  # None = by platform (`layers_scanned`).
-  scan_layers: bool | None = None
-  loss_chunk: int = 0  # tokens per cross-entropy tile; 0 = full [B, T, vocab] logits
+  family: str = field("llama", ID, "Hugging Face layout: qwen2 is llama plus q/k/v biases",
+                      choices=tuple(HF_IDENTITY))
+  qkv_bias: bool = field(False, ID, "biases on q/k/v projections (True exactly for qwen2)")
+  remat: str = field("none", X, "activation rematerialization per block (memory for compute)",
+                     choices=REMAT_POLICIES)
+  attention: str = field("auto", X, "attention backend of the training forward (decode: "
+                         "einsum); auto = per platform", choices=ATTENTION_IMPLS)
+  scan_layers: bool | None = field(None, X, "stack and scan the blocks (compile time flat in "
+                                   "depth); None = on accelerators, off on CPU")
+  loss_chunk: int = field(0, X, "cross-entropy tile in sequence positions; 0 = full logits",
+                          low=0, high=BIG)
 
   def __post_init__(self) -> None:
     problems = self.problems()
@@ -61,13 +74,9 @@ class ModelConfig:
       raise ModelConfigError("invalid model config: " + "; ".join(problems))
 
   def problems(self) -> list[str]:
-    """Every reason this config cannot build a model, each with the fix."""
-    out = []
-    for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff",
-                 "max_seq_len"):
-      value = getattr(self, name)
-      if not is_int(value, 1):
-        out.append(f"model.{name} must be a positive integer, got {value!r}")
+    """Every reason this config cannot build a model, each with the fix: each field against its
+    declaration, then (once those hold) the relations between fields."""
+    out = [p for f in FIELDS if (p := f.problem(getattr(self, f.name)))]
     if out:
       return out
     if self.d_model % self.n_heads:
@@ -78,28 +87,10 @@ class ModelConfig:
     if self.n_heads % self.n_kv_heads:
       out.append(f"model.n_heads={self.n_heads} is not divisible by model.n_kv_heads="
                  f"{self.n_kv_heads}; n_kv_heads must divide n_heads (grouped-query attention)")
-    if not self.rope_theta > 0:
-      out.append(f"model.rope_theta must be > 0, got {self.rope_theta!r}")
-    if self.family not in HF_IDENTITY:
-      out.append(f"model.family={self.family!r} is not one of {tuple(HF_IDENTITY)}")
-    elif self.qkv_bias != (self.family == "qwen2"):
+    if self.qkv_bias != (self.family == "qwen2"):
       out.append(f"model.family={self.family!r} with model.qkv_bias={self.qkv_bias!r}: q/k/v "
                  f"biases are the Qwen2 layout and Llama has none; set both family='qwen2' and "
                  f"qkv_bias=True, or family='llama' and qkv_bias=False")
-    if self.remat not in REMAT_POLICIES:
-      out.append(f"model.remat={self.remat!r} is not one of {REMAT_POLICIES}")
-    if self.attention not in ATTENTION_IMPLS:
-      out.append(f"model.attention={self.attention!r} is not one of {ATTENTION_IMPLS}")
-    if self.scan_layers is not None and not isinstance(self.scan_layers, bool):
-      out.append(f"model.scan_layers must be True, False or None (by platform), got "
-                 f"{self.scan_layers!r}")
-    if (not isinstance(self.loss_chunk, int) or isinstance(self.loss_chunk, bool)
-        or self.loss_chunk < 0):
-      out.append(f"model.loss_chunk must be an integer >= 0 (0 = full logits), got "
-                 f"{self.loss_chunk!r}")
-    for name in ("dtype", "param_dtype"):
-      if getattr(self, name) not in _DTYPES:
-        out.append(f"model.{name}={getattr(self, name)!r} is not one of {_DTYPES}")
     return out
 
   def layers_scanned(self, platform: str | None = None) -> bool:
@@ -146,3 +137,7 @@ class ModelConfig:
     if unknown:
       raise ModelConfigError(f"unknown model config field(s) {unknown}; known: {sorted(names)}")
     return cls(**{k: d[k] for k in d})
+
+
+FIELDS = tuple(fields(ModelConfig, "model."))
+SIZE_FIELDS = tuple(f.name for f in FIELDS if f.size)  # what gates/shapes.Shape holds
