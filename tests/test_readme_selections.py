@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import re
 
+import conftest
 import pytest
 import test_tiers
 from _pytest.mark.expression import Expression
 
-import conftest
 import helpers
 
 README = (helpers.REPO / "README.md").read_text()
