@@ -30,7 +30,7 @@ def _documented() -> list[str]:
 def _selected(expr: str) -> list[str]:
   compiled = Expression.compile(expr)
   return [name for name, tier in TIER_OF.items()
-          if compiled.evaluate(lambda marker, **kw: marker == tier)]
+          if compiled.evaluate(lambda marker, tier=tier, **kw: marker == tier)]
 
 
 def test_readme_documents_the_fast_tier_and_others():

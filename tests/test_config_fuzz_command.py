@@ -1,0 +1,43 @@
+"""The config fuzz through the real command: the CLI parses the override (its own type check),
+preflight refuses, and the workdir stays as it was; the last row is a huge but valid value, and
+the run starts."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import test_main_cli
+
+import helpers
+
+pytestmark = pytest.mark.e2e
+
+PASSING = test_main_cli.PASSING  # long enough that the Chinchilla gate passes unbypassed
+# Through the real command: the CLI parses the override (its own type check), preflight
+# refuses, and the workdir stays as it was. The last row is a huge but valid value: it starts.
+CLI_ROWS = [("model.norm_eps", "nan", 2), ("optimizer.weight_decay", "nan", 2),
+            ("seed", "-1", 2), ("data.corpus", "", 2), ("mesh.cpu_devices", "100000", 2),
+            ("eval.eval_batches", "1000000000", 2), ("model.rope_theta", "inf", 2),
+            ("eval.early_stop_min_delta", "1e30", 0)]
+
+
+@pytest.mark.parametrize("field, value, rc", CLI_ROWS, ids=[r[0] for r in CLI_ROWS])
+def test_cli_refuses_or_starts(field, value, rc, prepared_data, tmp_path):
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "notes.txt").write_text("someone's files\n")
+  before = helpers.snapshot(workdir)
+  flags = helpers.tiny_flags(prepared_data, {**PASSING, "train_steps": 12} if rc == 0 else PASSING)
+  if rc == 0:
+    flags.append(helpers.FORCE)
+  proc = subprocess.run([sys.executable, "-m", "train.main", f"--config={helpers.CONFIG}",
+                         f"--workdir={workdir}", *flags, f"--config.{field}={value}"],
+                        cwd=helpers.REPO, env=helpers.child_env(), capture_output=True,
+                        text=True, timeout=600)
+  res = helpers.Result(proc.returncode, proc.stdout, proc.stderr, 0.0)
+  if rc:
+    helpers.assert_one_line_error(res, field.split(".")[-1])
+    assert helpers.snapshot(workdir) == before
+  else:
+    assert res.rc == 0 and (workdir / "run.json").exists(), res.stderr[-3000:]
