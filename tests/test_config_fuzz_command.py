@@ -41,3 +41,14 @@ def test_cli_refuses_or_starts(field, value, rc, prepared_data, tmp_path):
     assert helpers.snapshot(workdir) == before
   else:
     assert res.rc == 0 and (workdir / "run.json").exists(), res.stderr[-3000:]
+
+
+def test_helpfull_documents_every_field():
+  """--helpfull of the training command lists every declared field with its kind and doc."""
+  from gates import config_schema
+  proc = subprocess.run([sys.executable, "-m", "train.main", "--helpfull"], cwd=helpers.REPO,
+                        env=helpers.child_env(), capture_output=True, text=True, timeout=120)
+  text = " ".join((proc.stdout + proc.stderr).split())
+  missing = [f.path for f in config_schema.FIELDS
+             if f"{f.path}={f.default!r} ({f.type}" not in text or f.kind not in text]
+  assert not missing, missing

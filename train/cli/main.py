@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 
 from absl import flags, logging
-from ml_collections import config_flags
 
 from core import cli
 from core.errors import EXIT_PREEMPTED, GateRefusal
 from gates import chinchilla
+from train.cli import define_config_flag
 from train.hf import importer
 from train.run.preflight import preflight
 from train.runtime import host_memory
@@ -23,9 +23,7 @@ FLAGS = flags.FLAGS
 
 
 def _define_flags() -> None:
-  config_flags.DEFINE_config_file(
-      "config", None, "Experiment config file, e.g. configs/shakespeare_char.py.",
-      lock_config=True)
+  define_config_flag("Experiment config file, e.g. configs/shakespeare_char.py.")
   flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, data.")
   flags.DEFINE_bool(
       "force_under_provisioned", False,

@@ -29,14 +29,14 @@ import tempfile
 from typing import Any, Mapping
 
 from absl import flags
-from ml_collections import ConfigDict, config_flags
+from ml_collections import ConfigDict
 
 from core import cli, contracts
 from core.errors import ConfigError
 from gates import chinchilla, chinchilla_contract, repetition
 from models import params
 from models.config import ModelConfig
-from train.cli import advise
+from train.cli import advise, define_config_flag
 from train.data import unique_tokens
 
 FLAGS = flags.FLAGS
@@ -44,7 +44,7 @@ FLAGS = flags.FLAGS
 
 def _define_flags() -> None:
   # Only when run as a program, so importing this module (tests, tools) defines no global flags.
-  config_flags.DEFINE_config_file("config", None, "experiment config file", lock_config=True)
+  define_config_flag("experiment config file")
   flags.DEFINE_float("tokens_per_sec", None, "measured training throughput; adds wall times")
   flags.DEFINE_string("data_dir", None, "prepared data dir (manifest.json with train_tokens); "
                       "default config.data.data_dir")

@@ -8,18 +8,17 @@ alternative clearly better); the record carries the functional fingerprint of wh
 from __future__ import annotations
 
 from absl import flags
-from ml_collections import config_flags
 
 from core import cli
+from train.cli import define_config_flag
 from train.data.tokenizer import KINDS
 
 FLAGS = flags.FLAGS
 
 
 def _define_flags() -> None:
-  config_flags.DEFINE_config_file("config", None, "The experiment config the checkpoint was "
-                                  "trained with (plus the same --config.* overrides).",
-                                  lock_config=True)
+  define_config_flag("The experiment config the checkpoint was trained with (plus the same "
+                     "--config.* overrides).")
   flags.DEFINE_string("step", None, "latest | N (default latest, or the step dir's).")
   flags.DEFINE_enum("tokenizer", None, list(KINDS), "Tokenizer kind (default: config's).")
   flags.DEFINE_string("corpus", None, "Corpus for the char tokenizer (default: config's).")
