@@ -31,6 +31,7 @@ def test_bench_prints_the_training_steps_figures(prepared_data):
     (("--config.model.n_heads=5",), "ModelConfigError"),
     (("--steps=0",), "ConfigError"),
     (("--config.model.n_layers=two",), "Error"),
+    (("--config.model.attention=cudnn",), "PlatformConfigError"),  # before any data
 ])
 def test_bench_bad_input_is_one_line(args, error):
   helpers.assert_one_line_error(_bench(*args), error)

@@ -27,7 +27,7 @@ from train.data import datasets, pipeline, store
 from train.data.tokenizer import Tokenizer, tokenizer_from_json
 from train.run import teacher as teacher_lib
 from train.run.edges import is_due
-from train.runtime import distributed
+from train.runtime import distributed, platform
 from train.state import sharding
 from train.state import step as step_lib
 from train.state.distill import BoundStep, Distill, Teacher
@@ -220,9 +220,10 @@ class ScratchRun:
 
 @contextlib.contextmanager
 def scratch_run(config: ConfigDict, prefix: str = "tmp") -> Iterator[ScratchRun]:
-  """A single-process run's set-up (data prepared afresh unless data.data_dir is set, teacher,
-  compiled steps) in a temporary workdir, removed on exit."""
+  """A single-process run's set-up (platform checked, data prepared afresh unless
+  data.data_dir is set, teacher, compiled steps) in a temporary workdir, removed on exit."""
   model_cfg = ModelConfig.from_dict(config.model.to_dict())
+  platform.check(model_cfg)  # what this host cannot run: one line, before the data
   distributed.split_cpu_cores(config, model_cfg, multi_process=False)
   with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
     t = time.perf_counter()
