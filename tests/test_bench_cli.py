@@ -1,4 +1,4 @@
-"""pregate-bench times the step train.main trains (both build it with RunSetup.build), with a
+"""pregate-bench times the step train.main trains (both set it up with RunSetup.for_run), with a
 scanned training state saved in the stored layout; bad input is one line, exit 2."""
 from __future__ import annotations
 

@@ -186,10 +186,11 @@ class RunSetup:
     jax.block_until_ready(state)
     return state, times
 
-  def time_save(self, checkpointer: Any, state: Any, it: Any, step: int,
-                meta: dict[str, Any], loss: float | None = None) -> tuple[float, float]:
-    """(blocking seconds, seconds until written) of one save of `state` as the loop saves it:
-    converted to the stored layout (a copy), then handed to the checkpointer."""
+  def time_save(self, checkpointer: Any, state: Any, it: Any, step: int, meta: Any,
+                loss: float | None = None) -> tuple[float, float]:
+    """(blocking seconds, seconds until written) of one save of `state` with the metadata
+    `meta`, as the loop saves it: converted to the stored layout (a copy), then handed to the
+    checkpointer."""
     t = time.perf_counter()
     stored = self.state.to_stored(state)
     checkpointer.save(step, stored.params, stored.opt_state, it, meta, loss)
