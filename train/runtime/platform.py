@@ -14,6 +14,9 @@ What runs on CPU: auto/einsum/xla attention in float32 and bfloat16, einsum in f
 parameter dtype, every remat policy, scanned layers, the chunked loss, XLA's GPU flags in
 XLA_FLAGS (ignored). A mesh that the devices cannot fill (mesh.*, mesh.cpu_devices) needs the
 device count and is refused by the loop, still before the data (sharding.run_mesh_shape).
+Not a platform rule: on a CPU without AVX-512, bfloat16 compute over float32 parameters failed
+at run time for a 1-layer tied-head toy (XLA:CPU DotThunk, BF16 x BF16 = F32) while the
+default experiment ran in bfloat16; that depends on shapes, so it is not refused here.
 """
 from __future__ import annotations
 
