@@ -64,7 +64,13 @@ def resolve(cfg: ModelConfig, platform: str | None = None) -> str:
 
 def problems(cfg: ModelConfig, platform: str) -> list[str]:
   """Reasons the configured attention cannot run on `platform`, each naming the fix."""
-  if resolve(cfg, platform) != "cudnn":
+  impl = resolve(cfg, platform)
+  if impl == "xla" and platform == "cpu" and cfg.dtype == "float16":
+    # jax refuses the float16 x float16 -> float32 dot it lowers to on CPU (trace time).
+    return ["model.attention='xla' with model.dtype='float16': XLA:CPU has no float16 "
+            "dot with float32 accumulation; set model.attention=auto (einsum) or "
+            "model.dtype=bfloat16"]
+  if impl != "cudnn":
     return []
   out = [] if platform in ("gpu", "cuda") else [
       f"model.attention='cudnn' needs an NVIDIA GPU, this host runs {platform}"]

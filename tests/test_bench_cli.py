@@ -1,4 +1,4 @@
-"""pregate-bench times the step train.main trains (both build it with RunSetup.build), with a
+"""pregate-bench times the step train.main trains (both set it up with RunSetup.for_run), with a
 scanned training state saved in the stored layout; bad input is one line, exit 2."""
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ def test_bench_prints_the_training_steps_figures(prepared_data):
     (("--config.model.n_heads=5",), "ModelConfigError"),
     (("--steps=0",), "ConfigError"),
     (("--config.model.n_layers=two",), "Error"),
+    (("--config.model.attention=cudnn",), "PlatformConfigError"),  # before any data
 ])
 def test_bench_bad_input_is_one_line(args, error):
   helpers.assert_one_line_error(_bench(*args), error)

@@ -70,7 +70,7 @@ def test_skipped_step_reports_no_update():
 def test_norms_copy_no_parameters():
   """The donated step updates parameters in place: with the update norm computed from the
   updates, XLA:CPU used to copy every weight-decayed matrix per step (+7-11% step time).
-  `with_update_norm` ties the apply to the norm, so the compiled step copies no f32 array."""
+  `in_place_after` ties the apply to the norm, so the compiled step copies no f32 array."""
   graphdef, tx, schedule, state = _setup()
   step = jax.jit(step_lib.make_train_step(graphdef, tx, schedule), donate_argnums=0)
   hlo = step.lower(state, _batch(0)).compile().as_text()

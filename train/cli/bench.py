@@ -13,8 +13,6 @@ from __future__ import annotations
 import os
 import re
 import statistics
-import tempfile
-import time
 from typing import Any
 
 from absl import flags
@@ -42,24 +40,17 @@ def collective_counts(hlo_text: str) -> dict[str, int]:
 def bench(config: Any, steps: int, warmup: int, saves: int) -> dict[str, float | str]:
   import jax
 
-  from models.config import ModelConfig
   from models.params import count_params
   from train.ckpt.checkpointer import Checkpointer
   from train.data import pipeline
   from train.run import teacher as teacher_lib
-  from train.run.setup import RunSetup, open_data
-  from train.runtime import distributed
+  from train.run.setup import scratch_run
   from train.state import flops, sharding
 
-  model_cfg = ModelConfig.from_dict(config.model.to_dict())
-  distributed.split_cpu_cores(config, model_cfg, multi_process=False)
-  counts = count_params(model_cfg)
   bcfg = config.batch
-  with tempfile.TemporaryDirectory() as tmp:
-    data = open_data(config, tmp, model_cfg)
-    teacher = teacher_lib.load(config, model_cfg, tmp, data.tokenizer, sharding.make_mesh(
-        sharding.run_mesh_shape(config, model_cfg, jax.device_count())))
-    rs = RunSetup.build(config, model_cfg, teacher)
+  with scratch_run(config) as run:
+    model_cfg, data, rs, teacher = run.model_cfg, run.data, run.rs, run.rs.teacher
+    counts = count_params(model_cfg)
     out: dict[str, float | str] = {"config_params": counts.total,
                                    "mesh": sharding.describe(rs.mesh)}
     # A distillation run's frozen teacher: its memory, and its forward's FLOPs (in model_gflops
@@ -92,16 +83,12 @@ def bench(config: Any, steps: int, warmup: int, saves: int) -> dict[str, float |
       out[f"hfu_vs_{dt}"] = stats["xla_flops"] / step_s / peak  # one device's program
     out["peak_source"] = src
     out["data_vs_step_demand"] = out["data_tokens_per_s"] / out["tokens_per_s"]
-    ckpt = Checkpointer(os.path.join(tmp, "ckpt"), keep=2, keep_best=0)
+    ckpt = Checkpointer(os.path.join(run.workdir, "ckpt"), keep=2, keep_best=0)
     blocking = []
     for i in range(saves):
       state, m = rs.compiled(state, rs.to_global(next(it)))
       jax.block_until_ready(state)
-      t = time.perf_counter()
-      stored = rs.state.to_stored(state)
-      ckpt.save(i + 1, stored.params, stored.opt_state, it, {"bench": True})
-      blocking.append(time.perf_counter() - t)
-      ckpt.wait()
+      blocking.append(rs.time_save(ckpt, state, it, i + 1, {"bench": True})[0])
     ckpt.close()
     out["save_blocking_ms"] = 1e3 * statistics.median(blocking)
   return out

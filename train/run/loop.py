@@ -235,13 +235,8 @@ def run(config: Any, workdir: str, plan: Plan, *, stop_after: int = 0, init: str
   if not plan.verdict.unique_tokens_known:  # e.g. a tokenizer trained by the preparation
     plan = dataclasses.replace(plan, verdict=chinchilla.enforce(
         chinchilla.recheck(plan.verdict, data.unique_tokens())))
-  # A distillation run's teacher: restored and verified onto the run's mesh, checked against
-  # the prepared tokenizer and the workdir's recorded teacher, all before the step compiles.
-  teacher = teacher_lib.load(config, plan.model_cfg, workdir, data.tokenizer,
-                             sharding.make_mesh(shape))
-  distill = teacher_lib.run_record(config, teacher)
-  teacher_lib.check_workdir(workdir, distill)
-  rs = RunSetup.build(config, plan.model_cfg, teacher)
+  rs = RunSetup.for_run(config, plan.model_cfg, workdir, data)  # the teacher, then compile
+  distill = teacher_lib.run_record(config, rs.teacher)
   s = _start(config, workdir, plan, data, rs, warm, init, seams, distill)
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0

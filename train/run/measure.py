@@ -18,7 +18,6 @@ import json
 import os
 import socket
 import statistics
-import tempfile
 import time
 
 from ml_collections import ConfigDict
@@ -119,35 +118,23 @@ def measure(config: ConfigDict, *, warmup: int = 5, steps: int = 150) -> UnitCos
   startup_s = process_age_s()
   import jax
 
-  from models.config import ModelConfig
   from train.ckpt.checkpointer import Checkpointer
   from train.data import pipeline
-  from train.run import teacher as teacher_lib
-  from train.run.setup import RunSetup, open_data
-  from train.runtime import distributed
-  from train.state import flops, sharding
+  from train.run.setup import scratch_run
+  from train.state import flops
 
-  model_cfg = ModelConfig.from_dict(config.model.to_dict())
-  distributed.split_cpu_cores(config, model_cfg, multi_process=False)
-  t = time.perf_counter()
-  flops.device_peak(model_cfg.dtype)  # the run measures the matmul peak once at start-up (CPU)
-  startup_s += time.perf_counter() - t
-  with tempfile.TemporaryDirectory(prefix="pregate-measure-") as tmp:
-    t = time.perf_counter()
-    data = open_data(config, tmp, model_cfg)  # a fresh prepare unless data.data_dir is set
-    startup_s += time.perf_counter() - t
-    t = time.perf_counter()
-    teacher = teacher_lib.load(config, model_cfg, tmp, data.tokenizer, sharding.make_mesh(
-        sharding.run_mesh_shape(config, model_cfg, jax.device_count())))
-    rs = RunSetup.build(config, model_cfg, teacher)  # a distillation run's step, teacher in
-    state, it = rs.state.fresh_state(), rs.train_iter(data.train, warmup + steps + 2)
+  with scratch_run(config, prefix="pregate-measure-") as run:
+    rs, t = run.rs, time.perf_counter()
+    flops.device_peak(run.model_cfg.dtype)  # the run measures the matmul peak once (CPU)
+    state, it = rs.state.fresh_state(), rs.train_iter(run.data.train, warmup + steps + 2)
     jax.block_until_ready(state)
-    startup_s += time.perf_counter() - t - rs.compile_s  # mesh, layout, init: not compile
+    # Data (a fresh prepare unless data.data_dir is set), teacher, mesh, layout, init: not compile.
+    startup_s += run.setup_s - rs.compile_s + time.perf_counter() - t
     state, times = rs.time_steps(state, it, warmup, steps)
     # The mean, not the median: on a shared host the slow steps are part of the wall time.
     step_s, step_median_s = statistics.fmean(times), statistics.median(times)
     eval_set, _ = pipeline.eval_batches(
-        data.val, batch_size=config.eval.batch_size or config.batch.global_batch,
+        run.data.val, batch_size=config.eval.batch_size or config.batch.global_batch,
         seq_len=config.batch.seq_len, n_batches=config.eval.eval_batches, seed=config.seed)
     eval_set = [rs.to_global(b) for b in eval_set]
     evals = []
@@ -156,14 +143,9 @@ def measure(config: ConfigDict, *, warmup: int = 5, steps: int = 150) -> UnitCos
       rs.eval_loss(state.params, eval_set)
       evals.append(time.perf_counter() - t)
     ck = config.checkpoint
-    t = time.perf_counter()
-    ckpt = Checkpointer(os.path.join(tmp, "checkpoints"), keep=ck.keep, keep_best=ck.keep_best,
-                        async_save=ck.async_save)
-    stored = rs.state.to_stored(state)
-    ckpt.save(1, stored.params, stored.opt_state, it, {"measure": True}, 1.0)
-    blocking = time.perf_counter() - t
-    ckpt.wait()
-    save_s = time.perf_counter() - t
+    ckpt = Checkpointer(os.path.join(run.workdir, "checkpoints"), keep=ck.keep,
+                        keep_best=ck.keep_best, async_save=ck.async_save)
+    blocking, save_s = rs.time_save(ckpt, state, it, 1, {"measure": True}, 1.0)
     ckpt.close()
   eval_s = statistics.fmean(evals[1:])
   return UnitCosts(step_s=step_s, step_median_s=step_median_s, eval_s=eval_s, save_s=save_s,

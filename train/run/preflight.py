@@ -3,7 +3,8 @@
 Order: the config's sanity (every field), the model config, N from the abstract model (no
 compile), the Chinchilla gate, the workdir and its owner, `--init`'s checkpoint (its step, its
 metadata against the config and tokenizer, from files alone), the corpus, a distillation
-teacher's files (train/run/teacher.py: vocabulary, tokenizer, the workdir's recorded teacher).
+teacher's files (train/run/teacher.py: vocabulary, tokenizer, the workdir's recorded teacher),
+then the execution settings the platform cannot run (train/runtime/platform.py).
 A refusal here costs one JAX import and leaves the disk untouched. What needs the devices
 (the mesh, the stored arrays, the fingerprint) is checked by the loop, still before anything is
 written.
@@ -29,6 +30,7 @@ from train.data.tokenizer import build_tokenizer
 from train.hf import importer
 from train.run import teacher
 from train.run import workdir as workdir_lib
+from train.runtime import platform
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +73,7 @@ def preflight(config: Any, workdir: str, force: bool, init: str = "",
   if cfg["distill"]["teacher"]:
     teacher.check_files(cfg["distill"]["teacher"], model_cfg, batch["seq_len"],
                         lambda: _run_tokenizer(cfg["data"], workdir), workdir)
+  platform.check(model_cfg)
   return Plan(model_cfg, counts, verdict, changes)
 
 

@@ -1,14 +1,17 @@
-"""What a run builds before its first step, built once here for `train.main` and `train.bench`
-alike: the data (prepared once, cached), the mesh, the training state's layout, the train
-iterator, the AOT-compiled step and the jitted eval step. So the benchmark times exactly the
-step that trains.
+"""What a run builds before its first step, built here for `train.main`, `pregate-bench` and
+`pregate-plan --measure` alike: the data (prepared once, cached), the mesh, a distillation run's
+teacher, the training state's layout, the train iterator, the AOT-compiled step and the jitted
+eval step, and the timing of steps and saves. So the benchmark and the forecast time exactly
+the step that trains.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import tempfile
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import numpy as np
@@ -22,7 +25,9 @@ from core.paths import data_dirs
 from models.config import ModelConfig
 from train.data import datasets, pipeline, store
 from train.data.tokenizer import Tokenizer, tokenizer_from_json
+from train.run import teacher as teacher_lib
 from train.run.edges import is_due
+from train.runtime import distributed, platform
 from train.state import sharding
 from train.state import step as step_lib
 from train.state.distill import BoundStep, Distill, Teacher
@@ -98,13 +103,23 @@ class RunSetup:
         else self.compiled
 
   @classmethod
-  def build(cls, config: ConfigDict, model_cfg: ModelConfig,
-            teacher: Teacher | None = None) -> RunSetup:
-    """Mesh over every device (refused before compile if the run cannot split over it),
-    then the state layout and the compiled step, lowered on abstract shapes. With a
-    `teacher` (train.run.teacher.load, on this mesh) the step distills from it."""
-    shape = sharding.run_mesh_shape(config, model_cfg, jax.device_count())
-    mesh = sharding.make_mesh(shape)
+  def for_run(cls, config: ConfigDict, model_cfg: ModelConfig, workdir: str, data: RunData
+              ) -> RunSetup:
+    """The run's set-up on its opened `data`: the mesh, the configured teacher restored onto it
+    (train.run.teacher.load: verified, checked against the prepared tokenizer) and checked
+    against the teacher `workdir`'s checkpoints record, all before the step compiles; then
+    `build`."""
+    mesh = run_mesh(config, model_cfg)
+    teacher = teacher_lib.load(config, model_cfg, workdir, data.tokenizer, mesh)
+    teacher_lib.check_workdir(workdir, teacher_lib.run_record(config, teacher))
+    return cls.build(config, model_cfg, teacher, mesh)
+
+  @classmethod
+  def build(cls, config: ConfigDict, model_cfg: ModelConfig, teacher: Teacher | None = None,
+            mesh: jax.sharding.Mesh | None = None) -> RunSetup:
+    """The state layout and the compiled step on the run's mesh (`run_mesh` unless given),
+    lowered on abstract shapes. With a `teacher` (on this mesh) the step distills from it."""
+    mesh = run_mesh(config, model_cfg) if mesh is None else mesh
     tx, schedule = step_lib.make_optimizer(config), step_lib.lr_schedule(config)
     state = TrainSetup.build(model_cfg, tx, config.seed, mesh)
     batch_sharding = sharding.batch_sharding(mesh)
@@ -171,6 +186,48 @@ class RunSetup:
     jax.block_until_ready(state)
     return state, times
 
+  def time_save(self, checkpointer: Any, state: Any, it: Any, step: int, meta: Any,
+                loss: float | None = None) -> tuple[float, float]:
+    """(blocking seconds, seconds until written) of one save of `state` with the metadata
+    `meta`, as the loop saves it: converted to the stored layout (a copy), then handed to the
+    checkpointer."""
+    t = time.perf_counter()
+    stored = self.state.to_stored(state)
+    checkpointer.save(step, stored.params, stored.opt_state, it, meta, loss)
+    blocking = time.perf_counter() - t
+    checkpointer.wait()
+    return blocking, time.perf_counter() - t
+
   def eval_loss(self, params: Any, batches: list[dict[str, jax.Array]]) -> float:
     """Mean loss over equal-size global batches (the loop's reduction, also at step 0)."""
     return float(np.mean(jax.device_get([self.eval_fn(params, b) for b in batches])))
+
+
+def run_mesh(config: ConfigDict, model_cfg: ModelConfig) -> jax.sharding.Mesh:
+  """The mesh over every device (refused before compile if the run cannot split over it)."""
+  return sharding.make_mesh(sharding.run_mesh_shape(config, model_cfg, jax.device_count()))
+
+
+@dataclasses.dataclass
+class ScratchRun:
+  """The run's own set-up in a throwaway workdir (what bench and --measure time)."""
+
+  model_cfg: ModelConfig
+  workdir: str
+  data: RunData
+  rs: RunSetup
+  setup_s: float  # opening (preparing) the data, the teacher and the set-up, compile included
+
+
+@contextlib.contextmanager
+def scratch_run(config: ConfigDict, prefix: str = "tmp") -> Iterator[ScratchRun]:
+  """A single-process run's set-up (platform checked, data prepared afresh unless
+  data.data_dir is set, teacher, compiled steps) in a temporary workdir, removed on exit."""
+  model_cfg = ModelConfig.from_dict(config.model.to_dict())
+  platform.check(model_cfg)  # what this host cannot run: one line, before the data
+  distributed.split_cpu_cores(config, model_cfg, multi_process=False)
+  with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+    t = time.perf_counter()
+    data = open_data(config, tmp, model_cfg)
+    rs = RunSetup.for_run(config, model_cfg, tmp, data)
+    yield ScratchRun(model_cfg, tmp, data, rs, time.perf_counter() - t)

@@ -42,11 +42,15 @@ class RuntimeSettings:
 
 
 def is_gpu_host(environ: Mapping[str, str] = os.environ) -> bool:
-  """Without starting JAX: JAX_PLATFORMS names a GPU, or (unset) a CUDA plugin is installed
-  and an NVIDIA driver is present."""
+  """Without starting JAX: JAX_PLATFORMS names a GPU, or (unset) the CUDA backend can start."""
   platforms = environ.get("JAX_PLATFORMS", "")
   if platforms:
     return any(p in platforms.lower() for p in ("cuda", "gpu"))
+  return cuda_available()
+
+
+def cuda_available() -> bool:
+  """A CUDA plugin is installed and an NVIDIA driver is present (what JAX's GPU backend needs)."""
   plugin = any(importlib.util.find_spec(m) is not None
                for m in ("jax_cuda12_plugin", "jax_cuda13_plugin"))
   return plugin and any(os.path.exists(p) for p in _NVIDIA)

@@ -122,29 +122,29 @@ def eval_microbatches(eval_batch: int, train_microbatch: int, batch_ways: int = 
   return 1  # no even split (the mesh check refuses such an eval batch before this runs)
 
 
-def times_one(updates: Params, norm: jax.Array) -> Params:
-  """The updates multiplied by exactly 1.0 made at run time from `norm` (a norm is never
-  negative, nor is NaN < 0). Every step applies its updates through it, with or without the
-  weight norms, so both compiled steps round alike (bitwise equal parameters)."""
+GradFn = Callable[[Params, Batch, Params | None],
+                  tuple[tuple[jax.Array, dict[str, jax.Array]], Params]]
+
+
+def in_place_after(norm: jax.Array, updates: Params) -> Params:
+  """The updates times an exact 1.0 made at run time from `norm` (a norm is never negative,
+  nor is NaN < 0): a data dependency, not arithmetic, so that the apply waits for the norm.
+
+  Why it exists: XLA then reduces before it overwrites the donated parameters in place (without
+  it XLA:CPU copied every weight-decayed matrix each step to keep the old values readable,
+  +7-11% step time on the nanoGPT shape), and the steps with and without the weight norms apply
+  their updates through the same dependency, so they round alike and any mix of them gives
+  bitwise equal parameters (without it they differed by 1 ulp, FMA contraction; BUILD_NOTES).
+  """
   one = jnp.where(norm < 0, 0.0, 1.0)
   return jax.tree.map(lambda u: u * one.astype(u.dtype), updates)
 
 
-def with_update_norm(updates: Params) -> tuple[Params, jax.Array]:
-  """(updates, their global L2 norm), the updates multiplied by exactly 1.0 made from the norm.
-
-  That dependency makes XLA reduce the updates before it overwrites the donated parameters in
-  place; without it XLA:CPU copied every weight-decayed matrix each step to keep the old values
-  readable (+7-11% step time on the nanoGPT shape; BUILD_NOTES).
-  """
-  norm = optax.tree.norm(updates)
-  return times_one(updates, norm), norm
-
-
-def _grad_fn(graphdef: nnx.GraphDef, distill: Distill | None) -> tuple[Callable, tuple[str, ...]]:
-  """(params, batch, teacher params) -> ((loss, aux metrics), grads), and the aux keys. Without
-  an active teacher (none, or alpha = 0) it is exactly the ordinary loss's value and gradient:
-  the teacher's parameters are not used and its forward is not traced."""
+def _loss_and_grads(graphdef: nnx.GraphDef, distill: Distill | None
+                    ) -> tuple[GradFn, tuple[str, ...]]:
+  """The step's loss and gradient, and its aux metric keys. Without an active teacher (none, or
+  alpha = 0) it is exactly the ordinary loss's value and gradient: the teacher's parameters are
+  not used and its forward is not traced."""
   if distill is not None and distill.active:
     return (jax.value_and_grad(distill_lib.make_loss_fn(graphdef, distill), has_aux=True),
             ("ce", "kl"))
@@ -158,31 +158,11 @@ def _grad_fn(graphdef: nnx.GraphDef, distill: Distill | None) -> tuple[Callable,
   return grad_fn, ()
 
 
-def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule, grad_accum: int = 1, skip_nonfinite: bool = False,
-                    mesh: Mesh | None = None, distill: Distill | None = None,
-                    weight_norms: bool = True
-                    ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
-  """A pure step. With grad_accum > 1 the batch is split into microbatches whose gradients are
-  averaged in a `lax.scan`, so memory is that of one microbatch and the result equals the large
-  batch's (equal-size microbatches, mean loss). With skip_nonfinite, a step whose loss, gradient
-  norm or new parameter norm is NaN/Inf leaves params and optimizer state unchanged
-  (metrics['skipped']).
-  With the run's `mesh`, activations are pinned batch-split at block boundaries.
-  With `distill`, the step is (state, batch, teacher params) -> ..., the loss is
-  train.state.distill's and metrics carry its "ce" and "kl" terms (alpha = 0: the ordinary
-  loss, the teacher's parameters unused).
-  weight_norms adds the parameter and update norms to the metrics; the loop compiles it for
-  log steps only (they cost ~3-4% of a small step, BUILD_NOTES). The new parameters' norm is
-  also part of the non-finite verdict wherever it is computed: with norms, and always under
-  skip_nonfinite, so that a skipped step can never leave overflowed weights behind."""
-  grad_fn, aux_keys = _grad_fn(graphdef, distill)
-  constraint = mesh_constraint(mesh)
-
+def _accumulated(grad_fn: GradFn, n: int, aux_keys: tuple[str, ...]) -> GradFn:
+  """`grad_fn` averaged over n microbatches in a `lax.scan`: the memory of one microbatch, the
+  result of the whole batch (equal-size microbatches, mean loss)."""
   def grads_of(params: Params, batch: Batch, teacher: Params | None):
-    if grad_accum == 1:
-      return grad_fn(params, batch, teacher)
-    micro = split_microbatches(batch, grad_accum)
+    micro = split_microbatches(batch, n)
 
     def body(carry, mb):
       return jax.tree.map(jnp.add, carry, grad_fn(params, mb, teacher)), None
@@ -190,38 +170,130 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     f32 = lambda: jnp.zeros((), jnp.float32)
     zeros = ((f32(), {k: f32() for k in aux_keys}), jax.tree.map(jnp.zeros_like, params))
     out, _ = jax.lax.scan(body, zeros, micro)
-    return jax.tree.map(lambda g: g / grad_accum, out)
+    return jax.tree.map(lambda g: g / n, out)
+
+  return grads_of
+
+
+def gradients(graphdef: nnx.GraphDef, grad_accum: int = 1, distill: Distill | None = None,
+              mesh: Mesh | None = None) -> GradFn:
+  """(params, batch, teacher params) -> ((loss, aux metrics), grads), over grad_accum
+  microbatches, with activations pinned batch-split on the run's `mesh`."""
+  grad_fn, aux_keys = _loss_and_grads(graphdef, distill)
+  if grad_accum > 1:
+    grad_fn = _accumulated(grad_fn, grad_accum, aux_keys)
+  constraint = mesh_constraint(mesh)
+
+  def pinned(params: Params, batch: Batch, teacher: Params | None):
+    with activation_constraints(constraint):
+      return grad_fn(params, batch, teacher)
+
+  return pinned
+
+
+class Update(NamedTuple):
+  """An optimizer update applied: the new parameters and optimizer state, and the norms taken
+  on the way (`update_norm` only when the step measures the weight norms)."""
+  params: Params
+  opt_state: optax.OptState
+  grad_norm: jax.Array
+  update_norm: jax.Array | None
+
+
+def apply_update(tx: optax.GradientTransformation, state: TrainState, grads: Params,
+                 measure: bool) -> Update:
+  """One optimizer update, applied in place after a norm (`in_place_after`): the update norm
+  when `measure`, else the gradient norm that every step takes anyway."""
+  grad_norm = optax.tree.norm(grads)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  update_norm = optax.tree.norm(updates) if measure else None
+  updates = in_place_after(grad_norm if update_norm is None else update_norm, updates)
+  return Update(optax.apply_updates(state.params, updates), opt_state, grad_norm, update_norm)
+
+
+def is_finite(loss: jax.Array, new: Update, weigh_params: bool
+              ) -> tuple[jax.Array, jax.Array | None]:
+  """(whether the step is finite, the new parameters' norm if `weigh_params`). Finite loss and
+  gradients can still overflow the weights (decay at a huge lr, grad 0 once the logits
+  saturate): wherever the new parameters' norm is taken, it is part of the verdict."""
+  finite = jnp.isfinite(loss) & jnp.isfinite(new.grad_norm)
+  if not weigh_params:
+    return finite, None
+  param_norm = optax.tree.norm(new.params)
+  return finite & jnp.isfinite(param_norm), param_norm
+
+
+class ApplyAlways:
+  """Every update is applied, finite or not; a non-finite step shows in its metrics and the
+  host's guard (train/run/guards.py) stops the run."""
+
+  weighs_params = False  # the verdict needs no parameter norm
+
+  def keep(self, finite: jax.Array, new: Update, old: TrainState
+           ) -> tuple[Params, optax.OptState]:
+    return new.params, new.opt_state
+
+  def skipped(self, finite: jax.Array) -> jax.Array:
+    return jnp.zeros((), jnp.int32)
+
+  def norm_metrics(self, finite: jax.Array, param_norm: jax.Array | None,
+                   update_norm: jax.Array | None, old: TrainState) -> dict[str, jax.Array]:
+    return _present(param_norm=param_norm, update_norm=update_norm)
+
+
+class SkipNonFinite(ApplyAlways):
+  """optimizer.skip_nonfinite: a step whose loss, gradient norm or new parameters' norm is
+  NaN/Inf leaves params and optimizer state unchanged (metrics['skipped']), so a skipped step
+  can never leave overflowed weights behind; its norms say it changed nothing."""
+
+  weighs_params = True
+
+  def keep(self, finite: jax.Array, new: Update, old: TrainState
+           ) -> tuple[Params, optax.OptState]:
+    return jax.tree.map(lambda a, b: jnp.where(finite, a, b),
+                        (new.params, new.opt_state), (old.params, old.opt_state))
+
+  def skipped(self, finite: jax.Array) -> jax.Array:
+    return jnp.logical_not(finite).astype(jnp.int32)
+
+  def norm_metrics(self, finite: jax.Array, param_norm: jax.Array | None,
+                   update_norm: jax.Array | None, old: TrainState) -> dict[str, jax.Array]:
+    return _present(
+        param_norm=None if param_norm is None
+        else jnp.where(finite, param_norm, optax.tree.norm(old.params)),
+        update_norm=None if update_norm is None else jnp.where(finite, update_norm, 0.0))
+
+
+def _present(**values: jax.Array | None) -> dict[str, jax.Array]:
+  return {k: v for k, v in values.items() if v is not None}
+
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+                    schedule: optax.Schedule, grad_accum: int = 1, skip_nonfinite: bool = False,
+                    mesh: Mesh | None = None, distill: Distill | None = None,
+                    weight_norms: bool = True
+                    ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
+  """A pure step: `gradients` -> `apply_update` -> `is_finite` -> the non-finite guard
+  (`SkipNonFinite` with skip_nonfinite, else `ApplyAlways`) -> metrics.
+
+  With `distill`, the step is (state, batch, teacher params) -> ... and the metrics carry the
+  distillation loss's "ce" and "kl" terms (alpha = 0: the ordinary step). weight_norms adds the
+  parameter and update norms to the metrics; the loop compiles it for log steps only (they cost
+  ~3-4% of a small step, BUILD_NOTES). Metrics are device values, read one step late.
+  """
+  grads_of = gradients(graphdef, grad_accum, distill, mesh)
+  guard = SkipNonFinite() if skip_nonfinite else ApplyAlways()
+  weigh_params = weight_norms or guard.weighs_params
 
   def train_step(state: TrainState, batch: Batch, teacher: Params | None = None
                  ) -> tuple[TrainState, dict[str, jax.Array]]:
-    with activation_constraints(constraint):
-      (loss, aux), grads = grads_of(state.params, batch, teacher)
-    grad_norm = optax.tree.norm(grads)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    if weight_norms:
-      updates, update_norm = with_update_norm(updates)
-    else:
-      updates = times_one(updates, grad_norm)
-    params = optax.apply_updates(state.params, updates)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    if weight_norms or skip_nonfinite:
-      # Finite loss and gradients can still overflow the weights (decay at a huge lr, grad 0
-      # once the logits saturate): the new params' norm is part of the verdict.
-      param_norm = optax.tree.norm(params)
-      finite = finite & jnp.isfinite(param_norm)
-    if skip_nonfinite:
-      keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-      params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
-    metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step),
-               "skipped": jnp.logical_not(finite).astype(jnp.int32) if skip_nonfinite
-               else jnp.zeros((), jnp.int32), **aux}
-    if weight_norms or skip_nonfinite:
-      # Device values read one step late like the loss; a skipped step changed nothing.
-      metrics["param_norm"] = (jnp.where(finite, param_norm, optax.tree.norm(state.params))
-                               if skip_nonfinite else param_norm)
-    if weight_norms:
-      metrics["update_norm"] = jnp.where(finite, update_norm, 0.0) if skip_nonfinite \
-          else update_norm
+    (loss, aux), grads = grads_of(state.params, batch, teacher)
+    new = apply_update(tx, state, grads, weight_norms)
+    finite, param_norm = is_finite(loss, new, weigh_params)
+    params, opt_state = guard.keep(finite, new, state)
+    metrics = {"loss": loss, "grad_norm": new.grad_norm, "lr": schedule(state.step),
+               "skipped": guard.skipped(finite), **aux,
+               **guard.norm_metrics(finite, param_norm, new.update_norm, state)}
     return TrainState(state.step + 1, params, opt_state), metrics
 
   return train_step
