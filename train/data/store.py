@@ -90,16 +90,6 @@ def zarr3_spec(path: str, *, shape: int | None = None, dtype: str | None = None)
   return spec
 
 
-def tokens_sha256(tokens: np.ndarray, dtype: str) -> str:
-  """sha256 of the ids' little-endian bytes in storage dtype (what the manifest records)."""
-  return hashlib.sha256(np.asarray(tokens).astype(np.dtype(dtype).newbyteorder("<")).tobytes()
-                        ).hexdigest()
-
-
-def offsets_spec(path: str, *, shape: int | None = None) -> dict[str, Any]:
-  return zarr3_spec(path, shape=shape, dtype=None if shape is None else "int64")
-
-
 class GrowingArray:
   """A 1-D zarr3 array written front to back, length unknown until the end: whole chunks are
   written as they fill (asynchronously, at most two writes in flight), the tail at `close`,

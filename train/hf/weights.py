@@ -16,8 +16,6 @@ import numpy as np
 from core.errors import PregateError
 from models.config import ModelConfig
 
-ROPE_LAYOUT = "half"  # pregate's and HF's: no q/k permutation either way
-
 # pregate path (with {i} for the layer) -> HF name, and whether the array is a transposed kernel.
 _LAYER = (
     ("attn_norm/scale", "input_layernorm.weight", False),

@@ -18,7 +18,6 @@ import time
 from typing import Any
 
 import jax
-import numpy as np
 from absl import logging
 
 from core.errors import CheckpointError, DiskSpaceError, NonFiniteLossError
@@ -134,11 +133,6 @@ class EvalTracker:
     return self.patience > 0 and self.bad_evals >= self.patience
 
 
-def mean_loss(losses: list[Any]) -> float:
-  """Mean of equal-size batch losses (device values are fetched together)."""
-  return float(np.mean(jax.device_get(losses)))
-
-
 class Signals:
   """SIGTERM/SIGINT ask the loop to finish the current step, checkpoint and stop.
 
@@ -170,6 +164,6 @@ class Signals:
       logging.warning("signal %d: finishing this step, then checkpointing", signum)
     self.requested = True
 
-  def __exit__(self, *exc: Any) -> None:
+  def __exit__(self, *_: Any) -> None:
     for sig, old in self._old.items():
       signal.signal(sig, old)
