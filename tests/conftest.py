@@ -12,6 +12,7 @@ The full suite (`.ci/run`) runs every tier.
 """
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import shared_runs
@@ -71,18 +72,32 @@ def pytest_runtest_protocol(item, nextitem):
 
 
 @pytest.fixture(scope="session")
-def prepared_data(tmp_path_factory) -> str:
-  """Tiny Shakespeare tokenized once per session, so no run re-tokenizes the corpus."""
-  return helpers.prepare_once(tmp_path_factory.mktemp("prepared") / "shakespeare_char")
+def shared_root(tmp_path_factory, worker_id) -> Path:
+  """Where the runs shared by the whole test run live (every worker sees the same one)."""
+  return shared_runs.session_root(tmp_path_factory, worker_id)
 
 
-@pytest.fixture(scope="module")
-def preempted(prepared_data, tmp_path_factory):
-  """A tiny run preempted at step 10 and resumed (tests/shared_runs.py; made once per worker)."""
-  return shared_runs.preempted(prepared_data, tmp_path_factory)
+@pytest.fixture(scope="session")
+def prepared_data(shared_root) -> str:
+  """Tiny Shakespeare tokenized once per test run (one path for every worker, so runs made by
+  one worker resume on another), so no run re-tokenizes the corpus."""
+  return str(shared_runs.once(shared_root, "prepared_char", helpers.prepare_once))
 
 
-@pytest.fixture(scope="module")
-def crashed(prepared_data, tmp_path_factory):
-  """A tiny run killed after step 25 and resumed (tests/shared_runs.py; made once per worker)."""
-  return shared_runs.crashed(prepared_data, tmp_path_factory)
+@pytest.fixture(scope="session")
+def trained_tiny(prepared_data, shared_root) -> Path:
+  """The 20-step tiny run (shared read-only; copy it with shared_runs.copy_of to change it)."""
+  return shared_runs.once(shared_root, "trained_20",
+                          lambda w: shared_runs.trained(prepared_data, w))
+
+
+@pytest.fixture(scope="session")
+def preempted(prepared_data, shared_root) -> Path:
+  """A tiny run preempted at step 10 and resumed (tests/shared_runs.py)."""
+  return shared_runs.preempted(prepared_data, shared_root)
+
+
+@pytest.fixture(scope="session")
+def crashed(prepared_data, shared_root) -> Path:
+  """A tiny run killed after step 25 and resumed (tests/shared_runs.py)."""
+  return shared_runs.crashed(prepared_data, shared_root)

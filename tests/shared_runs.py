@@ -11,6 +11,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from filelock import FileLock
+
 import helpers
 
 STEPS = 30
@@ -27,16 +29,36 @@ def _ok(res: helpers.Result, rc: int = 0) -> None:
   assert res.rc == rc, res.stderr[-3000:]
 
 
-def _once(root: Path, name: str, make) -> Path:
-  """root/name made by make(workdir) unless an earlier test of this session made it."""
-  workdir = root / name
-  done = root / f"{name}.done"
-  if not done.exists():
-    if workdir.exists():
-      shutil.rmtree(workdir)
-    make(workdir)
-    done.touch()
-  return workdir
+def session_root(tmp_path_factory, worker_id: str) -> Path:
+  """A directory every test worker of this pytest run shares (xdist gives each worker its own
+  basetemp under one per-run parent), so a run made here is made once per test run."""
+  base = tmp_path_factory.getbasetemp()
+  return base if worker_id == "master" else base.parent
+
+
+def once(root: Path, name: str, make) -> Path:
+  """root/name made by make(path) unless a test of this run (on any worker) made it; the
+  workers wait on one lock, so the first makes it and the rest reuse it."""
+  path = root / name
+  with FileLock(str(root / f"{name}.lock")):
+    if not (root / f"{name}.done").exists():
+      if path.exists():
+        shutil.rmtree(path)
+      make(path)
+      (root / f"{name}.done").touch()
+  return path
+
+
+def trained(data_dir: str, workdir: Path, steps: int = 20) -> None:
+  """The tiny run (FORCE: below the gate) that restore, fingerprint, architecture and Hugging
+  Face tests start from; each module copies it (copy_of) before changing anything."""
+  _ok(helpers.run_main(helpers.FORCE, *helpers.tiny_flags(data_dir, {"train_steps": steps}),
+                       workdir=workdir))
+
+
+def copy_of(run: Path, tmp_path_factory, name: str) -> Path:
+  """A private copy of a shared run (root/<name>/run), so a module may change or extend it."""
+  return Path(shutil.copytree(run, tmp_path_factory.mktemp(name) / "run"))
 
 
 def _preempted(data_dir: str, workdir: Path) -> None:
@@ -58,10 +80,9 @@ def _crashed(data_dir: str, workdir: Path) -> None:
   _ok(helpers.run_main(*flags, workdir=workdir))
 
 
-def preempted(data_dir: str, tmp_path_factory) -> Path:
-  return _once(tmp_path_factory.getbasetemp(), "watch_preempted",
-               lambda w: _preempted(data_dir, w))
+def preempted(data_dir: str, root: Path) -> Path:
+  return once(root, "watch_preempted", lambda w: _preempted(data_dir, w))
 
 
-def crashed(data_dir: str, tmp_path_factory) -> Path:
-  return _once(tmp_path_factory.getbasetemp(), "watch_crashed", lambda w: _crashed(data_dir, w))
+def crashed(data_dir: str, root: Path) -> Path:
+  return once(root, "watch_crashed", lambda w: _crashed(data_dir, w))
