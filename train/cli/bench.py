@@ -44,6 +44,7 @@ def bench(config: Any, steps: int, warmup: int, saves: int) -> dict[str, float |
 
   from models.config import ModelConfig
   from models.params import count_params
+  from train.ckpt import metadata
   from train.ckpt.checkpointer import Checkpointer
   from train.data import pipeline
   from train.run import teacher as teacher_lib
@@ -99,7 +100,8 @@ def bench(config: Any, steps: int, warmup: int, saves: int) -> dict[str, float |
       jax.block_until_ready(state)
       t = time.perf_counter()
       stored = rs.state.to_stored(state)
-      ckpt.save(i + 1, stored.params, stored.opt_state, it, {"bench": True})
+      ckpt.save(i + 1, stored.params, stored.opt_state, it,
+                metadata.Metadata(extra={"bench": True}))
       blocking.append(time.perf_counter() - t)
       ckpt.wait()
     ckpt.close()
