@@ -112,7 +112,7 @@ def test_tokenizer_json_round_trips_through_a_checkpoint(trained, tmp_path):
   restored = load_for_eval(str(workdir))
   assert restored.tokenizer == trained
   assert restored.tokenizer.to_json()["tokenizer"] == json.loads(path.read_text())
-  assert restored.meta["data_sources"]["corpus"]["unique_tokens"] > 0
+  assert restored.meta.data_sources["corpus"]["unique_tokens"] > 0
   text = generate(restored.model, restored.tokenizer, "ROMEO:", 10, temperature=0)
   assert isinstance(text, str)
   result = score.evaluate_checkpoint(str(workdir))
