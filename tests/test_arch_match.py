@@ -116,7 +116,7 @@ def test_field_mismatch_refused_by_load_for_eval(trained, field):
 
 def test_matching_config_loads_on_every_path(trained):
   state, meta = _resume(trained, _setup())
-  assert int(state.step) == STEP and meta["step"] == STEP
+  assert int(state.step) == STEP and meta.step == STEP
   fresh, _ = _init_from(_setup(), str(trained), _tokenizer(trained), _tx())
   assert int(fresh.step) == 0
   got = load_for_eval(str(trained), "latest", expected=ModelConfig(**BASE))
