@@ -44,7 +44,7 @@ def test_default_experiment_checkpoint_exports_with_its_verdict(trained, exporte
   from train.infer.generate import generate
   from train.restore import load_for_eval
   restored = load_for_eval(str(trained))
-  meta = restored.meta
+  meta = restored.meta.to_json()  # the JSON the card was written from
   card = (exported / "README.md").read_text()
   for needle in ("**BYPASSED** with --force_under_provisioned",
                  f"effective D'/N = {meta['gate']['effective_ratio_text']} < 20 (planned D/N = "
