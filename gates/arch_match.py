@@ -87,13 +87,14 @@ def _fmt(sig: tuple[tuple[int, ...], str]) -> str:
 
 
 def check(source: str, *, expected_config: Mapping[str, Any], expected_signature: Signature,
-          found_signature: Signature, meta: Mapping[str, Any] | None,
+          found_signature: Signature, found_model: Mapping[str, Any],
+          found_tokenizer: Mapping[str, Any] | None,
           expected_tokenizer: Mapping[str, Any] | None = None) -> None:
-  """Raise MissingMetadataError or ArchitectureMismatchError; return None on a proven match."""
-  if not meta or "model" not in meta:
-    raise MissingMetadataError(source)
-  diffs = config_differences(expected_config, meta["model"])
-  diffs += tokenizer_differences(expected_tokenizer, meta.get("tokenizer"))
+  """Raise ArchitectureMismatchError listing every difference; return None on a proven match.
+  Plain values in (the recorded model config and tokenizer, as the checkpoint's metadata
+  holds them): gates/ decides and never reads the metadata record itself."""
+  diffs = config_differences(expected_config, found_model)
+  diffs += tokenizer_differences(expected_tokenizer, found_tokenizer)
   diffs += signature_differences(expected_signature, found_signature)
   if diffs:
     raise ArchitectureMismatchError(source, diffs)
@@ -178,10 +179,11 @@ def fingerprint_problems(record: Any) -> list[str]:
   return []
 
 
-def fingerprint_difference(recorded: Mapping[str, Any], measured: Mapping[str, Any]) -> float:
+def fingerprint_difference(recorded: Mapping[str, Any], measured: Mapping[str, Any],
+                           keys: tuple[str, ...] = FINGERPRINT_KEYS) -> float:
   """max |measured - recorded| / max(1, |recorded|) over every probe value of both summaries."""
   worst = 0.0
-  for key in FINGERPRINT_KEYS:
+  for key in keys:
     for rec_row, got_row in zip(recorded[key], measured[key], strict=True):
       for a, b in zip(rec_row, got_row, strict=True):
         diff = abs(b - a) / max(1.0, abs(a))
@@ -254,3 +256,43 @@ def stamp_proof_problems(loss: float, vocab_size: int, expected: float | None, t
         f"{k} (loss {v:.4f} vs {loss:.4f})" for k, v in sorted(better.items(),
                                                                key=lambda kv: kv[1])))
   return out
+
+
+class TokenizerMismatchError(FingerprintMismatchError):
+  """The embedded tokenizer is not the one the model was trained and saved with: its
+  fingerprint differs from the recorded one, or the tensors score the recorded probe text,
+  encoded by it, differently from what they scored at save."""
+
+
+def check_tokenizer_fingerprint(source: str, recorded: str | None, embedded: str) -> None:
+  """Refuse an embedded tokenizer whose fingerprint is not the data record's (None: the
+  checkpoint records none, a stamp or an import)."""
+  if recorded is not None and recorded != embedded:
+    raise TokenizerMismatchError(
+        source, f"its embedded tokenizer (fingerprint {embedded[:12]}) is not the one its data "
+        f"record names ({recorded[:12]}): the tokenizer was replaced after save. Restore the "
+        f"checkpoint's original metadata, or use an intact checkpoint")
+
+
+def check_tokenizer_probe(source: str, recorded: Any, measured: list[list[float]] | None,
+                          recorded_dtype: str) -> float:
+  """Refuse unless the probe text, encoded by the embedded tokenizer (`measured` None: it does
+  not encode), scores as recorded at save within the fingerprint tolerance; -> difference."""
+  how = ("the embedded tokenizer cannot encode the probe text recorded at save"
+         if measured is None else None)
+  diff = math.inf
+  if measured is not None and not _grid(recorded, len(measured), len(measured[0])):
+    how = "its recorded tokenizer probe is malformed"
+  elif measured is not None:
+    diff = fingerprint_difference({"target_logp": recorded}, {"target_logp": measured},
+                                  ("target_logp",))
+    tol = fingerprint_tolerance(recorded_dtype, recorded_dtype)
+    if not diff <= tol:
+      how = (f"the probe text recorded at save, encoded by the embedded tokenizer, scores "
+             f"differently (by {diff:.3g}, tolerance {tol:g})")
+  if how:
+    raise TokenizerMismatchError(
+        source, f"{how}: the embedded tokenizer is not the one the model was saved with (ids "
+        f"reassigned or symbols replaced). Restore the checkpoint's original metadata, or use "
+        f"an intact checkpoint")
+  return diff

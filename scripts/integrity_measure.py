@@ -37,7 +37,7 @@ def main(path: str, step: int | None, cost_only: bool) -> None:
   ckpt = Checkpointer(path, read_only=True)
   step = ckpt.resolve("latest" if step is None else step)
   meta = ckpt.read_meta(step)
-  base = ModelConfig.from_dict(meta["model"])
+  base = ModelConfig.from_dict(dict(meta.model))
   one = _params(ckpt, step, base, (1, 1, 1))
   if not cost_only:
     _noise_and_edits(ckpt, step, base, one)

@@ -219,11 +219,3 @@ class Tty(io.StringIO):
 
   def isatty(self) -> bool:
     return True
-
-
-def trained_run(root: Path, data_dir: str, steps: int) -> Path:
-  """root/run: a real tiny run of `steps` steps (past the gate with FORCE), which must succeed."""
-  work = root / "run"
-  r = run_main(FORCE, *tiny_flags(data_dir, {"train_steps": steps}), workdir=work)
-  assert r.rc == 0, r.stderr[-3000:]
-  return work

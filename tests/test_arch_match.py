@@ -2,7 +2,8 @@
 
 One tiny real checkpoint is trained per module; each case builds the configured model that
 differs from it in one field and loads through the real code of each path: resume
-(`resume.restore_or_init`, what the loop calls), warm start (`resume.init_from`, what
+(`resume.restore_or_init`, what the loop calls), warm start (`resume.init_params` then
+`resume.warm_state`, what
 `--init` calls) and `load_for_eval(expected=...)`. End-to-end subprocess runs prove the CLI
 wiring: a refused load exits 2 before any train step.
 """
@@ -16,6 +17,7 @@ import jax
 import numpy as np
 import optax
 import pytest
+import shared_runs
 
 import helpers
 from gates.arch_match import (
@@ -27,6 +29,7 @@ from gates.arch_match import (
 from models.config import ModelConfig
 from train.ckpt import checkpointer as ckpt_lib
 from train.ckpt import resume
+from train.ckpt.metadata import Metadata
 from train.restore import load_for_eval
 from train.state import setup as run_state
 from train.state import sharding
@@ -50,8 +53,8 @@ FIELDS = {
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, prepared_data) -> Path:
-  return helpers.trained_run(tmp_path_factory.mktemp("arch"), prepared_data, STEP)
+def trained(trained_tiny, tmp_path_factory) -> Path:
+  return shared_runs.copy_of(trained_tiny, tmp_path_factory, "arch")
 
 
 @pytest.fixture
@@ -59,6 +62,12 @@ def copy(trained, tmp_path) -> Path:
   dst = tmp_path / "run"
   shutil.copytree(trained, dst)
   return dst
+
+
+def _init_from(setup, spec: str, tokenizer: dict | None, tx: optax.GradientTransformation):
+  """A warm start as the loop runs it: `init_params` before the data, `warm_state` after."""
+  warm = resume.init_params(setup, spec)
+  return resume.warm_state(setup, warm, spec, tokenizer, tx), warm[1]
 
 
 def _setup(**changes) -> run_state.TrainSetup:
@@ -98,7 +107,7 @@ def test_field_mismatch_refused_on_resume(trained, field):
 def test_field_mismatch_refused_on_init(trained, field):
   setup = _setup(**FIELDS[field])
   with pytest.raises(ArchitectureMismatchError) as e:
-    resume.init_from(setup, f"{trained}:{STEP}", _tokenizer(trained), _tx())
+    _init_from(setup, f"{trained}:{STEP}", _tokenizer(trained), _tx())
   _names_field(e.value, field)
 
 
@@ -111,8 +120,8 @@ def test_field_mismatch_refused_by_load_for_eval(trained, field):
 
 def test_matching_config_loads_on_every_path(trained):
   state, meta = _resume(trained, _setup())
-  assert int(state.step) == STEP and meta["step"] == STEP
-  fresh, _ = resume.init_from(_setup(), str(trained), _tokenizer(trained), _tx())
+  assert int(state.step) == STEP and meta.step == STEP
+  fresh, _ = _init_from(_setup(), str(trained), _tokenizer(trained), _tx())
   assert int(fresh.step) == 0
   got = load_for_eval(str(trained), "latest", expected=ModelConfig(**BASE))
   want = helpers.flat(helpers.load_params(trained, STEP))
@@ -133,7 +142,7 @@ def test_masquerade_refused_on_every_path(copy):
   _edit_meta(copy, d_model=64)
   setup = _setup(d_model=64)
   for load in (lambda: _resume(copy, setup),
-               lambda: resume.init_from(setup, str(copy), _tokenizer(copy), _tx()),
+               lambda: _init_from(setup, str(copy), _tokenizer(copy), _tx()),
                lambda: load_for_eval(str(copy), STEP),
                lambda: load_for_eval(str(copy), STEP,
                                              expected=ModelConfig(**{**BASE, "d_model": 64}))):
@@ -153,7 +162,7 @@ def test_metadata_from_before_family_existed_loads_as_llama(copy):
   got = load_for_eval(str(copy), STEP, expected=ModelConfig(**BASE))
   assert got.model.cfg.family == "llama" and not got.model.cfg.qkv_bias
   with pytest.raises(ArchitectureMismatchError) as e:
-    resume.init_from(_setup(family="qwen2", qkv_bias=True), str(copy), _tokenizer(copy), _tx())
+    _init_from(_setup(family="qwen2", qkv_bias=True), str(copy), _tokenizer(copy), _tx())
   assert "model.family: expected 'qwen2' found 'llama'" in str(e.value)
   assert "tensor blocks/0/attn/wq/bias: expected float32[32] found <missing>" in str(e.value)
 
@@ -174,14 +183,14 @@ def test_tokenizer_mismatch_refused(trained):
   other = dict(_tokenizer(trained))
   other["vocab"] = other["vocab"][::-1]
   with pytest.raises(ArchitectureMismatchError, match="tokenizer"):
-    resume.init_from(_setup(), str(trained), other, _tx())
+    _init_from(_setup(), str(trained), other, _tx())
 
 
 def test_missing_metadata_refused(copy):
   tokenizer = _tokenizer(copy)
   (copy / "checkpoints" / str(STEP) / "meta" / "metadata").unlink()
   for load in (lambda: _resume(copy, _setup(), tokenizer),
-               lambda: resume.init_from(_setup(), str(copy), None, _tx()),
+               lambda: _init_from(_setup(), str(copy), None, _tx()),
                lambda: load_for_eval(str(copy), STEP)):
     with pytest.raises(MissingMetadataError, match="pregate-stamp"):
       load()
@@ -212,7 +221,8 @@ def _tamper(src: Path, dst: Path, keep_fingerprint: bool = False) -> None:
   if not keep_fingerprint:
     del meta["fingerprint"]
   ckpt = ckpt_lib.Checkpointer(str(dst / "checkpoints"), keep=1, keep_best=0, async_save=False)
-  ckpt.save(STEP, params, {"unused": np.zeros(1)}, None, meta, meta["val_loss"])
+  ckpt.save(STEP, params, {"unused": np.zeros(1)}, None, Metadata.from_json(meta),
+            meta["val_loss"])
   ckpt.close()
 
 

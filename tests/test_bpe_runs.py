@@ -50,10 +50,11 @@ def test_tokenizer_json_round_trips_through_a_checkpoint(trained, tmp_path):
   restored = load_for_eval(str(workdir))
   assert restored.tokenizer == trained
   assert restored.tokenizer.to_json()["tokenizer"] == json.loads(path.read_text())
-  assert restored.meta["data_sources"]["corpus"]["unique_tokens"] > 0
+  assert restored.meta.data_sources["corpus"]["unique_tokens"] > 0
   text = generate(restored.model, restored.tokenizer, "ROMEO:", 10, temperature=0)
   assert isinstance(text, str)
   result = score.evaluate_checkpoint(str(workdir))
   assert result["abs_diff"] < 1e-4 and result["val_bpb"] == result["bits_per_byte"] > 0
   evals = helpers.events(helpers.read_jsonl(workdir / "metrics.jsonl"), "eval")
   assert evals[-1]["val_bpb"] == pytest.approx(result["val_bpb"], rel=1e-4)
+

@@ -78,5 +78,3 @@ def test_eot_missing_from_tokenizer_json_names_the_field(trained, tmp_path):
   trained.hf.save(str(path))
   with pytest.raises(DataError, match="data.eot_token"):
     bpe.load(str(path), "</s>")
-
-

@@ -10,6 +10,7 @@ from core.errors import CheckpointError
 from models.config import ModelConfig
 from models.params import abstract_model, param_shapes
 from train.ckpt.checkpointer import Checkpointer
+from train.ckpt.metadata import Metadata
 from train.data import pipeline as data_lib
 from train.state import sharding
 from train.state import step as step_lib
@@ -56,7 +57,8 @@ def test_round_trip_is_bit_identical(trained, tmp_path):
   assert int(state.step) == 2
   saved_data_state = it.get_state()
   ckpt = Checkpointer(str(tmp_path / "ckpt"))
-  ckpt.save(2, state.params, state.opt_state, it, {"step": 2, "note": "round trip"}, 3.5)
+  ckpt.save(2, state.params, state.opt_state, it,
+            Metadata.from_json({"step": 2, "note": "round trip"}), 3.5)
   ckpt.close()
   next_batch = next(it)  # what a resumed run must see next
 
@@ -74,13 +76,13 @@ def test_round_trip_is_bit_identical(trained, tmp_path):
   restored_batch = next(fresh_it)
   for k in ("inputs", "targets"):
     assert np.array_equal(restored_batch[k], next_batch[k])
-  assert meta == {"step": 2, "note": "round trip"}
+  assert meta.to_json() == {"step": 2, "note": "round trip"}
 
 
 def test_array_signature_matches_abstract_model(trained, tmp_path):
   state = trained["state"]
   ckpt = Checkpointer(str(tmp_path / "ckpt"), async_save=False)
-  ckpt.save(2, state.params, state.opt_state, None, {"step": 2})
+  ckpt.save(2, state.params, state.opt_state, None, Metadata.from_json({"step": 2}))
   ckpt.wait()
   found = ckpt.array_signature(2)
   ckpt.close()
@@ -94,7 +96,8 @@ def test_array_signature_matches_abstract_model(trained, tmp_path):
 
 def _tiny_save(ckpt, step, val_loss):
   params = {"w": np.full((3,), step, np.float32)}
-  ckpt.save(step, params, {"m": np.zeros((3,), np.float32)}, None, {"step": step}, val_loss)
+  ckpt.save(step, params, {"m": np.zeros((3,), np.float32)}, None,
+            Metadata.from_json({"step": step}), val_loss)
 
 
 def test_retention_keeps_newest_and_best(tmp_path):

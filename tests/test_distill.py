@@ -16,6 +16,7 @@ from models.config import ModelConfig
 from models.loss import cross_entropy, distill_kl
 from models.params import count_params
 from models.transformer import Transformer
+from train.ckpt.metadata import Metadata
 from train.cli import plan as plan_mod
 from train.run import teacher as teacher_lib
 from train.state import distill as distill_lib
@@ -199,8 +200,10 @@ def test_teacher_identity_is_by_content():
   assert "without a teacher" in teacher_lib.differences(None, _record())[0]
   assert "now without one" in teacher_lib.differences(_record(), None)[0]
   with pytest.raises(teacher_lib.TeacherError, match="trained with another teacher"):
-    teacher_lib.check_resumed("checkpoint x/5", {"distill": _record()}, _record(step=5))
-  teacher_lib.check_resumed("checkpoint x/5", {"model": {}}, None)  # pre-distill metadata
+    teacher_lib.check_resumed("checkpoint x/5", Metadata.from_json({"distill": _record()}),
+                              _record(step=5))
+  # pre-distill metadata
+  teacher_lib.check_resumed("checkpoint x/5", Metadata.from_json({"model": {}}), None)
 
 
 def test_planner_adds_the_teachers_forward_flops():

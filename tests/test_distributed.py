@@ -103,9 +103,9 @@ def _eval_in_this_process(workdir, data_dir, step="latest"):
   from train.state.step import cross_entropy
   restored = load_for_eval(str(workdir), step)
   arr = data_lib.open_split(data_dir, "val")
-  batches = data_lib.reproduce_eval_batches(arr, restored.meta["eval_batches"])
+  batches = data_lib.reproduce_eval_batches(arr, restored.meta.eval_batches)
   losses = [float(cross_entropy(restored.model(b["inputs"]), b["targets"])) for b in batches]
-  return restored.meta["val_loss"], float(np.mean(losses))
+  return restored.meta.val_loss, float(np.mean(losses))
 
 
 def _params(workdir, step=STEPS):

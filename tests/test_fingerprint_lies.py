@@ -18,6 +18,7 @@ from pathlib import Path
 
 import jax
 import pytest
+import shared_runs
 from test_restore_edge_cases import one_error
 
 import helpers
@@ -43,9 +44,15 @@ ONE = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, prepared_data) -> Path:
+def trained(trained_tiny, tmp_path_factory) -> Path:
   """A 20-step run on this host's automatic device split (2 devices on a 2-core CI machine)."""
-  return helpers.trained_run(tmp_path_factory.mktemp("fingerprint"), prepared_data, STEP)
+  return shared_runs.copy_of(trained_tiny, tmp_path_factory, "fingerprint")
+
+
+def _init_from(setup, spec: str, tokenizer: dict | None, tx):
+  """A warm start as the loop runs it: `init_params` before the data, `warm_state` after."""
+  warm = resume.init_params(setup, spec)
+  return resume.warm_state(setup, warm, spec, tokenizer, tx), warm[1]
 
 
 def _copy(trained: Path, tmp_path: Path, field: str | None = None) -> Path:
@@ -81,9 +88,9 @@ def _resume(work: Path):
 
 PATHS = {
     "resume": _resume,
-    "init": lambda w: resume.init_from(_setup(w), f"{w}:{STEP}",
-                                       helpers.checkpoint_meta(w, STEP)["tokenizer"],
-                                       step_lib.make_optimizer(helpers.tiny_config(None))),
+    "init": lambda w: _init_from(_setup(w), f"{w}:{STEP}",
+                                 helpers.checkpoint_meta(w, STEP)["tokenizer"],
+                                 step_lib.make_optimizer(helpers.tiny_config(None))),
     "load_for_eval": lambda w: load_for_eval(str(w), STEP),
 }
 
@@ -109,7 +116,7 @@ def test_unedited_loads_on_every_path_in_process(trained, tmp_path):
     load(work)
   assert helpers.snapshot(work) == before
   meta = helpers.checkpoint_meta(work, STEP)
-  params, _ = resume.init_params(_setup(work), str(work), meta["tokenizer"])
+  params, _ = resume.init_params(_setup(work), str(work))
   measured = fingerprint.compute(params, ModelConfig.from_dict(meta["model"]))
   diff = arch_match.fingerprint_difference(meta["fingerprint"], measured)
   print(f"fingerprint saved on mesh {meta['mesh']} vs recomputed on 1 device: {diff:.3g}")

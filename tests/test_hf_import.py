@@ -60,7 +60,7 @@ def test_transformers_model_imports_with_equal_logits(family, tied, tmp_path):
   cfg = restored.model.cfg
   assert (cfg.family, cfg.qkv_bias, cfg.tie_embeddings, cfg.n_kv_heads) == (
       family, family == "qwen2", tied, 2)
-  assert restored.meta["architecture"]["hf_class"] == type(model).__name__
+  assert restored.meta.architecture["hf_class"] == type(model).__name__
   ids = hh.prompt_ids(restored.tokenizer)
   diff = hh.per_position_diff(hh.hf_logits(model, ids), hh.pregate_logits(restored.model, ids))
   assert len(diff) >= 16 and diff.max() < hh.TOL, diff

@@ -63,21 +63,21 @@ def test_architecture_match_covers_the_identity():
 
 def test_inspect_scores_the_hf_identity():
   from train.ckpt import quality as inspect
-  from train.ckpt.metadata import architecture
+  from train.ckpt.metadata import Metadata, architecture
   cfg = hh.model_config("qwen2", False)
   meta = {"schema": "pregate.checkpoint/v1", "model": cfg.to_dict(),
           "architecture": architecture("qwen2")}
   stored = param_shapes(build_model(cfg))
-  ident = inspect.quality(meta, stored)["subscores"]["identity"]
+  ident = inspect.quality(Metadata.from_json(meta), stored)["subscores"]["identity"]
   assert ident["score"] == 10, ident
   meta["architecture"] = architecture("llama")  # a Qwen2 model claiming to be a Llama
-  lost = inspect.quality(meta, stored)["subscores"]["identity"]["lost"]
+  lost = inspect.quality(Metadata.from_json(meta), stored)["subscores"]["identity"]["lost"]
   assert [x["points"] for x in lost] == [2, 2, 2], lost
   assert "architecture.hf_class is 'LlamaForCausalLM', expected 'Qwen2ForCausalLM'" in \
       " | ".join(x["reason"] for x in lost)
   meta["architecture"] = architecture("qwen2")
   del meta["model"]["family"], meta["model"]["qkv_bias"]
-  lost = inspect.quality(meta, stored)["subscores"]["identity"]["lost"]
+  lost = inspect.quality(Metadata.from_json(meta), stored)["subscores"]["identity"]["lost"]
   assert any("model.family and model.qkv_bias not recorded" in x["reason"] for x in lost), lost
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import shared_runs
 
 import helpers
 import hf_helpers as hh
@@ -26,8 +27,8 @@ STEPS = 20
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, prepared_data) -> Path:
-  return helpers.trained_run(tmp_path_factory.mktemp("hf_run"), prepared_data, STEPS)
+def trained(trained_tiny, tmp_path_factory) -> Path:
+  return shared_runs.copy_of(trained_tiny, tmp_path_factory, "hf_run")
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,7 @@ def test_default_experiment_checkpoint_exports_with_its_verdict(trained, exporte
   from train.infer.generate import generate
   from train.restore import load_for_eval
   restored = load_for_eval(str(trained))
-  meta = restored.meta
+  meta = restored.meta.to_json()  # the JSON the card was written from
   card = (exported / "README.md").read_text()
   for needle in ("**BYPASSED** with --force_under_provisioned",
                  f"effective D'/N = {meta['gate']['effective_ratio_text']} < 20 (planned D/N = "

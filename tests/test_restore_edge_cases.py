@@ -16,8 +16,10 @@ from pathlib import Path
 
 import portpicker
 import pytest
+import shared_runs
 
 import helpers
+from train.ckpt.metadata import Metadata
 
 pytestmark = pytest.mark.e2e
 
@@ -28,8 +30,8 @@ NOISE = ("Traceback", "Event loop is closed", "Exception ignored", "never retrie
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, prepared_data) -> Path:
-  return helpers.trained_run(tmp_path_factory.mktemp("loose"), prepared_data, STEP)
+def trained(trained_tiny, tmp_path_factory) -> Path:
+  return shared_runs.copy_of(trained_tiny, tmp_path_factory, "loose")
 
 
 def _cli(module: str, *args: str, env: dict | None = None) -> helpers.Result:
@@ -169,7 +171,8 @@ def test_refusal_after_preflight_leaves_no_owner_record(trained, tmp_path, prepa
   del meta["fingerprint"]
   ckpt = Checkpointer(str(tmp_path / "bad" / "checkpoints"), keep=1, keep_best=0,
                       async_save=False)
-  ckpt.save(STEP, params, {"unused": np.zeros(1)}, None, meta, meta["val_loss"])
+  ckpt.save(STEP, params, {"unused": np.zeros(1)}, None, Metadata.from_json(meta),
+            meta["val_loss"])
   ckpt.close()
   work = tmp_path / "warm"
   res = helpers.run_main(*helpers.tiny_flags(prepared_data), helpers.FORCE,
@@ -252,5 +255,5 @@ def _recomputed_difference(workdir: Path, step: int, meta: dict) -> float:
   cfg = ModelConfig.from_dict(meta["model"])
   setup = TrainSetup.build(cfg, step_lib.make_optimizer(helpers.tiny_config(None)), 0,
                            sharding.make_mesh((1, 1, 1), jax.devices()[:1]))
-  params, _ = resume.init_params(setup, f"{workdir}:{step}", None)
+  params, _ = resume.init_params(setup, f"{workdir}:{step}")
   return arch_match.fingerprint_difference(meta["fingerprint"], fingerprint.compute(params, cfg))

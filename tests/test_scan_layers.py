@@ -222,7 +222,7 @@ def test_checkpoint_restores_across_execution_switches(tmp_path, prepared_data):
   # loads for evaluation as the metadata says, and resumes with every switch turned back.
   restored = load_for_eval(str(work))
   assert param_shapes(restored.model) == param_shapes(abstract_model(
-      ModelConfig.from_dict(restored.meta["model"])))
+      ModelConfig.from_dict(dict(restored.meta.model))))
   back = {**over, "train_steps": 20, "checkpoint.save_every": 20}
   r = helpers.run_main(helpers.FORCE, "--allow_config_change",
                        *helpers.tiny_flags(prepared_data, back), workdir=work)

@@ -20,6 +20,7 @@ import pytest
 
 import helpers
 from gates import arch_match
+from train.ckpt.metadata import Metadata
 from train.restore import load_for_eval
 
 pytestmark = pytest.mark.e2e
@@ -127,7 +128,8 @@ def test_stamp_of_an_untrained_model_is_refused(tmp_path):
   setup = TrainSetup.build(cfg, step_lib.make_optimizer(config), 0,
                            sharding.make_mesh((1, 1, 1), jax.devices()[:1]))
   ckpt = Checkpointer(str(tmp_path / "checkpoints"), keep=1, keep_best=0, async_save=False)
-  ckpt.save(5, setup.fresh_state().params, {"unused": np.zeros(1)}, None, {"note": "none"})
+  ckpt.save(5, setup.fresh_state().params, {"unused": np.zeros(1)}, None,
+            Metadata.from_json({"note": "none"}))
   ckpt.close()
   before = helpers.snapshot(tmp_path)
   with pytest.raises(arch_match.ArchitectureMismatchError, match="near the random level"):

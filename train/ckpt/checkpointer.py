@@ -22,7 +22,8 @@ from orbax.checkpoint import checkpoint_managers as cm
 from core.checks import first_line
 from core.errors import CheckpointError, ConfigError
 from core.progress import Progress
-from train.ckpt.stepspec import parse_step, read_meta_file
+from train.ckpt import metadata
+from train.ckpt.stepspec import parse_step
 
 METRIC = "val_loss"
 # What a failed array read looks like, anywhere in an exception's chain (orbax wraps
@@ -138,15 +139,16 @@ class Checkpointer:
                             f"available: {steps}")
     return found
 
-  def save(self, step: int, params: Any, opt_state: Any, data_iter: Any, meta: dict[str, Any],
-           val_loss: float | None = None) -> None:
+  def save(self, step: int, params: Any, opt_state: Any, data_iter: Any,
+           meta: metadata.Metadata, val_loss: float | None = None) -> None:
     """Start an (async) save; arrays are copied off the device before this returns, so the
-    next donating step cannot corrupt it."""
+    next donating step cannot corrupt it. `opt_state` None: parameters only (an import)."""
     if self._fault_hook is not None:
       self._fault_hook(step)
     items = {"params": ocp.args.StandardSave(params),
-             "opt_state": ocp.args.StandardSave(opt_state),
-             "meta": ocp.args.JsonSave(meta)}
+             "meta": ocp.args.JsonSave(metadata.encode(meta))}
+    if opt_state is not None:
+      items["opt_state"] = ocp.args.StandardSave(opt_state)
     if data_iter is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iter)
     metrics = {METRIC: float(val_loss)} if val_loss is not None else None
@@ -192,9 +194,9 @@ class Checkpointer:
         progress.close()
     return read
 
-  def read_meta(self, step: int) -> dict[str, Any] | None:
-    """The JSON metadata item, read from its file (no arrays, no manager state); None if absent."""
-    return read_meta_file(self.directory, step)
+  def read_meta(self, step: int) -> metadata.Metadata | None:
+    """The metadata record, read from its file (no arrays, no manager state); None if absent."""
+    return metadata.read(self.directory, step)
 
   def array_signature(self, step: int, item: str = "params") -> dict[str, tuple[tuple, str]]:
     """Stored 'a/b/c' -> (shape, dtype) from orbax's array metadata; reads no array data.

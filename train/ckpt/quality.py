@@ -46,15 +46,16 @@ def _d(x: Any) -> dict[str, Any]:
   return x if isinstance(x, dict) else {}
 
 
-def _identity(meta: dict[str, Any]) -> list[Check]:
+def _identity(meta: metadata.Metadata) -> list[Check]:
   """The Hugging Face identity: metadata written before model.family existed is a Llama."""
-  arch, model = _d(meta.get("architecture")), _d(meta.get("model"))
+  arch, model = _d(meta.architecture), _d(meta.model)
   family = model.get("family", arch_match.ARCH_DEFAULTS["family"])
   want = metadata.architecture(family) if family in HF_IDENTITY else {}
   recorded = [k for k in IDENTITY_FIELDS if k not in model]
   consistent = family in HF_IDENTITY and model.get("qkv_bias") == (family == "qwen2")
-  return [(2, meta.get("schema") == metadata.SCHEMA,
-           f"schema is {meta.get('schema', '<missing>')!r}, expected {metadata.SCHEMA!r}")] + [
+  schema = meta.schema if meta.has("schema") else "<missing>"
+  return [(2, meta.schema == metadata.SCHEMA,
+           f"schema is {schema!r}, expected {metadata.SCHEMA!r}")] + [
       (2, k in want and arch.get(k) == want[k],
        f"architecture.{k} is {arch.get(k, '<missing>')!r}, expected {want.get(k, '<unknown>')!r}"
        f" for model.family={family!r}") for k in ("family", "hf_class", "model_type")] + [
@@ -64,9 +65,9 @@ def _identity(meta: dict[str, Any]) -> list[Check]:
        f"Hugging Face architecture (llama: no biases; qwen2: q/k/v biases)")]
 
 
-def _model_config(meta: dict[str, Any]) -> list[Check]:
+def _model_config(meta: metadata.Metadata) -> list[Check]:
   """2 points per architecture field; execution-only fields (dtype, remat) share the rest."""
-  model = _d(meta.get("model"))
+  model = _d(meta.model)
   valid = {"int": lambda x: is_int(x, 0),
            "float": lambda x: is_int(x, -math.inf) or isinstance(x, float),
            "bool": lambda x: isinstance(x, bool), "str": lambda x: isinstance(x, str),
@@ -87,13 +88,13 @@ def _model_config(meta: dict[str, Any]) -> list[Check]:
   return out
 
 
-def _tokenizer(meta: dict[str, Any]) -> tuple[list[Check], Any]:
-  raw, tok, error = meta.get("tokenizer"), None, "there is none"
+def _tokenizer(meta: metadata.Metadata) -> tuple[list[Check], Any]:
+  raw, tok, error = meta.tokenizer, None, "there is none"
   try:
     tok = tokenizer_from_json(raw)
   except PregateError as e:
     error = str(e) if raw is not None else error
-  vocab = _d(meta.get("model")).get("vocab_size")
+  vocab = _d(meta.model).get("vocab_size")
   return [(5, isinstance(raw, dict), "no tokenizer embedded"),
           (3, _d(raw).get("type") in KINDS,
            f"tokenizer type is {_d(raw).get('type', '<missing>')!r}, not one of {KINDS}"),
@@ -102,8 +103,8 @@ def _tokenizer(meta: dict[str, Any]) -> tuple[list[Check], Any]:
            f"{tok.vocab_size if tok else '<unknown>'} is not model.vocab_size {vocab!r}")], tok
 
 
-def _data(meta: dict[str, Any], tok: Any) -> list[Check]:
-  data = _d(meta.get("data"))
+def _data(meta: metadata.Metadata, tok: Any) -> list[Check]:
+  data = _d(meta.data)
   fp = data.get("tokenizer_fingerprint")
   out = [(points, valid(data.get(k)), f"data.{k} is {data.get(k, '<missing>')!r}")
          for k, (points, valid) in metadata.DATA_FIELDS.items()] if data else [
@@ -113,43 +114,43 @@ def _data(meta: dict[str, Any], tok: Any) -> list[Check]:
                     "cannot be checked (no usable tokenizer or fingerprint)"))]
 
 
-def _training(m: dict[str, Any], step: int | None) -> list[Check]:
-  config = _d(m.get("config"))
-  checks = [(k, points, valid(m.get(k)) and (k != "step" or step in (None, m.get("step"))))
+def _training(m: metadata.Metadata, step: int | None) -> list[Check]:
+  config = _d(m.config)
+  checks = [(k, points, valid(m.get(k)) and (k != "step" or step in (None, m.step)))
             for k, (points, valid) in metadata.TRAINING_FIELDS.items()]
-  return [(points, ok, f"{k} is {repr(m[k])[:60] if k in m else 'missing'}" + (
+  return [(points, ok, f"{k} is {repr(m.get(k))[:60] if m.has(k) else 'missing'}" + (
       f" (checkpoint dir: step {step})" if k == "step" and step is not None else ""))
           for k, points, ok in checks] + [
-      (1, bool(config) and config.get("model") == m.get("model"),
+      (1, bool(config) and config.get("model") == m.model,
        "config.model differs from model" if config else "no config.model to compare")]
 
 
-def _signature(meta: dict[str, Any], stored: Signature) -> list[Check]:
+def _signature(meta: metadata.Metadata, stored: Signature) -> list[Check]:
   try:
     diffs = arch_match.signature_differences(
-        param_shapes(abstract_model(ModelConfig.from_dict(_d(meta.get("model"))))), stored)
+        param_shapes(abstract_model(ModelConfig.from_dict(_d(meta.model)))), stored)
     out = [(12, not diffs, f"the model config's tensors differ from the stored ones "
             f"({len(diffs)}): " + "; ".join(diffs))]
   except (ConfigError, TypeError) as e:
     out = [(12, False, f"the model config does not build a model to compare ({e})")]
-  if "signature" in meta:
+  if meta.has("signature"):
     try:
       diffs = arch_match.signature_differences(
-          {p: (tuple(v[0]), str(v[1])) for p, v in meta["signature"].items()}, stored)
+          {p: (tuple(v[0]), str(v[1])) for p, v in meta.signature.items()}, stored)
       out.append((4, not diffs, "the metadata's signature differs from the stored one: "
                   + "; ".join(diffs)))
     except (AttributeError, TypeError, IndexError) as e:
       out.append((4, False, f"the metadata's signature is malformed ({e})"))
   total = sum(math.prod(shape) for shape, _ in stored.values())
-  claimed = _d(meta.get("param_counts")).get("total")
+  claimed = _d(meta.param_counts).get("total")
   return out + [(4, claimed == total, f"param_counts.total is {claimed!r} but the stored "
                  f"tensors hold {total:,} parameters")]
 
 
-def quality(meta: dict[str, Any] | None, stored_signature: Signature,
+def quality(meta: metadata.Metadata | None, stored_signature: Signature,
             step: int | None = None) -> dict[str, Any]:
   """The 0-100 score of the module docstring. Pure: reads nothing, traces an abstract model."""
-  if not isinstance(meta, dict):
+  if meta is None:
     no_meta = "no pregate metadata; stamp it: " + STAMP_HINT.format(path="PATH")
     checks = {name: [(w, False, no_meta)] for name, w in SUBSCORES.items()}
   else:
@@ -166,9 +167,9 @@ def quality(meta: dict[str, Any] | None, stored_signature: Signature,
           "fingerprint": fingerprint_status(meta)}
 
 
-def fingerprint_status(meta: Any) -> dict[str, Any]:
+def fingerprint_status(meta: metadata.Metadata | None) -> dict[str, Any]:
   """Whether a verified functional fingerprint is present, and what verified it."""
-  fp = _d(meta).get("fingerprint")
+  fp = meta.fingerprint if meta is not None else None
   if fp is None:
     return {"present": False, "verified": False, "by": None,
             "detail": "none: the non-shape fields (rope_theta, norm_eps, compute dtype, head "
@@ -199,11 +200,15 @@ def _v(x: Any) -> str:
   return f"{x:.6g}" if isinstance(x, float) else str(x)
 
 
+def _fields(m: metadata.Metadata, keys: tuple[str, ...]) -> str:
+  return ", ".join(f"{k}={_v(m.get(k))}" for k in keys)
+
+
 def _kv(d: Any, keys: tuple[str, ...] = ()) -> str:
   return ", ".join(f"{k}={_v(d.get(k))}" for k in keys or d) if _d(d) else "<missing>"
 
 
-def summary(directory: str, step: int, steps: list[int], meta: dict[str, Any] | None,
+def summary(directory: str, step: int, steps: list[int], meta: metadata.Metadata | None,
             stored: Signature) -> list[str]:
   """The metadata as labelled lines; every null or absent field shows as '<missing>'."""
   n_stored = sum(math.prod(shape) for shape, _ in stored.values())
@@ -212,31 +217,31 @@ def summary(directory: str, step: int, steps: list[int], meta: dict[str, Any] | 
   if meta is None:
     rows.append(("metadata", "NONE, so architecture, tokenizer and provenance are unknown and "
                  "it cannot be loaded; fix: " + STAMP_HINT.format(path=f"{directory}/{step}")))
-  m = meta or {}
-  tok, gate = _d(m.get("tokenizer")), _d(m.get("gate"))
+  m = meta or metadata.Metadata()
+  tok, gate = _d(m.tokenizer), _d(m.gate)
   vocab = len(tok["vocab"]) if isinstance(tok.get("vocab"), str) else (
       256 if tok.get("type") == "byte" else None)
   rows += [
-      ("schema", _v(m.get("schema"))), ("architecture", _kv(m.get("architecture"))),
-      ("model", _kv(m.get("model"))), ("params", _kv(m.get("param_counts"))),
+      ("schema", _v(m.schema)), ("architecture", _kv(m.architecture)),
+      ("model", _kv(m.model)), ("params", _kv(m.param_counts)),
       ("tokenizer", f"type={_v(tok.get('type'))}, vocab_size={_v(vocab)}"),
-      ("data", _kv(m.get("data"))), ("step", _kv(m, ("step", "termination"))),
-      ("tokens", _kv(m, ("tokens_seen", "planned_tokens"))),
-      ("val loss", _kv(m, ("val_loss", "best_val_loss"))),
-      ("eval batches", _kv(m.get("eval_batches"))),
+      ("data", _kv(m.data)), ("step", _fields(m, ("step", "termination"))),
+      ("tokens", _fields(m, ("tokens_seen", "planned_tokens"))),
+      ("val loss", _fields(m, ("val_loss", "best_val_loss"))),
+      ("eval batches", _kv(m.eval_batches)),
       ("gate", _kv(gate, ("contract", "contract_version", "zone", "ratio", "floor_ratio",
                           "passed", "bypassed")) + ("; BYPASSED (--force_under_provisioned)"
                                                     if gate.get("bypassed") else "")),
-      ("mesh at save", _kv(m.get("mesh"))), ("git commit", _v(m.get("git_commit"))),
-      ("libraries", _kv(m.get("libraries")))]
+      ("mesh at save", _kv(m.mesh)), ("git commit", _v(m.git_commit)),
+      ("libraries", _kv(m.libraries))]
   rows.append(("fingerprint", fingerprint_status(m)["detail"] if meta is not None
                 else "<missing>"))
-  if isinstance(m.get("distill"), dict):  # a distilled run: which teacher, at what weights
-    d, t = m["distill"], _d(m["distill"].get("teacher"))
+  if isinstance(m.distill, dict):  # a distilled run: which teacher, at what weights
+    d, t = m.distill, _d(m.distill.get("teacher"))
     rows.append(("distilled", f"from {_v(t.get('path'))} step {_v(t.get('step'))} "
                  f"(N = {_v(_d(t.get('param_counts')).get('total'))}), alpha="
                  f"{_v(d.get('alpha'))}, temperature={_v(d.get('temperature'))}"))
-  if "stamped" in m:
-    rows.append(("stamped", _kv(m["stamped"], ("by", "time", "replaced_existing")) +
+  if m.has("stamped"):
+    rows.append(("stamped", _kv(m.stamped, ("by", "time", "replaced_existing")) +
                  "; training provenance it could not know is <missing>"))
   return [f"{k:<13} {v}" for k, v in rows]

@@ -1,12 +1,13 @@
-"""Validated resume and warm start: every restore proves the architecture first.
+"""Validated resume and warm start, both through `restore.restore_verified`.
 
 The metadata's model config and tokenizer, and orbax's stored array signature (paths, shapes,
 dtypes; no array data read), are compared with the configured model's abstract state by
 `gates.arch_match` before a single array is restored. Restores target the current mesh's
 shardings, so a checkpoint saved on one topology loads on another. After the restore, the
 functional fingerprint (train/ckpt/fingerprint.py) is recomputed under the metadata's model and
-must match: the non-shape fields (rope_theta, norm_eps, compute dtype, head split) are proven
-too. A warm start (`--init`) is loaded and verified before the run writes anything.
+must match: the non-shape fields (rope_theta, norm_eps, compute dtype, head split) and the
+embedded tokenizer are proven too. A warm start (`--init`) is loaded and verified before the run
+writes anything: `init_params` then, once the run's tokenizer is known, `warm_state`.
 """
 from __future__ import annotations
 
@@ -20,27 +21,16 @@ from absl import logging
 from core.checks import first_line
 from core.errors import CheckpointError
 from gates import arch_match
-from train.ckpt import fingerprint, metadata
+from train.ckpt import metadata
 from train.ckpt.checkpointer import Checkpointer
+from train.ckpt.restore import restore_verified
 from train.ckpt.stepspec import checkpoint_dir, split_path_step
 from train.state.setup import TrainSetup
 from train.state.step import TrainState
 
 
-def validate(setup: TrainSetup, checkpointer: Checkpointer, step: int,
-             tokenizer: dict | None) -> dict[str, Any]:
-  """Raise before any array is read unless metadata and tensors match; return the metadata."""
-  source = f"checkpoint {checkpointer.directory}/{step}"
-  meta = metadata.require(checkpointer.read_meta(step), f"{checkpointer.directory}/{step}")
-  arch_match.check(source, expected_config=setup.model_cfg.to_dict(),
-                   expected_signature=setup.expected_signature(),
-                   found_signature=checkpointer.array_signature(step), meta=meta,
-                   expected_tokenizer=tokenizer)
-  return meta
-
-
 def restore_or_init(setup: TrainSetup, checkpointer: Checkpointer, data_iter: Any,
-                    tokenizer: dict | None) -> tuple[TrainState, dict | None]:
+                    tokenizer: dict | None) -> tuple[TrainState, metadata.Metadata | None]:
   """Resume from the newest intact checkpoint (validated, strict) or start fresh.
 
   A damaged step (unreadable metadata or array metadata, a truncated or missing array file)
@@ -53,10 +43,11 @@ def restore_or_init(setup: TrainSetup, checkpointer: Checkpointer, data_iter: An
   damaged: dict[int, str] = {}
   for step in steps:
     try:
-      meta = validate(setup, checkpointer, step, tokenizer)
-      state = _restore(setup, checkpointer, step, data_iter)
-      fingerprint.verify(f"checkpoint {checkpointer.directory}/{step}", meta, state.params,
-                         checkpointer.directory)
+      got = restore_verified(
+          checkpointer, step, source=f"checkpoint {checkpointer.directory}/{step}", setup=setup,
+          expected_tokenizer=tokenizer,
+          restore=lambda c, s, st: _restore(st, c, s, data_iter))
+      state, meta = got.items["state"], got.meta
     except (arch_match.ArchitectureMismatchError, arch_match.MissingMetadataError):
       raise
     except Exception as e:  # pylint: disable=broad-except
@@ -75,7 +66,8 @@ def restore_or_init(setup: TrainSetup, checkpointer: Checkpointer, data_iter: An
 
 
 def _restore(setup: TrainSetup, checkpointer: Checkpointer, step: int, data_iter: Any
-             ) -> TrainState:
+             ) -> dict[str, Any]:
+  """The state's arrays and the data position -> {params, state}."""
   params_t, opt_t = setup.targets()
   same_topology = data_iter is not None and os.path.exists(os.path.join(
       checkpointer.directory, str(step), "data",
@@ -95,8 +87,9 @@ def _restore(setup: TrainSetup, checkpointer: Checkpointer, step: int, data_iter
     data_state = data_iter.get_state()
     data_state["next_index"] = step
     data_iter.set_state(data_state)
-  return TrainState(jax.device_put(jax.numpy.asarray(step, jax.numpy.int32),
-                                   setup.shardings.step), got["params"], got["opt_state"])
+  state = TrainState(jax.device_put(jax.numpy.asarray(step, jax.numpy.int32),
+                                    setup.shardings.step), got["params"], got["opt_state"])
+  return {"params": state.params, "state": state}
 
 
 def has_steps(directory: str) -> bool:
@@ -117,37 +110,39 @@ def open_init(spec: str) -> tuple[Checkpointer, int]:
     raise
 
 
-def init_params(setup: TrainSetup, spec: str, tokenizer: dict | None
-                ) -> tuple[Any, dict[str, Any]]:
-  """`--init=PATH[:STEP]`'s parameters, validated (config, tokenizer when given, signature),
-  restored onto the setup's mesh and fingerprint-verified; -> (params, metadata)."""
+def init_params(setup: TrainSetup, spec: str) -> tuple[Any, metadata.Metadata]:
+  """`--init=PATH[:STEP]`'s parameters, validated (config, signature, embedded tokenizer),
+  restored onto the setup's mesh and fingerprint-verified; -> (params, metadata). Runs before
+  the run's tokenizer is known (nothing is prepared yet): `warm_state` checks it."""
   ckpt, resolved = open_init(spec)
   try:
-    meta = validate(setup, ckpt, resolved, tokenizer)
-    try:
-      params = ckpt.restore(resolved, params_target=setup.targets()[0])["params"]
-    except CheckpointError as e:
-      raise CheckpointError(f"--init={spec}: {e}; pick another step") from None
-    except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointError(f"--init={spec}: checkpoint step {resolved} is damaged "
-                            f"({first_line(e)}); pick another step") from None
-    fingerprint.verify(f"--init={spec}: checkpoint {ckpt.directory}/{resolved}", meta, params,
-                       f"{ckpt.directory}/{resolved}")
+    got = restore_verified(ckpt, resolved, setup=setup,
+                           source=f"--init={spec}: checkpoint {ckpt.directory}/{resolved}",
+                           restore=lambda c, s, st: _init_arrays(c, s, st, spec))
   finally:
     ckpt.close()
-  return params, meta
+  return got.items["params"], got.meta
 
 
-def warm_state(setup: TrainSetup, params: Any, tx: optax.GradientTransformation) -> TrainState:
-  """A fresh optimizer and schedule (step 0) around warm-started parameters (stored layout)."""
+def _init_arrays(ckpt: Checkpointer, step: int, setup: TrainSetup, spec: str) -> dict[str, Any]:
+  try:
+    return ckpt.restore(step, params_target=setup.targets()[0])
+  except CheckpointError as e:
+    raise CheckpointError(f"--init={spec}: {e}; pick another step") from None
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointError(f"--init={spec}: checkpoint step {step} is damaged "
+                          f"({first_line(e)}); pick another step") from None
+
+
+def warm_state(setup: TrainSetup, warm: tuple[Any, metadata.Metadata], spec: str,
+               tokenizer: dict | None, tx: optax.GradientTransformation) -> TrainState:
+  """The warm-started state: `init_params`' parameters (stored layout), once the checkpoint's
+  tokenizer is proven to be the run's, with a fresh optimizer and schedule (step 0)."""
+  params, meta = warm
+  diffs = arch_match.tokenizer_differences(tokenizer, meta.tokenizer)
+  if diffs:
+    raise arch_match.ArchitectureMismatchError(f"--init={spec}", diffs)
   params = setup.to_train(params)
   opt_state = jax.jit(tx.init, out_shardings=setup.shardings.opt_state)(params)
   step0 = jax.device_put(jax.numpy.zeros((), jax.numpy.int32), setup.shardings.step)
   return TrainState(step0, params, opt_state)
-
-
-def init_from(setup: TrainSetup, spec: str, tokenizer: dict | None,
-              tx: optax.GradientTransformation) -> tuple[TrainState, dict[str, Any]]:
-  """Warm start from `PATH[:STEP]`: validated parameters only; fresh optimizer and schedule."""
-  params, meta = init_params(setup, spec, tokenizer)
-  return warm_state(setup, params, tx), meta

@@ -22,17 +22,13 @@ the save loads with `load_for_eval` like any other (tests/test_inspect_stamp.py)
 """
 from __future__ import annotations
 
-import datetime
-import json
 import math
 import os
-import shutil
 from typing import Any
 
 import optax
 
-from core.errors import CheckpointError, ConfigError, DataError
-from core.jsonio import write_json_atomic
+from core.errors import ConfigError, DataError
 from core.paths import resolve_path
 from gates import arch_match, chinchilla
 from models.config import ModelConfig
@@ -58,23 +54,8 @@ def _tokenizer(data_cfg: dict[str, Any], kind: str | None,
   return build_tokenizer(kind, text), {"type": kind, "corpus": path, "corpus_sha256": sha}
 
 
-def write_atomic(meta_dir: str, meta: dict[str, Any]) -> str | None:
-  """Replace `meta_dir/metadata` in one rename, backing up an existing file; -> backup path."""
-  target = os.path.join(meta_dir, "metadata")
-  backup = None
-  try:
-    os.makedirs(meta_dir, exist_ok=True)
-    if os.path.exists(target):
-      now = datetime.datetime.now(datetime.UTC)
-      backup = f"{target}.bak-{now:%Y%m%dT%H%M%S.%fZ}"
-      shutil.copy2(target, backup)
-    write_json_atomic(target, meta)
-  except OSError as e:
-    raise CheckpointError(f"cannot write {target}: {e}") from e
-  return backup
-
-
-def _prove(directory: str, step: int, model_cfg: ModelConfig, held: heldout.Heldout,
+def _prove(directory: str, step: int, model_cfg: ModelConfig, tok: Tokenizer,
+           held: heldout.Heldout,
            seq_len: int, expect_loss: float | None, tolerance: float,
            check_alternatives: bool) -> tuple[dict[str, Any], dict[str, Any]]:
   """Restore the parameters, score the claimed config (and its same-shape alternatives) on the
@@ -98,7 +79,7 @@ def _prove(directory: str, step: int, model_cfg: ModelConfig, held: heldout.Held
               "random_loss": round(math.log(model_cfg.vocab_size), 6),
               "expected_loss": expect_loss, "tolerance": tolerance if expect_loss else None,
               "alternatives": {k: round(v, 6) for k, v in alternatives.items()}}
-  return fingerprint.compute(params, model_cfg), verified
+  return fingerprint.compute(params, model_cfg, tokenizer=tok), verified
 
 
 def stamp(path: str, config: Any, step: str | None = None, tokenizer_kind: str | None = None,
@@ -133,10 +114,10 @@ def stamp(path: str, config: Any, step: str | None = None, tokenizer_kind: str |
                     f"model.vocab_size={model_cfg.vocab_size}; pass the --corpus/--tokenizer "
                     f"the checkpoint was trained with")
   held = heldout.load(tok, heldout_path, cfg["data"], corpus)
-  fp, verified = _prove(directory, resolved, model_cfg, held, cfg["batch"]["seq_len"],
+  fp, verified = _prove(directory, resolved, model_cfg, tok, held, cfg["batch"]["seq_len"],
                         expect_loss, loss_tolerance, check_alternatives)
   meta_dir = os.path.join(directory, str(resolved), "meta")
-  old = _previous(os.path.join(meta_dir, "metadata"))
+  old = metadata.previous(directory, resolved)
   batch = cfg["batch"]
   meta = metadata.stamp_record(
       config=cfg, model_cfg=model_cfg, counts=count_params(model_cfg),
@@ -145,7 +126,7 @@ def stamp(path: str, config: Any, step: str | None = None, tokenizer_kind: str |
                                                batch["seq_len"]),
       replaced=old is not None, tokenizer_from=tokenizer_from, fingerprint=fp,
       verified=verified)
-  backup = write_atomic(meta_dir, meta)
+  backup = metadata.write_file(directory, resolved, meta)
   lines = [f"stamped {meta_dir}/metadata " + (f"(replaced; the previous file is kept at {backup})"
                                               if backup else "(new file)"),
            f"verified: the config's {len(expected)} parameter tensors equal the stored ones "
@@ -163,23 +144,11 @@ def stamp(path: str, config: Any, step: str | None = None, tokenizer_kind: str |
                f"{k}={v}" for k, v in tokenizer_from.items()),
            "left null (not recoverable from tensors + config): "
            + ", ".join(metadata.STAMP_UNKNOWN)]
-  if isinstance(old, dict):
-    claimed = old.get("model") if isinstance(old.get("model"), dict) else {}
+  if isinstance(old, metadata.Metadata):
+    claimed = old.model if isinstance(old.model, dict) else {}
     wrong = arch_match.config_differences(model_cfg.to_dict(), claimed)
     lines.append("the replaced metadata " + ("disagreed with the tensors: " + "; ".join(wrong)
                                              if wrong else "had the same model config"))
   elif old is not None:
     lines.append(f"the replaced metadata was {old}")
   return lines + quality.summary(directory, resolved, steps, meta, stored)
-
-
-def _previous(path: str) -> dict[str, Any] | str | None:
-  """The metadata about to be replaced: its JSON, a description if unusable, None if absent."""
-  try:
-    with open(path) as f:
-      old = json.load(f)
-  except FileNotFoundError:
-    return None
-  except (OSError, ValueError) as e:
-    return f"unreadable ({e})"
-  return old if isinstance(old, dict) else "not a JSON object"

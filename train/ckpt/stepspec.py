@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
 
 from core.checks import is_int
 from core.errors import CheckpointError, ConfigError
@@ -59,18 +58,6 @@ def locate(path: str, step: str | int | None) -> tuple[str, str | int]:
     raise ConfigError(f"{path} is the dir of step {name} but --step={step}; pass the "
                       f"checkpoints dir with --step, or the step dir alone")
   return os.path.dirname(path), int(name)
-
-
-def read_meta_file(directory: str, step: int) -> dict[str, Any] | None:
-  """A step's JSON metadata item, read from its file; None if absent, CheckpointError if torn."""
-  path = os.path.join(directory, str(step), "meta", "metadata")
-  if not os.path.exists(path):
-    return None
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError) as e:
-    raise CheckpointError(f"checkpoint {directory}/{step}: unreadable metadata ({e})") from None
 
 
 def resolve_on_disk(directory: str, step: str | int) -> int:

@@ -41,6 +41,7 @@ def bench(config: Any, steps: int, warmup: int, saves: int) -> dict[str, float |
   import jax
 
   from models.params import count_params
+  from train.ckpt import metadata
   from train.ckpt.checkpointer import Checkpointer
   from train.data import pipeline
   from train.run import teacher as teacher_lib
@@ -88,7 +89,8 @@ def bench(config: Any, steps: int, warmup: int, saves: int) -> dict[str, float |
     for i in range(saves):
       state, m = rs.compiled(state, rs.to_global(next(it)))
       jax.block_until_ready(state)
-      blocking.append(rs.time_save(ckpt, state, it, i + 1, {"bench": True})[0])
+      record = metadata.Metadata(extra={"bench": True})
+      blocking.append(rs.time_save(ckpt, state, it, i + 1, record)[0])
     ckpt.close()
     out["save_blocking_ms"] = 1e3 * statistics.median(blocking)
   return out

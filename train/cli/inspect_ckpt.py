@@ -13,7 +13,7 @@ from absl import flags
 from core import cli
 from core.errors import CheckpointError, PregateError
 from gates import arch_match
-from train.ckpt import quality
+from train.ckpt import metadata, quality
 from train.ckpt.checkpointer import Checkpointer
 from train.ckpt.stepspec import locate
 
@@ -28,19 +28,20 @@ def report(path: str, step: str | None = None, as_json: bool = False,
   ckpt = Checkpointer(directory, read_only=True)
   try:
     at = ckpt.resolve(spec)
-    meta, stored, steps = ckpt.read_meta(at), ckpt.array_signature(at), ckpt.steps()
+    raw, stored, steps = metadata.read_json(directory, at), ckpt.array_signature(at), ckpt.steps()
     verified = ckpt.verify_arrays(at) if verify else None
   finally:
     ckpt.close()
-  if meta is not None and not isinstance(meta, dict):
+  if raw is not None and not isinstance(raw, dict):
     raise CheckpointError(f"checkpoint {directory}/{at}: metadata is not a JSON object")
+  meta = metadata.parse(raw)
   q = quality.quality(meta, stored, at) if with_quality else None
   if q and verify:
     q["fingerprint"]["recomputed"] = _recompute(directory, at, meta)
   if as_json:
     if meta is None and q is None:
       raise arch_match.MissingMetadataError(f"{directory}/{at}")
-    return json.dumps(meta if q is None else {"metadata": meta, "quality": q}, indent=2)
+    return json.dumps(raw if q is None else {"metadata": raw, "quality": q}, indent=2)
   lines = quality.summary(directory, at, steps, meta, stored)
   if verified is not None:
     lines.append(f"arrays        all readable ({verified / 2**20:.1f} MiB)")
@@ -53,7 +54,7 @@ def report(path: str, step: str | None = None, as_json: bool = False,
   return "\n".join(lines)
 
 
-def _recompute(directory: str, step: int, meta: dict | None) -> str:
+def _recompute(directory: str, step: int, meta: metadata.Metadata | None) -> str:
   """With --quality: the fingerprint recomputed now under the metadata's model (the check
   every load path makes), reported rather than raised."""
   from train.ckpt.restore import verify_stored

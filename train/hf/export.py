@@ -140,6 +140,7 @@ def export(checkpoint: str, out: str, *, step: str | int = "latest", dtype: str 
            max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
            allow_incomplete_card: bool = False) -> list[str]:
   """Validate, convert and write; returns report lines. Raises PregateError subclasses."""
+  from train.ckpt import metadata
   from train.ckpt.restore import load_for_eval
   if dtype not in DTYPES:
     raise ConfigError(f"--dtype={dtype!r} is not one of {DTYPES}")
@@ -168,7 +169,7 @@ def export(checkpoint: str, out: str, *, step: str | int = "latest", dtype: str 
     eos = restored.tokenizer.eos_id
     _write_json(os.path.join(tmp, "config.json"), hf_config(cfg, dtype, eos))
     _write_json(os.path.join(tmp, "generation_config.json"), generation_config(eos))
-    _write_json(os.path.join(tmp, SIDECAR), {k: meta[k] for k in CARRIED if k in meta})
+    _write_json(os.path.join(tmp, SIDECAR), metadata.carried(meta, CARRIED))
     with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
       f.write(model_card.render(meta, cfg, kind, dtype=dtype, export_versions=export_versions(),
                                 eot=restored.tokenizer.to_json().get("eot"), eos_id=eos))

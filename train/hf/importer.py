@@ -271,24 +271,18 @@ def write_checkpoint(out_dir: str, cfg: ModelConfig, params: Mapping[str, np.nda
                      tok: Tokenizer, provenance: Mapping[str, Any]) -> int:
   """A pregate checkpoint (out_dir/checkpoints/STEP: params + meta) stamped with the
   architecture identity and tokenizer; returns STEP (the export's step, else 0)."""
-  import orbax.checkpoint as ocp
-
   from models.params import count_params
-  from train.ckpt import metadata
+  from train.ckpt import fingerprint, metadata
   from train.ckpt.checkpointer import Checkpointer
   step = provenance.get("step") if isinstance(provenance.get("step"), int) else 0
-  from train.ckpt import fingerprint
   nested = _nested(params, cfg)
   meta = metadata.import_record(model_cfg=cfg, counts=count_params(cfg),
                                 tokenizer=tok.to_json(), signature=signature(cfg), step=step,
-                                provenance=provenance)
-  if meta.get("fingerprint") is None:  # bind the tensors to the architecture, as saves do
-    meta["fingerprint"] = dict(fingerprint.compute(nested, cfg), by="import")
+                                provenance=provenance,
+                                fingerprint=fingerprint.compute(nested, cfg, tokenizer=tok))
   ckpt = Checkpointer(os.path.join(out_dir, "checkpoints"), async_save=False)
   try:
-    ckpt.manager.save(step, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(nested), meta=ocp.args.JsonSave(meta)),
-        force=True)
+    ckpt.save(step, nested, None, None, meta)
   finally:
     ckpt.close()
   return step
@@ -343,10 +337,10 @@ def init_from_hf(spec: str, workdir: str, subdir: str = "hf_init", flag: str = "
     from train.ckpt.checkpointer import Checkpointer
     ckpt = Checkpointer(os.path.join(target, "checkpoints"), read_only=True)
     try:
-      meta = ckpt.read_meta(ckpt.resolve("latest")) or {}
+      meta = ckpt.read_meta(ckpt.resolve("latest"))
     finally:
       ckpt.close()
-    source = meta.get("imported_from") or {}
+    source = (meta.imported_from if meta is not None else None) or {}
     now = {f: _sha256(os.path.join(hf_dir, f)) for f in source.get("sha256", {})
            if os.path.exists(os.path.join(hf_dir, f))}
     if source.get("dir") != hf_dir or now != source.get("sha256"):

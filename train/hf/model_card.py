@@ -14,6 +14,7 @@ from typing import Any
 from core.errors import PregateError
 from gates import chinchilla
 from models.config import ModelConfig
+from train.ckpt.metadata import Metadata
 
 UNKNOWN = "unknown (not recorded in the checkpoint)"
 
@@ -26,23 +27,23 @@ def _d(x: Any) -> dict[str, Any]:
   return x if isinstance(x, dict) else {}
 
 
-def missing_fields(meta: Mapping[str, Any]) -> list[str]:
+def missing_fields(meta: Metadata) -> list[str]:
   """The card's required facts this checkpoint does not record."""
-  gate, data = _d(meta.get("gate")), _d(meta.get("data"))
+  gate, data = _d(meta.gate), _d(meta.data)
   checks = {
       "gate verdict (gate.zone/passed/bypassed)": all(k in gate for k in
                                                       ("zone", "passed", "bypassed")),
-      "param_counts.total": isinstance(_d(meta.get("param_counts")).get("total"), int),
-      "tokens_seen": isinstance(meta.get("tokens_seen"), int),
-      "val_loss": isinstance(meta.get("val_loss"), (int, float)),
+      "param_counts.total": isinstance(_d(meta.param_counts).get("total"), int),
+      "tokens_seen": isinstance(meta.tokens_seen, int),
+      "val_loss": isinstance(meta.val_loss, (int, float)),
       "data fingerprint (data.source_sha256)": isinstance(data.get("source_sha256"), str),
-      "libraries": bool(_d(meta.get("libraries"))),
-      "git_commit": isinstance(meta.get("git_commit"), str) and bool(meta.get("git_commit")),
+      "libraries": bool(_d(meta.libraries)),
+      "git_commit": isinstance(meta.git_commit, str) and bool(meta.git_commit),
   }
   return [name for name, ok in checks.items() if not ok]
 
 
-def require(meta: Mapping[str, Any], source: str, path: str) -> None:
+def require(meta: Metadata, source: str, path: str) -> None:
   """Refuse (one line, with the fix) a checkpoint the card cannot describe truthfully."""
   lacking = missing_fields(meta)
   if lacking:
@@ -87,19 +88,19 @@ def _n(x: Any) -> str:
   return UNKNOWN if x is None else f"{x:,}" if isinstance(x, int) else str(x)
 
 
-def render(meta: Mapping[str, Any], cfg: ModelConfig, tokenizer_kind: str, *,
+def render(meta: Metadata, cfg: ModelConfig, tokenizer_kind: str, *,
            dtype: str, export_versions: Mapping[str, str], eot: str | None = None,
            eos_id: int | None = None) -> str:
   """The README.md text (YAML front matter for the Hub, then the card)."""
-  counts, data, gate = _d(meta.get("param_counts")), _d(meta.get("data")), _d(meta.get("gate"))
-  n, seen, loss = counts.get("total"), meta.get("tokens_seen"), meta.get("val_loss")
+  counts, data, gate = _d(meta.param_counts), _d(meta.data), _d(meta.gate)
+  n, seen, loss = counts.get("total"), meta.tokens_seen, meta.val_loss
   unit = {"char": "character", "byte": "byte"}.get(tokenizer_kind, "token")
   dn = (chinchilla.ratio_text(seen, n) if isinstance(seen, int) and isinstance(n, int) and n
         else UNKNOWN)
   has_loss = isinstance(loss, (int, float))
   loss_s = (f"{loss:.4f} nats/token; {loss / math.log(2):.4f} bits per token = bits per "
             f"{unit} (one token per {unit})") if has_loss else UNKNOWN
-  libs = ", ".join(f"{k} {v}" for k, v in sorted(_d(meta.get("libraries")).items()))
+  libs = ", ".join(f"{k} {v}" for k, v in sorted(_d(meta.libraries).items()))
   exported = ", ".join(f"{k} {v}" for k, v in sorted(export_versions.items()))
   arch = cfg.hf_architecture
   shape = (f"d_model {cfg.d_model}, {cfg.n_layers} layers, {cfg.n_heads} query heads / "
@@ -124,12 +125,12 @@ def render(meta: Mapping[str, Any], cfg: ModelConfig, tokenizer_kind: str, *,
       f"- Parameters N = {_n(n)} ({_n(counts.get('non_embedding'))} non-embedding).", "",
       "## Training", "",
       f"- Chinchilla gate: {_verdict(gate)}.",
-      (f"- Tokens seen D = {_n(seen)} at step {_n(meta.get('step'))}; D/N = {dn} (20 is "
+      (f"- Tokens seen D = {_n(seen)} at step {_n(meta.step)}; D/N = {dn} (20 is "
        f"compute-optimal)."),
       f"- Validation loss: {loss_s}.",
       f"- Data fingerprint: {fingerprint}.",
       f"- Trained with: {libs or UNKNOWN}.",
-      f"- pregate git commit: {_n(meta.get('git_commit'))}.",
+      f"- pregate git commit: {_n(meta.git_commit)}.",
       f"- Exported with: {exported}.", "",
       "## Intended use", "",
       ("Research and teaching: studying small language models and checking training and "

@@ -20,6 +20,7 @@ from flax import nnx
 from core.errors import ConfigError, DataError
 from core.paths import data_dirs
 from models.transformer import Transformer
+from train.ckpt.metadata import Metadata
 from train.ckpt.restore import load_for_eval
 from train.ckpt.stepspec import checkpoint_dir
 from train.data import pipeline
@@ -44,9 +45,9 @@ def make_eval_fn(model: Transformer) -> EvalFn:
   return lambda inputs, targets, mask: loss(state, inputs, targets, mask)
 
 
-def val_dir(meta: dict[str, Any], ckpt_dir: str) -> str:
+def val_dir(meta: Metadata, ckpt_dir: str) -> str:
   """Where the run read its val split: as the training run resolves it ('' = WORKDIR/data)."""
-  dcfg = (meta.get("config") or {}).get("data") or {}
+  dcfg = (meta.config or {}).get("data") or {}
   return data_dirs(dcfg, os.path.dirname(ckpt_dir))[1]
 
 
@@ -92,11 +93,11 @@ def evaluate_checkpoint(path: str, step: str | int = "latest", data: str | None 
     raise ConfigError(f"--batches must be a positive integer, got {batches}")
   restored = load_for_eval(path, step)
   meta, tokenizer, model = restored.meta, restored.tokenizer, restored.model
-  desc = meta.get("eval_batches") or {}
-  train_cfg = (meta.get("config") or {}).get("batch") or {}
+  desc = meta.eval_batches or {}
+  train_cfg = (meta.config or {}).get("batch") or {}
   eval_fn = make_eval_fn(model)
   table = tokenizer.token_bytes()  # UTF-8 bytes per id: the bits-per-byte denominator
-  recorded = meta.get("val_loss")
+  recorded = meta.val_loss
   if data is None:
     if not desc:
       raise DataError(f"checkpoint step {restored.step} records no eval batches; pass "

@@ -25,6 +25,7 @@ from gates import arch_match, chinchilla
 from train.ckpt import fingerprint, metadata, resume
 from train.ckpt.checkpointer import Checkpointer
 from train.data import pipeline
+from train.data.tokenizer import tokenizer_from_json
 from train.report import records, summary
 from train.run import guards, measure
 from train.run import teacher as teacher_lib
@@ -66,14 +67,14 @@ class _Edges:
     self.config, self.rs, self.log, self.seams = config, rs, log, seams
     self.state, self.it, self.checkpointer = started.state, started.it, started.checkpointer
     self.run_meta, self.eval_set, prev = started.run_meta, started.eval_set, started.resumed
+    self.tokenizer = tokenizer_from_json(self.run_meta.tokenizer)  # its probe, at each save
     b = config.batch
     self.tokens_per_step = b.global_batch * b.seq_len
     self.pipe = MetricsPipe(guards.NonFiniteGuard(config.optimizer.skip_nonfinite,
-                                                  int(prev.get("nonfinite_skipped", 0))))
+                                                  int(prev.nonfinite_skipped or 0)))
     self.tracker = EvalTracker(config.eval.early_stop_patience,
-                               config.eval.early_stop_min_delta, prev.get("best_val_loss"),
-                               int(prev.get("evals_without_improvement", 0)),
-                               prev.get("val_loss"))
+                               config.eval.early_stop_min_delta, prev.best_val_loss,
+                               int(prev.evals_without_improvement or 0), prev.val_loss)
     self.window = ThroughputWindow(self.tokens_per_step)
     # Model FLOPs: the student's training step plus a distilling teacher's forward.
     self.flops_per_token = (flops.flops_per_token(plan.model_cfg, plan.counts.total, b.seq_len)
@@ -90,7 +91,7 @@ class _Edges:
 
   def eval_edge(self, step: int) -> None:
     self.tracker.update(self.evaluate())
-    bpb = pipeline.bits_per_byte(self.tracker.val_loss, self.run_meta["eval_batches"])
+    bpb = pipeline.bits_per_byte(self.tracker.val_loss, self.run_meta.eval_batches)
     self.log.write({"event": "eval", "step": step, "val_loss": self.tracker.val_loss,
                     "val_bpb": bpb, "best_val_loss": self.tracker.best})
     if jax.process_index() == 0 and bpb is not None:
@@ -131,7 +132,8 @@ class _Edges:
         self.run_meta, step=step, tokens_seen=step * self.tokens_per_step, val_loss=loss,
         best_val_loss=self.tracker.best, evals_without_improvement=self.tracker.bad_evals,
         nonfinite_skipped=self.pipe.guard.skipped, termination=reason,
-        fingerprint=fingerprint.compute(stored.params, self.rs.model_cfg))
+        fingerprint=fingerprint.compute(stored.params, self.rs.model_cfg,
+                                        tokenizer=self.tokenizer))
     t = time.perf_counter()
     try:
       self.checkpointer.save(step, stored.params, stored.opt_state, self.it, meta, loss)
@@ -152,14 +154,14 @@ class _Started:
   state: Any
   it: pipeline.ResumableIterator
   checkpointer: Checkpointer
-  run_meta: dict[str, Any]
-  resumed: dict[str, Any]  # the resumed checkpoint's metadata ({} for a fresh or --init run)
+  run_meta: metadata.Metadata
+  resumed: metadata.Metadata  # the resumed checkpoint's (an empty record: a fresh or --init run)
   eval_set: list[Any]
   records: list[dict[str, Any]]  # metrics records of the start (the step-0 check), not yet logged
 
 
 def _warm_start(config: Any, workdir: str, plan: Plan, shape: tuple[int, int, int],
-                init: str) -> tuple[Any, dict[str, Any]] | None:
+                init: str) -> tuple[Any, metadata.Metadata] | None:
   """`--init`'s parameters, restored and verified (signature, fingerprint) before the run
   writes anything (not even its data cache): None when there is no --init, or the workdir
   already holds checkpoints (the run resumes them instead)."""
@@ -171,11 +173,11 @@ def _warm_start(config: Any, workdir: str, plan: Plan, shape: tuple[int, int, in
     return None
   setup = TrainSetup.build(plan.model_cfg, step_lib.make_optimizer(config), config.seed,
                            sharding.make_mesh(shape))
-  return resume.init_params(setup, init, None)
+  return resume.init_params(setup, init)
 
 
 def _start(config: Any, workdir: str, plan: Plan, data: RunData, rs: RunSetup,
-           warm: tuple[Any, dict[str, Any]] | None, init: str, seams: Seams,
+           warm: tuple[Any, metadata.Metadata] | None, init: str, seams: Seams,
            distill: dict[str, Any] | None) -> _Started:
   """Iterator, the state (resumed, warm-started or fresh, each validated), eval batches, the
   step-0 check on a loaded state, the checkpointer and the run's metadata record (with the
@@ -194,11 +196,8 @@ def _start(config: Any, workdir: str, plan: Plan, data: RunData, rs: RunSetup,
     teacher_lib.check_resumed(f"checkpoint {ckpt_dir}/{int(state.step)}", resumed, distill)
   loaded, source = resumed, f"resume from {ckpt_dir}"
   if resumed is None and warm is not None:
-    params, loaded = warm
-    diffs = arch_match.tokenizer_differences(tok, loaded.get("tokenizer"))
-    if diffs:
-      raise arch_match.ArchitectureMismatchError(f"--init={init}", diffs)
-    state, source = resume.warm_state(rs.state, params, rs.tx), f"--init={init}"
+    loaded = warm[1]
+    state, source = resume.warm_state(rs.state, warm, init, tok, rs.tx), f"--init={init}"
   elif resumed is None:
     state = rs.state.fresh_state()
   eval_set, eval_desc = pipeline.eval_batches(
@@ -218,8 +217,8 @@ def _start(config: Any, workdir: str, plan: Plan, data: RunData, rs: RunSetup,
       gate=plan.verdict.to_dict(), eval_batches=eval_desc,
       mesh={a: int(rs.mesh.shape[a]) for a in sharding.AXES}, changes=plan.changes,
       sources=data.sources, distill=distill)
-  return _Started(state, it, checkpointer or open_ckpt(), run_meta, resumed or {}, eval_global,
-                  records)
+  return _Started(state, it, checkpointer or open_ckpt(), run_meta,
+                  resumed or metadata.Metadata(), eval_global, records)
 
 
 def run(config: Any, workdir: str, plan: Plan, *, stop_after: int = 0, init: str = "",
@@ -366,12 +365,12 @@ def _write_error(err: OSError, directory: str, step: int) -> Exception:
       f"filesystem, then re-run the same command to resume from the last complete checkpoint")
 
 
-def _step0_check(meta: dict, source: str, val_arr: pipeline.TokenArray,
+def _step0_check(meta: metadata.Metadata, source: str, val_arr: pipeline.TokenArray,
                  eval_loss: Callable[[list], float], compute_dtype: str,
                  strict_data: bool) -> list[dict[str, Any]]:
   """Before the first step: restored params must reproduce the recorded val loss on the very
   batches that produced it, or the run stops (InitEvalMismatchError); -> the record to log."""
-  recorded, desc = meta.get("val_loss"), meta.get("eval_batches")
+  recorded, desc = meta.val_loss, meta.eval_batches
   if recorded is None or not desc:
     logging.warning("step-0 check skipped for %s: no recorded val loss", source)
     return []

@@ -118,6 +118,7 @@ def measure(config: ConfigDict, *, warmup: int = 5, steps: int = 150) -> UnitCos
   startup_s = process_age_s()
   import jax
 
+  from train.ckpt import metadata
   from train.ckpt.checkpointer import Checkpointer
   from train.data import pipeline
   from train.run.setup import scratch_run
@@ -145,7 +146,8 @@ def measure(config: ConfigDict, *, warmup: int = 5, steps: int = 150) -> UnitCos
     ck = config.checkpoint
     ckpt = Checkpointer(os.path.join(run.workdir, "checkpoints"), keep=ck.keep,
                         keep_best=ck.keep_best, async_save=ck.async_save)
-    blocking, save_s = rs.time_save(ckpt, state, it, 1, {"measure": True}, 1.0)
+    record = metadata.Metadata(extra={"measure": True})
+    blocking, save_s = rs.time_save(ckpt, state, it, 1, record, 1.0)
     ckpt.close()
   eval_s = statistics.fmean(evals[1:])
   return UnitCosts(step_s=step_s, step_median_s=step_median_s, eval_s=eval_s, save_s=save_s,

@@ -23,7 +23,7 @@ from gates import arch_match, chinchilla, chinchilla_contract, config_sanity
 from models.config import ModelConfig
 from models.params import ParamCounts, count_params
 from train.ckpt import metadata
-from train.ckpt.stepspec import checkpoint_dir, read_meta_file, resolve_on_disk, split_path_step
+from train.ckpt.stepspec import checkpoint_dir, resolve_on_disk, split_path_step
 from train.data import spec as data_spec
 from train.data import unique_tokens
 from train.data.tokenizer import build_tokenizer
@@ -84,10 +84,10 @@ def _check_init(init: str, cfg: dict[str, Any], model_cfg: ModelConfig, workdir:
   directory = checkpoint_dir(path)
   resolved = resolve_on_disk(directory, step)
   source = f"--init={init}: checkpoint {directory}/{resolved}"
-  meta = metadata.require(read_meta_file(directory, resolved), f"{directory}/{resolved}")
-  diffs = arch_match.config_differences(model_cfg.to_dict(), meta["model"])
+  meta = metadata.require(metadata.read(directory, resolved), f"{directory}/{resolved}")
+  diffs = arch_match.config_differences(model_cfg.to_dict(), meta.model)
   diffs += arch_match.tokenizer_differences(_run_tokenizer(cfg["data"], workdir),
-                                            meta.get("tokenizer"))
+                                            meta.tokenizer)
   if diffs:
     raise arch_match.ArchitectureMismatchError(source, diffs)
 

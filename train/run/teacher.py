@@ -28,7 +28,7 @@ from core.paths import REPO_ROOT, resolve_path
 from gates import arch_match
 from models.config import ModelConfig
 from train.ckpt import metadata
-from train.ckpt.stepspec import checkpoint_dir, read_meta_file, resolve_on_disk, split_path_step
+from train.ckpt.stepspec import checkpoint_dir, resolve_on_disk, split_path_step
 from train.data.tokenizer import Tokenizer, tokenizer_from_json
 from train.hf import importer, tokenizer_json
 from train.state import flops
@@ -64,7 +64,7 @@ def _missing(spec: str, path: str) -> TeacherError:
                       f"--teacher=PATH[:STEP] (a pregate run's workdir) or hf:DIR")
 
 
-def _read(spec: str) -> tuple[str, ModelConfig, Any, str, int, dict[str, Any] | None]:
+def _read(spec: str) -> tuple[str, ModelConfig, Any, str, int, metadata.Metadata | None]:
   """From files: (source for messages, model config, tokenizer JSON, checkpoints dir, step,
   metadata); an hf:DIR gives its config.json's model and tokenizer.json (no dir, step or
   metadata: those exist once converted)."""
@@ -77,16 +77,16 @@ def _read(spec: str) -> tuple[str, ModelConfig, Any, str, int, dict[str, Any] | 
               tokenizer_json.read(path).to_json(), "", 0, None)
     directory = checkpoint_dir(path)
     resolved = resolve_on_disk(directory, step)
-    meta = metadata.require(read_meta_file(directory, resolved), f"{directory}/{resolved}")
+    meta = metadata.require(metadata.read(directory, resolved), f"{directory}/{resolved}")
   except PregateError as e:
     raise TeacherError(f"distill.teacher={spec}: {e}") from None
   source = f"distill.teacher={spec}: checkpoint {directory}/{resolved}"
   try:
-    model_cfg = ModelConfig.from_dict(meta["model"])
+    model_cfg = ModelConfig.from_dict(dict(meta.model))
   except (ConfigError, TypeError, AttributeError, ValueError) as e:
     raise TeacherError(f"{source}: its metadata's model config is unusable ({e}); use an "
                        f"intact checkpoint") from None
-  return source, model_cfg, meta.get("tokenizer"), directory, resolved, meta
+  return source, model_cfg, meta.tokenizer, directory, resolved, meta
 
 
 def _tokenizer(tok_json: Any) -> Tokenizer | None:
@@ -127,13 +127,13 @@ def _digest(obj: Any) -> str:
                         ).hexdigest()
 
 
-def identity(spec: str, directory: str, step: int, meta: Mapping[str, Any]) -> dict[str, Any]:
+def identity(spec: str, directory: str, step: int, meta: metadata.Metadata) -> dict[str, Any]:
   """The teacher as checkpoint metadata records it (`distill.teacher`); a resume compares all
   but spec and path."""
-  fp, tok = meta.get("fingerprint"), _tokenizer(meta.get("tokenizer"))
+  fp, tok = meta.fingerprint, _tokenizer(meta.tokenizer)
   return {"spec": spec, "path": directory, "step": int(step),
-          "architecture": meta.get("architecture"), "model": meta["model"],
-          "param_counts": meta.get("param_counts"),
+          "architecture": meta.architecture, "model": meta.model,
+          "param_counts": meta.param_counts,
           "fingerprint_sha256": _digest({k: fp.get(k) for k in _FINGERPRINT_KEYS})
           if isinstance(fp, dict) else None,
           "tokenizer_fingerprint": tok.fingerprint() if tok is not None else None}
@@ -180,7 +180,7 @@ def load(config: Any, student: ModelConfig, workdir: str, tokenizer: Tokenizer, 
     raise TeacherError(f"distill.teacher={spec}: {e}") from None
   t_cfg = restored.model.cfg
   check_compatible(f"distill.teacher={spec}: checkpoint {directory}/{restored.step}", t_cfg,
-                   restored.meta.get("tokenizer"), student, config.batch.seq_len,
+                   restored.meta.tokenizer, student, config.batch.seq_len,
                    tokenizer.to_json())
   graphdef = step_lib.stored_graphdef(t_cfg)
   params = nnx.to_pure_dict(nnx.state(restored.model))
@@ -221,14 +221,14 @@ def differences(recorded: Mapping[str, Any] | None, current: Mapping[str, Any] |
   return out
 
 
-def check_resumed(source: str, recorded_meta: Mapping[str, Any] | None,
+def check_resumed(source: str, recorded_meta: metadata.Metadata | None,
                   current: Mapping[str, Any] | None) -> None:
   """Refuse resuming a checkpoint distilled from another teacher (or from none)."""
   if recorded_meta is None:
     return
-  diffs = differences(recorded_meta.get("distill"), current)
+  diffs = differences(recorded_meta.distill, current)
   if diffs:
-    r = (recorded_meta.get("distill") or {}).get("teacher") or {}
+    r = (recorded_meta.distill or {}).get("teacher") or {}
     own = f" ({r.get('path')} step {r.get('step')})" if r else " (none: distill.teacher='')"
     raise TeacherError(f"{source} was trained with another teacher: " + "; ".join(diffs) +
                        f". Resume it with the teacher it was trained with{own}, or use a new "
@@ -243,10 +243,10 @@ def check_workdir(workdir: str, current: Mapping[str, Any] | None) -> None:
     return
   for step in sorted((int(n) for n in os.listdir(directory) if n.isdigit()), reverse=True):
     try:
-      meta = read_meta_file(directory, step)
+      meta = metadata.read(directory, step)
     except PregateError:
       continue  # damaged: the resume skips it too
-    if isinstance(meta, dict):
+    if meta is not None:
       check_resumed(f"--workdir={workdir}: checkpoint {directory}/{step}", meta, current)
       return
 
