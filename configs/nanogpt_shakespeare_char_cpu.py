@@ -4,7 +4,7 @@ stacks can be compared; nanoGPT reports val loss ~1.88 for it.
 
 SwiGLU's d_ff = 344 (~8/3 x d_model) keeps the model the same size as nanoGPT's 4x GELU MLP
 (800,000 parameters vs nanoGPT's 804,096). Compute is float32, as nanoGPT's on CPU: once the
-cores were split into devices, bf16 compute was no faster here (BUILD_NOTES.md).
+cores were split into devices, bf16 compute was no faster here (docs/benchmarks.md).
 Under-provisioned on purpose (D/N ~ 1.9): it needs --force_under_provisioned.
 """
 from ml_collections import ConfigDict

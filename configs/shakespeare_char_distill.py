@@ -17,7 +17,7 @@ tokens, D = 3.48M) with a third of its parameters, so the Chinchilla gate v1.2 j
 run: N = 54,048, D'/N = 60.93 >= 20 (`pregate-plan --config=configs/shakespeare_char_distill.py`
 also reports the teacher's added forward FLOPs, x1.94 the student's 6ND). Measured: final val
 loss 1.8579 distilled (alpha 0.5, temperature 1; teacher 1.7491) vs 1.8918 from scratch;
-other settings in BUILD_NOTES ("Distillation").
+other settings in docs/benchmarks.md ("Distillation").
 """
 from ml_collections import ConfigDict
 

@@ -108,7 +108,7 @@ class InitEvalMismatchError(PregateError):
 # the only differences left are reduction order (device count, XLA fusion choices) and the
 # compute dtype's rounding. fp32 keeps ~7 significant digits, so 1e-4 leaves 100x headroom;
 # bf16 activations round at 2^-8 ~ 4e-3 per op, but token-averaged loss errors stay well under
-# 1e-2 (measured figures in BUILD_NOTES.md). A tampered or mismatched tensor moves the loss by
+# 1e-2 (measured figures in docs/benchmarks.md). A tampered or mismatched tensor moves the loss by
 # far more than either.
 INIT_EVAL_RTOL = {"float32": 1e-4, "bfloat16": 1e-2, "float16": 1e-2}
 
@@ -135,7 +135,7 @@ FINGERPRINT_KEYS = ("target_logp", "max_logp")
 # Largest allowed |measured - recorded| / max(1, |recorded|) over every probe value, by compute
 # dtype; a record and a claim in different dtypes get the tighter one. Same parameters, same
 # probe: only reduction order (device count, mesh split, XLA fusion) and rounding remain.
-# Measured on the default experiment (BUILD_NOTES, restore integrity): float32
+# Measured on the default experiment (docs/benchmarks.md): float32
 # 0 on data-parallel meshes of 1-8 devices and 2 processes, <= 3.1e-6 with fsdp/tensor splits
 # (1e-4 leaves 30x), while the smallest edit tried moved 6.0e-3 (float32 -> float16 compute;
 # norm_eps 1e-5 -> 1e-6 1.5e-2, rope_theta and head splits 0.5-3). bfloat16 differed by up to

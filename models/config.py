@@ -99,7 +99,7 @@ class ModelConfig:
     None means by platform: scanned on accelerators, where a deep model's unrolled program
     takes minutes to compile and the loop's overhead is small beside a layer's matmuls;
     unrolled on CPU, where the scanned step of the default experiment ran 1.44x slower
-    (scripts/ab_scan_layers.py, BUILD_NOTES).
+    (scripts/ab_scan_layers.py, docs/benchmarks.md).
     """
     if self.scan_layers is not None:
       return self.scan_layers

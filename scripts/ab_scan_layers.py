@@ -10,7 +10,7 @@ seconds, the compiled ENTRY's fusion count and the HLO text size, then the 'deep
 ratios (issue 13's acceptance: within 1.5x with scan). Also the one-off cost of the save-time
 conversion (train/state/layout.py) at the deepest setting. Last, an in-process step-time A/B
 at the config's own depth and mesh: both compiled steps run in alternating blocks of 25 steps
-(`steps` each; timed like train.bench: dispatch + reading the previous step's loss).
+(`steps` each; timed like pregate-bench: dispatch + reading the previous step's loss).
 """
 from __future__ import annotations
 

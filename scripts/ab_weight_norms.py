@@ -1,13 +1,13 @@
-"""In-process A/B of the weight norms' cost on a config's train step (BUILD_NOTES, watching a run).
+"""In-process A/B of the weight norms' cost on a config's train step (docs/benchmarks.md).
 
 `PYTHONPATH=$PWD python scripts/ab_weight_norms.py configs/nanogpt_shakespeare_char_cpu.py 600`
 
 A runs the step without norms (`weight_norms=False`) every step; B the step with parameter and
 update norms every step; C what train.main runs (`logging.weight_norms=True`, the default): B on
-log steps (every `logging.log_every`), A otherwise. Both steps are compiled the way train.bench
+log steps (every `logging.log_every`), A otherwise. Both steps are compiled the way pregate-bench
 compiles (same mesh, shardings, donation) and timed in alternating blocks of 25 steps in one
 process, so machine load shared with other jobs hits all alike; each step is timed like
-train.bench (dispatch + reading the previous step's loss). Also prints each compiled step's
+pregate-bench (dispatch + reading the previous step's loss). Also prints each compiled step's
 fusion and copy counts.
 """
 from __future__ import annotations

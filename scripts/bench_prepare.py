@@ -19,7 +19,7 @@ ceiling, peak memory against corpus size, and whether the training pipeline keep
    1 worker, 2 workers back to back; medians), with the load average of each.
 5. `pregate-bench` on configs/shakespeare_bpe.py and on a two-source mixture of it:
    data_vs_step_demand (pipeline tokens/s over the step's demand).
-Prints one JSON object per measurement and a summary; figures go to BUILD_NOTES (real corpora).
+Prints one JSON object per measurement and a summary; figures go to docs/benchmarks.md (data).
 """
 from __future__ import annotations
 

@@ -35,7 +35,7 @@ _QWEN = {"vocab_size": 151_936, "d_model": 896, "n_layers": 24, "n_heads": 14, "
          "d_ff": 4864, "rope_theta": 1_000_000.0, "tie_embeddings": True, "norm_eps": 1e-6,
          "family": "qwen2", "qkv_bias": True}
 # Scanned layers: the training state holds the blocks stacked, so the step's compile time is
-# flat in depth (XLA:CPU, 4 -> 32 layers: 1.25x scanned, 5x unrolled; BUILD_NOTES). The
+# flat in depth (XLA:CPU, 4 -> 32 layers: 1.25x scanned, 5x unrolled; docs/benchmarks.md). The
 # `_unrolled` extra measures what the loop costs at run time on the GPU.
 _FAST = {"attention": "auto", "scan_layers": True, "remat": "none"}
 

@@ -2,7 +2,7 @@
 
 Runs are real subprocesses (what a user runs), kept tiny so the whole suite stays fast on a
 2-core CPU. XLA compiles are counted INSIDE the child, with the jax.monitoring event that fires
-only on a real backend compile (BUILD_NOTES, stack facts: jax_log_compiles also fires on lower).
+only on a real backend compile (docs/stack-facts.md: jax_log_compiles also fires on lower).
 """
 from __future__ import annotations
 

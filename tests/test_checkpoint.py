@@ -1,6 +1,7 @@
-"""train.checkpoint.Checkpointer in-process: an exact round trip (params, optimizer state, data
-position), retention that never deletes the newest save (the orbax trap in BUILD_NOTES), step
-resolution, and the stored array signature the architecture check relies on."""
+"""train.ckpt.checkpointer.Checkpointer in-process: an exact round trip (params, optimizer state,
+data position), retention that never deletes the newest save (the orbax trap in
+docs/stack-facts.md), step resolution, and the stored array signature the architecture check
+relies on."""
 import jax
 import numpy as np
 import pytest

@@ -2,7 +2,7 @@
 
 The abstract count must equal the real parameter tree of a built model, split embedding from
 non-embedding parameters the Kaplan way, match the closed-form Llama formula, and cost zero XLA
-compiles and zero live arrays (BUILD_NOTES, stack facts).
+compiles and zero live arrays (docs/stack-facts.md).
 """
 import math
 

@@ -4,7 +4,7 @@ held-out text, and the stamped checkpoint then passes the load matrix.
 
 The checkpoint is the default experiment after 200 steps (val loss ~2.0), trained enough that
 attention and positions matter: run as another head split its held-out loss rises by ~0.9
-nats, with rope_theta 500000 by ~0.16 (BUILD_NOTES, restore integrity). A near-untrained
+nats, with rope_theta 500000 by ~0.16 (docs/benchmarks.md). A near-untrained
 model (loss at the random level ln V) cannot be told from a scrambled one, and is refused.
 """
 from __future__ import annotations

@@ -8,7 +8,7 @@ token and the largest log-probability. The probe is a pure function of a fixed s
 vocabulary size (no data on disk), and the model is the one the metadata describes
 (`meta.model`), so a wrong non-shape field computes different numbers and is refused
 (`gates.arch_match.check_fingerprint`, tolerance by compute dtype, measured in
-BUILD_NOTES, restore integrity).
+docs/benchmarks.md).
 
 The tokenizer is bound the same way: `tokenizer_probe` records a text (the embedded tokenizer's
 decoding of the probe ids) and the model's log-probabilities of it as that tokenizer encodes it;

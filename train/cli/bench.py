@@ -6,7 +6,7 @@ save blocking time, and the collectives in the compiled step (all-gather / reduc
 all-reduce counts from the HLO). The step is the one `train.main` compiles (`RunSetup`), so the
 figures are the run's; a distillation config's step carries its teacher, whose parameter memory
 and forward FLOPs are reported too (teacher_*). Nothing here gates a run; figures go to
-BUILD_NOTES.md.
+docs/benchmarks.md.
 """
 from __future__ import annotations
 

@@ -46,8 +46,8 @@ _EVAL_STREAM = 0xE7A1
 class BatchSource:
   """grain random-access source whose item i is a whole batch (this process's rows).
 
-  One item per batch (not per window) lets each batch be one vectorised read, which BUILD_NOTES
-  (stack facts) measured at ~10x a per-example grain pipeline.
+  One item per batch (not per window) lets each batch be one vectorised read, measured at ~10x
+  a per-example grain pipeline (docs/stack-facts.md).
   """
 
   def __init__(self, tokens: TokenSet, *, global_batch: int, seq_len: int, seed: int,

@@ -79,7 +79,7 @@ def zarr3_spec(path: str, *, shape: int | None = None, dtype: str | None = None)
   """Spec for a 1-D token array; with shape/dtype it creates one (raw little-endian chunks).
 
   Chunks are uncompressed: random window reads are the hot path and zstd made them ~2.5x
-  slower (BUILD_NOTES, stack facts), while token files are small next to checkpoints.
+  slower (docs/stack-facts.md), while token files are small next to checkpoints.
   """
   spec: dict[str, Any] = {"driver": "zarr3", "kvstore": kvstore_spec(path)}
   if shape is not None:

@@ -114,7 +114,7 @@ def measure(config: ConfigDict, *, warmup: int = 5, steps: int = 150) -> UnitCos
   """Time the run's real step, eval and save on this host (see the module docstring).
 
   150 timed steps, not a handful: on the default experiment the mean of the first 20 warm steps
-  ran ~4% below the mean of 400 and the forecast missed by +12-24% (BUILD_NOTES)."""
+  ran ~4% below the mean of 400 and the forecast missed by +12-24% (docs/benchmarks.md)."""
   startup_s = process_age_s()
   import jax
 

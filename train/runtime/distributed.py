@@ -6,7 +6,7 @@ Kubernetes/GKE, Cloud TPU) is auto-detected; a plain single-process run initiali
 
 On a CPU host one XLA device runs one op at a time and keeps ~1.1 of 2 cores busy on a small
 model; splitting the cores into devices and the batch over them (the same data-parallel mesh a
-GPU run uses) made the nanoGPT-shaped step 1.5x faster on 2 cores (BUILD_NOTES.md).
+GPU run uses) made the nanoGPT-shaped step 1.5x faster on 2 cores (docs/benchmarks.md).
 """
 from __future__ import annotations
 

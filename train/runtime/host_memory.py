@@ -2,7 +2,7 @@
 
 XLA:CPU allocates each step's temporaries with malloc. glibc serves blocks this large with
 fresh mmaps and unmaps them on free, so every step page-faults its whole working set back in,
-4 KiB at a time: on the default config ~40k faults and ~38% of each step (BUILD_NOTES.md). With
+4 KiB at a time: on the default config ~40k faults and ~38% of each step (docs/benchmarks.md). With
 glibc's hugetlb tunable those mappings are advised as huge pages (2 MiB faults, ~500x fewer).
 Keeping freed memory in one never-trimmed arena did as well on that config but serialized
 malloc across device threads (18% slower on the nanoGPT-shaped one); this costs neither.

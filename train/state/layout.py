@@ -5,7 +5,7 @@ moment that tracks one, stacked on a leading layer axis (`blocks/attn/wq/kernel`
 The compiled step then holds one block and a dozen parameter leaves however deep the model,
 so its compile time is flat in depth. Stacking inside the step instead (the first design)
 left one slice per layer and parameter in the backward and the optimizer: compile time grew
-4.8x from 4 to 32 layers (BUILD_NOTES, scanned layers).
+4.8x from 4 to 32 layers (docs/benchmarks.md).
 
 Everything that leaves the step keeps the stored layout `blocks/<i>/...`: checkpoints, their
 array signature and fingerprint, evaluation, export. So nothing on disk changed, and a

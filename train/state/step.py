@@ -134,7 +134,7 @@ def in_place_after(norm: jax.Array, updates: Params) -> Params:
   it XLA:CPU copied every weight-decayed matrix each step to keep the old values readable,
   +7-11% step time on the nanoGPT shape), and the steps with and without the weight norms apply
   their updates through the same dependency, so they round alike and any mix of them gives
-  bitwise equal parameters (without it they differed by 1 ulp, FMA contraction; BUILD_NOTES).
+  bitwise equal parameters (without it they differed by 1 ulp, FMA contraction; docs/benchmarks.md).
   """
   one = jnp.where(norm < 0, 0.0, 1.0)
   return jax.tree.map(lambda u: u * one.astype(u.dtype), updates)
@@ -279,7 +279,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
   With `distill`, the step is (state, batch, teacher params) -> ... and the metrics carry the
   distillation loss's "ce" and "kl" terms (alpha = 0: the ordinary step). weight_norms adds the
   parameter and update norms to the metrics; the loop compiles it for log steps only (they cost
-  ~3-4% of a small step, BUILD_NOTES). Metrics are device values, read one step late.
+  ~3-4% of a small step, docs/benchmarks.md). Metrics are device values, read one step late.
   """
   grads_of = gradients(graphdef, grad_accum, distill, mesh)
   guard = SkipNonFinite() if skip_nonfinite else ApplyAlways()
