@@ -46,7 +46,7 @@ def parse_flags(argv: list[str]) -> list[str]:
       e = e.args[0]
     msg = " ".join(str(e.args[0] if e.args else e).split())
     print(f"ERROR: ConfigError: bad --config override: {msg}. Check the field name and type "
-          f"against the config file (configs/base.py declares every field)", file=sys.stderr)
+          f"against the config file (pregate-train --helpfull lists every field)", file=sys.stderr)
     sys.exit(2)
 
 

@@ -23,7 +23,7 @@ _MISSING = object()
 
 
 def _fix(path: str) -> str:
-  return f" (--config.{path}; configs/base.py documents it)"
+  return f" (--config.{path}; pregate-train --helpfull documents it)"
 
 
 def problems(cfg: Mapping[str, Any]) -> list[str]:
