@@ -22,7 +22,7 @@ from pathlib import Path
 import jax
 import pytest
 import shared_runs
-from test_integrity_loose_ends import one_error
+from test_restore_edge_cases import one_error
 
 import helpers
 from gates import arch_match
