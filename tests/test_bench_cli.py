@@ -26,7 +26,20 @@ def test_bench_prints_the_training_steps_figures(prepared_data):
   figures = dict(line.split(None, 1) for line in res.stdout.splitlines() if line.strip())
   for key in ("config_params", "compile_s", "tokens_per_s", "step_ms", "save_blocking_ms"):
     assert key in figures, sorted(figures)
-  assert float(figures["tokens_per_s"].replace(",", "")) > 0
+  num = {k: float(v.replace(",", "")) for k, v in figures.items()
+         if v.replace(",", "").replace(".", "", 1).replace("e-", "").replace("e+", "").isdigit()}
+  assert num["tokens_per_s"] > 0
+  # The MFU it reports is its own arithmetic: model FLOPs/s (the model's FLOPs per token at the
+  # tokens/s it measured) over the float32 peak it measured (figures print 4 digits).
+  from models.config import ModelConfig
+  from train.state import flops
+  config = helpers.tiny_config(prepared_data, {"model.scan_layers": True})
+  fpt = flops.flops_per_token(ModelConfig.from_dict(config.model.to_dict()),
+                              int(num["config_params"]), config.batch.seq_len)
+  assert num["model_gflops"] == pytest.approx(num["tokens_per_s"] * fpt / 1e9, rel=2e-3)
+  assert num["mfu_vs_float32"] == pytest.approx(
+      num["model_gflops"] / num["peak_float32_gflops"], rel=2e-3)
+  assert 0 < num["mfu_vs_float32"] < 1
 
 
 @pytest.mark.parametrize("args, error", [
