@@ -52,3 +52,15 @@ def test_no_unknown_tier_like_marker():
   """A misspelled tier (`pytest.mark.e2ee`) would be caught by --strict-markers; keep it on."""
   cfg = (helpers.REPO / "setup.cfg").read_text()
   assert "--strict-markers" in cfg
+
+
+def test_a_fast_test_cannot_start_a_python_child():
+  """The conftest guard is live here (this file is fast): a Python child fails the test, which
+  is how a command-running test in a fast file is found."""
+  import subprocess
+  import sys
+
+  import pytest
+  with pytest.raises(conftest.ChildProcessInFastTier, match="pytestmark = pytest.mark.e2e"):
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+  assert subprocess.run(["true"]).returncode == 0  # other programs are fine (git, ...)
