@@ -56,6 +56,12 @@ def child_env() -> dict[str, str]:
   return env
 
 
+def run_module(module: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+  """`python -m module args` from the repo root, as a user runs a console script."""
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=child_env(),
+                        capture_output=True, text=True, timeout=timeout)
+
+
 def python_json(program: str, *args: str, env: dict[str, str | None]) -> Any:
   """Run `python tests/children/<program> args` from the repo root in a fresh process (JAX
   starts there, not here) and return its last stdout line parsed as JSON. `env` overrides the

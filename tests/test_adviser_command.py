@@ -1,23 +1,16 @@
 """pregate-plan's budget adviser as a user runs it: the printed overrides pass the gate, and a
 budget in hours uses the measured throughput."""
-import os
-import pathlib
 import subprocess
-import sys
 
 import pytest
+
+import helpers
 
 pytestmark = pytest.mark.e2e
 
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
 def _plan(*args: str) -> subprocess.CompletedProcess:
-  env = dict(os.environ)
-  env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
-  return subprocess.run([sys.executable, "-m", "train.cli.plan", *args], cwd=REPO_ROOT, env=env,
-                        capture_output=True, text=True, timeout=300)
+  return helpers.run_module("train.cli.plan", *args, timeout=300)
 
 
 def test_budget_command_prints_overrides_that_pass_the_gate():

@@ -5,15 +5,12 @@ import subprocess
 import sys
 
 import pytest
+from test_bpe_tokenizer import EOT, SHAKESPEARE_DOCS
 
 import helpers
 from train.data import bpe
 
 pytestmark = pytest.mark.e2e
-
-
-SHAKESPEARE_DOCS = [d for d in helpers.CORPUS.read_text("utf-8").split("\n\n") if d]
-EOT = "<|endoftext|>"
 
 
 @pytest.fixture(scope="module")

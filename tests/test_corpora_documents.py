@@ -87,8 +87,6 @@ def test_killed_prepare_never_leaves_a_complete_looking_dir(tmp_path):
   assert not list(tmp_path.glob(".out.tmp-*"))  # ...and reclaims the dead run's temp dir
 
 
-
-
 def test_progress_bar_on_a_terminal_plain_lines_otherwise(caplog):
   tty = helpers.Tty()
   bar = Progress("tokenizing", 10_000_000, unit="char", stream=tty, every_s=0.0)

@@ -42,8 +42,6 @@ def test_cpu_device_count(over, cores, want):
   assert distributed.cpu_device_count(_config(**over), _model(), cores) == want
 
 
-
-
 def _devices(mode: str, cpu_devices: int = 0, **env_over: str) -> int:
   return helpers.python_json("cpu_devices.py", mode, str(cpu_devices),
                              env={"JAX_NUM_CPU_DEVICES": None, "XLA_FLAGS": None, **env_over})

@@ -234,7 +234,6 @@ def test_forward_flops_are_a_third_of_training_flops():
       flops.flops_per_token(cfg, n, SEQ))
 
 
-
 def test_missing_teacher_names_the_command_that_trains_it():
   """The distill experiment's teacher is the default experiment's workdir: when it is absent,
   the refusal says how to train it (a config named like the workdir exists)."""

@@ -22,7 +22,6 @@ RUN = {"train_steps": STEPS, "checkpoint.save_every": 5, "checkpoint.keep": 4,
 DELAY = {"PREGATE_TEST_DELAY": "0.05"}  # ~1 s of steps: room to land a signal mid-run
 
 
-
 @pytest.fixture(scope="module")
 def flags(prepared_data):
   return [*helpers.tiny_flags(prepared_data, RUN), helpers.FORCE]

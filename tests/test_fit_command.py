@@ -6,9 +6,10 @@ import pathlib
 import subprocess
 import sys
 
-import numpy as np
 import pytest
+from test_fit import TRUE, _fake_run, _grid
 
+import helpers
 from core import contracts
 from gates import adviser, chinchilla_contract
 from gates.adviser import Law
@@ -17,35 +18,10 @@ pytestmark = pytest.mark.e2e
 
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-TRUE = Law(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)  # Hoffmann et al.'s Approach 3
-
-
-def _grid(law: Law, noise: float = 0.0, seed: int = 0):
-  rng = np.random.default_rng(seed)
-  n, d = np.meshgrid(np.geomspace(1e6, 1e9, 6), [5.0, 20.0, 80.0])
-  n, d = n.ravel(), (n * d).ravel()
-  loss = np.array([law.loss(a, b) for a, b in zip(n, d)]) * np.exp(rng.normal(0, noise, n.size))
-  return n, d, loss
-
-
-def _fake_run(root: pathlib.Path, n: int, steps: int, per_step: int, loss: float,
-              unique: int) -> None:
-  """The two files a finished pregate run leaves that pregate-fit reads (as the loop writes
-  them: gate.json = the verdict dict; metrics.jsonl ending with the `end` event)."""
-  root.mkdir(parents=True)
-  gate = {"n_params": n, "tokens_per_step": per_step, "tokens": steps * per_step,
-          "sources": [{"name": "c", "weight": "1", "unique_tokens": unique}]}
-  (root / "gate.json").write_text(json.dumps(gate))
-  records = [{"event": "gate", **gate}, {"event": "eval", "step": steps, "val_loss": loss},
-             {"event": "end", "step": steps, "termination": "COMPLETED", "val_loss": loss}]
-  (root / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
 def _fit_cli(*args: str) -> subprocess.CompletedProcess:
-  env = dict(os.environ)
-  env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
-  return subprocess.run([sys.executable, "-m", "train.cli.fit", *args], cwd=REPO_ROOT, env=env,
-                        capture_output=True, text=True, timeout=600)
+  return helpers.run_module("train.cli.fit", *args, timeout=600)
 
 
 def test_fit_command_reads_runs_and_feeds_the_adviser(tmp_path):

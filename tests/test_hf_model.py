@@ -81,8 +81,6 @@ def test_inspect_scores_the_hf_identity():
   assert any("model.family and model.qkv_bias not recorded" in x["reason"] for x in lost), lost
 
 
-
-
 def test_biases_shard_over_tensor_and_train_like_one_device():
   got = helpers.python_json("qwen2_bias_sharding.py", env={})
   assert got["tensor"]["spec"] == ["tensor"] and got["one"]["spec"] in ([], ["None"])

@@ -1,27 +1,22 @@
 """pregate-plan as a user runs it: verdict lines, exit codes, bypass, overrides and the manifest's
 unique-token count, through the real command."""
 import json
-import os
-import pathlib
 import re
 import subprocess
-import sys
 
 import pytest
+
+import helpers
 
 pytestmark = pytest.mark.e2e
 
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 NANOGPT = "--config=configs/nanogpt_shakespeare_char_cpu.py"
 DEFAULT = "--config=configs/shakespeare_char.py"
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-  env = dict(os.environ)
-  env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
-  return subprocess.run([sys.executable, "-m", "train.cli.plan", *args], cwd=REPO_ROOT, env=env,
-                        capture_output=True, text=True, timeout=300)
+  return helpers.run_module("train.cli.plan", *args, timeout=300)
 
 
 def _epochs(out: str) -> float:

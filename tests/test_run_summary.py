@@ -12,7 +12,6 @@ from train.report import summary
 pytestmark = pytest.mark.e2e
 
 
-
 def test_summary_of_a_preempted_and_resumed_run(preempted):
   records = rec.load(str(preempted))
   text = summary.build(records, compile_s=2.0, eval_s=1.0, steps_s=6.0, wall_s=10.0,

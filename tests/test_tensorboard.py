@@ -18,7 +18,6 @@ from train.run import tensorboard as tb
 pytestmark = pytest.mark.e2e
 
 
-
 def _replay(workdir, records) -> None:
   """Each segment through its own sink, as each train.main process would write it."""
   kept: list[dict] = []
