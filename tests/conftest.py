@@ -10,8 +10,11 @@ in `fast` when it names none (tests/test_tiers.py keeps it so):
 - hf: checked against the real Hugging Face client (transformers, torch CPU).
 The full suite (`.ci/run`) runs every tier.
 """
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -28,10 +31,49 @@ TIERS = {
 FAST = "fast"
 
 
+CACHE_ENV = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+             "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
+# LLVM's optimisation of the CPU code XLA emits is most of a tiny program's compile time; the
+# suite's programs run for milliseconds, so it compiles them unoptimised (1.6x faster on the
+# compile-heavy files). Tests compare programs compiled alike; commands outside the suite keep
+# XLA's defaults (docs/decisions.md, "Tests in tiers").
+FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0",
+                      "--xla_llvm_disable_expensive_passes=true")
+
+
 def pytest_configure(config):
   for name, doc in TIERS.items():
     config.addinivalue_line("markers", f"{name}: {doc}")
   config.addinivalue_line("markers", f"{FAST}: no tier marker: in process, the set-up check")
+  _share_compilation_cache(config)
+  _compile_fast(config)
+
+
+def _compile_fast(config) -> None:
+  """FAST_COMPILE_FLAGS for the test workers and their children (set before JAX starts)."""
+  if hasattr(config, "workerinput"):
+    return
+  flags = os.environ.get("XLA_FLAGS", "")
+  missing = [f for f in FAST_COMPILE_FLAGS if f.split("=")[0] not in flags]
+  os.environ["XLA_FLAGS"] = " ".join([flags, *missing]).strip()
+
+
+def _share_compilation_cache(config) -> None:
+  """One JAX persistent compilation cache for this test run: the test workers and every command
+  they start inherit it through the environment, so the many tiny runs of one configuration
+  compile their step once. It is keyed on the program and the compiler (results cannot differ),
+  and the backend-compile event still fires on a hit, so compile counts are unchanged
+  (docs/stack-facts.md). A cache the environment names is used as it is."""
+  if hasattr(config, "workerinput") or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    return
+  config._pregate_xla_cache = tempfile.mkdtemp(prefix="pregate-test-xla-cache-")
+  os.environ.update(JAX_COMPILATION_CACHE_DIR=config._pregate_xla_cache, **CACHE_ENV)
+
+
+def pytest_unconfigure(config):
+  cache = getattr(config, "_pregate_xla_cache", None)
+  if cache:
+    shutil.rmtree(cache, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items):

@@ -50,6 +50,13 @@ class Result:
     return [line for line in self.stderr.splitlines() if line.strip()]
 
 
+def fake_devices(n: int) -> dict[str, str]:
+  """The XLA_FLAGS entry that gives a child `n` fake CPU devices, keeping the suite's own flags
+  (tests/conftest.py)."""
+  flags = os.environ.get("XLA_FLAGS", "")
+  return {"XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={n}".strip()}
+
+
 def child_env() -> dict[str, str]:
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)

@@ -28,7 +28,7 @@ MESHES = ("1x8x1", "2x2x2", "1x8x1-scan")  # -scan: layers stacked and scanned
 
 @pytest.fixture(scope="module")
 def runs():
-  env = {**helpers.child_env(), "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+  env = {**helpers.child_env(), **helpers.fake_devices(8),
          "JAX_PLATFORMS": "cpu"}
   proc = subprocess.run([sys.executable, str(helpers.REPO / "tests/children/hot_path_fsdp.py"),
                          *MESHES], cwd=helpers.REPO, env=env, capture_output=True, text=True,

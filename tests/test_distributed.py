@@ -33,7 +33,7 @@ def _start(workdir, argv, devices, log, count_file=None):
   """One `python -m train.main` child on `devices` fake CPU devices; output goes to files so a
   chatty child never blocks on a full pipe."""
   env = helpers.child_env()
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env.update(helpers.fake_devices(devices))
   args = [f"--config={helpers.CONFIG}", f"--workdir={workdir}", *argv]
   if count_file is None:
     cmd = [sys.executable, "-m", "train.main", *args]
@@ -191,7 +191,7 @@ def test_load_for_eval_from_8_devices_in_1_device_process(prepared_data, fsdp_8)
   onto 1 device and give the loss it recorded."""
   recorded, measured = _eval_in_this_process(fsdp_8, prepared_data)
   assert recorded == pytest.approx(measured, rel=1e-5)
-  env = {**helpers.child_env(), "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  env = {**helpers.child_env(), **helpers.fake_devices(1)}
   proc = subprocess.run([sys.executable, "-m", "train.cli.evaluate", f"--checkpoint={fsdp_8}"],
                         cwd=helpers.REPO, env=env, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr[-3000:]

@@ -39,8 +39,8 @@ STEP = 20
 # 4 heads of 8 with 2 kv heads give the same projections).
 EDITS = {"rope_theta": {"rope_theta": 500000.0}, "norm_eps": {"norm_eps": 1e-3},
          "dtype": {"dtype": "bfloat16"}, "head_split": {"n_heads": 4, "n_kv_heads": 2}}
-TWO = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-ONE = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+TWO = helpers.fake_devices(2)
+ONE = helpers.fake_devices(1)
 
 
 @pytest.fixture(scope="module")

@@ -58,5 +58,7 @@ def test_every_console_script_lives_in_train_cli():
   assert "pregate-plan" in scripts and "pregate-fit" in scripts
   for name, target in scripts.items():
     module, _, function = target.partition(":")
-    assert module.startswith("train.cli."), f"{name} = {target}: commands live in train/cli/"
+    # train.main only re-executes for the malloc tunable before importing train.cli.main.
+    assert module.startswith("train.cli.") or target == "train.main:run", \
+        f"{name} = {target}: commands live in train/cli/"
     assert callable(getattr(importlib.import_module(module), function)), f"{name} = {target}"

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.e2e
 
 
 STEP = 20
-TWO = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+TWO = helpers.fake_devices(2)
 NOISE = ("Traceback", "Event loop is closed", "Exception ignored", "never retrieved")
 
 

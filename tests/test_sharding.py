@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from ml_collections import ConfigDict
 
+import helpers
 from core.errors import ConfigError
 from train.state import sharding
 
@@ -98,7 +99,7 @@ print("RESULT " + json.dumps(results))
 @pytest.fixture(scope="module")
 def results():
   """All mesh runs in one 8-fake-device child (one JAX startup)."""
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+  env = {**os.environ, **helpers.fake_devices(8),
          "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
   proc = subprocess.run([sys.executable, "-c", _SCRIPT, json.dumps(MESHES)], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=300)

@@ -105,8 +105,7 @@ def test_stamp_with_right_config_passes_the_matrix(trained, salvage, tmp_path):
   assert load_for_eval(str(salvage)).step == STEPS
   proc = subprocess.run([sys.executable, "-m", "train.cli.evaluate", f"--checkpoint={salvage}",
                          "--data=" + str(helpers.CORPUS), "--batches=2"], cwd=helpers.REPO,
-                        env={**helpers.child_env(),
-                             "XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+                        env={**helpers.child_env(), **helpers.fake_devices(2)},
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0 and "fingerprint" not in proc.stderr, proc.stderr[-3000:]
 

@@ -66,14 +66,15 @@ def _teacher_spec(flag: str) -> str:
 
 
 def main(argv: list[str], seams=None) -> int:
-  """The run: preflight, re-exec for the malloc tunable, start-up, then the loop."""
+  """The run: preflight, start-up, then the loop (train.main has re-executed for the malloc
+  tunable; programmatic callers re-execute here)."""
   del argv
   config, workdir = FLAGS.config, FLAGS.workdir
   if FLAGS.teacher is not None and config is not None:
     config.distill.teacher = _teacher_spec(FLAGS.teacher)
   plan = preflight(config, workdir, FLAGS.force_under_provisioned, FLAGS.init,
                    FLAGS.allow_config_change)
-  host_memory.reexec_with_tunables()  # The run will start: once, before anything is logged.
+  host_memory.reexec_with_tunables()  # a no-op after train.main's early re-exec
   if plan.changes.get("safe") and _is_primary():
     logging.info("config changes since this workdir's first run (safe): %s",
                  "; ".join(plan.changes["safe"]))
