@@ -63,10 +63,20 @@ def child_env() -> dict[str, str]:
   return env
 
 
-def run_module(module: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-  """`python -m module args` from the repo root, as a user runs a console script."""
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=child_env(),
-                        capture_output=True, text=True, timeout=timeout)
+def run_module(module: str, *args: str, timeout: float = 300,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+  """`python -m module args` from the repo root, as a user runs a console script; `env` adds
+  to (or overrides) the child's environment."""
+  return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO,
+                        env={**child_env(), **(env or {})}, capture_output=True, text=True,
+                        timeout=timeout)
+
+
+def command(module: str, *args: str, timeout: float = 300,
+            env: dict[str, str] | None = None) -> Result:
+  """run_module as a Result (rc, stdout, stderr), for the one-line-error assertions."""
+  proc = run_module(module, *args, timeout=timeout, env=env)
+  return Result(proc.returncode, proc.stdout, proc.stderr, 0.0)
 
 
 def python_json(program: str, *args: str, env: dict[str, str | None]) -> Any:

@@ -60,12 +60,6 @@ def restored(workdir):
   return load_for_eval(workdir, FINAL_STEP)
 
 
-def _cli(module: str, *args: str) -> helpers.Result:
-  proc = subprocess.run([sys.executable, "-m", module, *args], cwd=helpers.REPO,
-                        env=helpers.child_env(), capture_output=True, text=True, timeout=120)
-  return helpers.Result(proc.returncode, proc.stdout, proc.stderr, 0.0)
-
-
 @pytest.fixture(scope="module")
 def full_logits(restored):
   """ids -> full-forward logits [len(ids), vocab], jitted once: inputs are right-padded to
@@ -138,7 +132,7 @@ def test_top_k_1_is_greedy(restored):
 def test_generation_past_max_seq_len_slides_the_window(workdir):
   """prompt + new tokens > max_seq_len=128 is generated (tests/test_sample_window.py checks it
   against the full forward)."""
-  res = _cli("train.cli.sample", f"--checkpoint={workdir}", f"--prompt={PROMPT}",
+  res = helpers.command("train.cli.sample", f"--checkpoint={workdir}", f"--prompt={PROMPT}",
              "--max_new_tokens=120")
   assert res.rc == 0, res.stderr[-3000:]
   assert res.stdout == PROMPT + res.stdout[len(PROMPT):] and len(res.stdout) == len(PROMPT) + 121
@@ -147,7 +141,7 @@ def test_generation_past_max_seq_len_slides_the_window(workdir):
 def test_evaluate_cli_reproduces_recorded_val_loss(workdir):
   recorded = helpers.checkpoint_meta(workdir, FINAL_STEP)["val_loss"]
   assert recorded is not None, "the final checkpoint recorded no val_loss"
-  res = _cli("train.cli.evaluate", f"--checkpoint={workdir}", f"--step={FINAL_STEP}")
+  res = helpers.command("train.cli.evaluate", f"--checkpoint={workdir}", f"--step={FINAL_STEP}")
   assert res.rc == 0, res.stderr[-3000:]
   lines = [l for l in res.stdout.splitlines() if l.startswith("RESULT ")]
   assert len(lines) == 1, res.stdout
@@ -183,5 +177,5 @@ def test_evaluate_text_file_scores_every_token(workdir, restored, full_logits, t
 def test_evaluate_text_outside_vocabulary_is_one_line_error(workdir, tmp_path):
   path = tmp_path / "accents.txt"
   path.write_text("Café au lait\n", encoding="utf-8")
-  res = _cli("train.cli.evaluate", f"--checkpoint={workdir}", f"--data={path}")
+  res = helpers.command("train.cli.evaluate", f"--checkpoint={workdir}", f"--data={path}")
   helpers.assert_one_line_error(res, "DataError", "'é'")

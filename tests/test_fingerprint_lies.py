@@ -123,13 +123,6 @@ def test_unedited_loads_on_every_path_in_process(trained, tmp_path):
   assert diff <= arch_match.FINGERPRINT_TOL["float32"] / 100
 
 
-def _cli(module: str, *args: str, env: dict) -> helpers.Result:
-  proc = subprocess.run([sys.executable, "-m", module, *args], cwd=helpers.REPO,
-                        env={**helpers.child_env(), **env}, capture_output=True, text=True,
-                        timeout=300)
-  return helpers.Result(proc.returncode, proc.stdout, proc.stderr, 0.0)
-
-
 COMMANDS = {"pregate-eval": ("train.cli.evaluate",),
             "pregate-sample": ("train.cli.sample", "--max_new_tokens=4"),
             "pregate-export": ("train.cli.export", "--out={out}")}
@@ -142,7 +135,8 @@ def test_edited_field_refused_by_commands(trained, tmp_path, field, command):
   before = helpers.snapshot(work)
   module, *extra = COMMANDS[command]
   out = tmp_path / "hf"
-  res = _cli(module, f"--checkpoint={work}", *(a.format(out=out) for a in extra), env=TWO)
+  res = helpers.command(module,
+                        f"--checkpoint={work}", *(a.format(out=out) for a in extra), env=TWO)
   helpers.assert_one_line_error(res, "FingerprintMismatchError",
                                 "the metadata does not describe the tensors")
   assert helpers.snapshot(work) == before
@@ -152,11 +146,12 @@ def test_edited_field_refused_by_commands(trained, tmp_path, field, command):
 @pytest.mark.parametrize("devices", [ONE, TWO], ids=["1-device", "2-devices"])
 def test_unedited_loads_in_commands(trained, tmp_path, devices):
   work = _copy(trained, tmp_path)
-  res = _cli("train.cli.evaluate", f"--checkpoint={work}", env=devices)
+  res = helpers.command("train.cli.evaluate", f"--checkpoint={work}", env=devices)
   assert res.rc == 0, res.stderr[-3000:]
   result = json.loads([x for x in res.stdout.splitlines() if x.startswith("RESULT ")][0][7:])
   assert result["abs_diff"] <= 1e-4 * result["recorded_val_loss"], result
-  res = _cli("train.cli.sample", f"--checkpoint={work}", "--max_new_tokens=4", env=devices)
+  res = helpers.command("train.cli.sample",
+                        f"--checkpoint={work}", "--max_new_tokens=4", env=devices)
   assert res.rc == 0 and "fingerprint" not in res.stderr, res.stderr[-3000:]
 
 

@@ -34,13 +34,6 @@ def trained(trained_tiny, tmp_path_factory) -> Path:
   return shared_runs.copy_of(trained_tiny, tmp_path_factory, "loose")
 
 
-def _cli(module: str, *args: str, env: dict | None = None) -> helpers.Result:
-  proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=helpers.REPO,
-                        env={**helpers.child_env(), **(env or {})}, capture_output=True,
-                        text=True, timeout=600)
-  return helpers.Result(proc.returncode, proc.stdout, proc.stderr, 0.0)
-
-
 def one_error(res: helpers.Result, *needles: str) -> str:
   """Exit 2 and exactly one `ERROR:` line holding every needle; no traceback anywhere (other
   stderr lines are absl log lines, e.g. the Chinchilla bypass warning of these tiny runs)."""
@@ -57,7 +50,8 @@ def one_error(res: helpers.Result, *needles: str) -> str:
 
 def _main(*args: str, workdir: Path, env: dict | None = None) -> helpers.Result:
   """`python -m train.main --config=CONFIG --workdir=W ARGS` with extra environment."""
-  return _cli("train.main", f"--config={helpers.CONFIG}", f"--workdir={workdir}", *args, env=env)
+  return helpers.command("train.main", f"--config={helpers.CONFIG}", f"--workdir={workdir}",
+                         *args, env=env)
 
 
 def _meta_path(work: Path, step: int = STEP) -> Path:
@@ -75,14 +69,14 @@ def test_old_checkpoint_loads_with_one_warning(trained, tmp_path, prepared_data)
     meta = json.loads(_meta_path(work, step).read_text())
     del meta["fingerprint"]
     _meta_path(work, step).write_text(json.dumps(meta))
-  res = _cli("train.cli.evaluate", f"--checkpoint={work}")
+  res = helpers.command("train.cli.evaluate", f"--checkpoint={work}")
   assert res.rc == 0, res.stderr[-3000:]
   warnings = [x for x in res.error_lines if "no functional fingerprint" in x]
   assert len(warnings) == 1 and warnings[0].startswith("W"), res.stderr[-3000:]
   for needle in ("model.rope_theta", "model.norm_eps", "model.dtype", "model.n_heads",
                  "pregate-stamp", "resume it once"):
     assert needle in warnings[0], warnings[0]
-  res = _cli("train.cli.inspect_ckpt", work, "--quality")
+  res = helpers.command("train.cli.inspect_ckpt", work, "--quality")
   assert res.rc == 0 and "fingerprint   none: the non-shape fields" in res.stdout, res.stdout
   # The fix it names: resume once with the data present; the next save records one.
   res = helpers.run_main(*helpers.tiny_flags(prepared_data, {"train_steps": STEP + 5}),
@@ -122,7 +116,7 @@ def test_damaged_array_read_is_one_line(trained, tmp_path):
   for module, args in (("train.cli.evaluate", [f"--checkpoint={work}"]),
                        ("train.cli.sample", [f"--checkpoint={work}", "--max_new_tokens=2"]),
                        ("train.cli.inspect_ckpt", [str(work)])):
-    res = _cli(module, *args, env=TWO)
+    res = helpers.command(module, *args, env=TWO)
     line = helpers.assert_one_line_error(res, "CheckpointError", "is damaged")
     assert "Truncated" in line or "Error reading" in line, line
     assert res.error_lines == [line], res.stderr[-3000:]

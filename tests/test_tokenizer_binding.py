@@ -15,8 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -152,18 +150,12 @@ def test_checkpoint_without_probe_loads_with_one_warning(trained, tmp_path, capl
   assert len(lines) == 1 and "\n" not in lines[0], caplog.text
 
 
-def _cli(module: str, *args: str) -> helpers.Result:
-  proc = subprocess.run([sys.executable, "-m", module, *args], cwd=helpers.REPO,
-                        env=helpers.child_env(), capture_output=True, text=True, timeout=300)
-  return helpers.Result(proc.returncode, proc.stdout, proc.stderr, 0.0)
-
-
 @pytest.mark.parametrize("module,edit", [("train.cli.evaluate", "inconsistent"),
                                          ("train.cli.sample", "rewritten_text")])
 def test_edited_tokenizer_refused_by_commands(trained, tmp_path, module, edit):
   work = _copy(trained, tmp_path, edit)
   before = helpers.snapshot(work)
-  res = _cli(module, f"--checkpoint={work}", f"--step={STEP}",
+  res = helpers.command(module, f"--checkpoint={work}", f"--step={STEP}",
              "--max_new_tokens=4" if module.endswith("sample") else "--batches=1")
   one_error(res, "TokenizerMismatchError", "embedded tokenizer")
   assert helpers.snapshot(work) == before
