@@ -2,6 +2,8 @@
 gradients, updated parameters), the same parameter tree (checkpoints restore across the
 switch), a program whose size does not grow with depth, and less stored memory."""
 import re
+import shutil
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -201,48 +203,59 @@ def test_minimal_with_context_saves_the_named_activations(capsys):
   assert temps["full"] <= temps["minimal_with_context"] < temps["none"], temps
 
 
-def test_checkpoint_restores_across_execution_switches(tmp_path, prepared_data):
-  """Train unrolled; start a new run from that checkpoint with every execution field switched
-  (scanned layers, named remat, dot_product_attention, chunked loss): the architecture check
-  passes and the step-0 check re-evaluates the recorded val loss within float32 rounding.
-  Then the other way: the scanned run's checkpoint resumes unrolled."""
-  over = {"model.n_layers": 2, "train_steps": 10, "checkpoint.save_every": 10}
-  src = tmp_path / "unrolled"
-  r = helpers.run_main(helpers.FORCE, *helpers.tiny_flags(prepared_data, over), workdir=src)
+SWITCHED = {"model.scan_layers": True, "model.remat": "minimal_with_context",
+            "model.attention": "xla", "model.loss_chunk": 8}
+PLAIN = {"model.scan_layers": False, "model.remat": "none", "model.attention": "auto",
+         "model.loss_chunk": 0}
+
+
+def _two_layers(**over) -> dict:
+  return {"model.n_layers": 2, "train_steps": 20, "checkpoint.save_every": 10, **over}
+
+
+@pytest.fixture(scope="module")
+def scanned(prepared_data, tmp_path_factory):
+  """A 2-layer run with every execution field switched on (scanned layers, named remat,
+  dot_product_attention, chunked loss), saved at steps 10 and 20."""
+  work = tmp_path_factory.mktemp("scanned") / "run"
+  r = helpers.run_main(helpers.FORCE, *helpers.tiny_flags(prepared_data,
+                                                          _two_layers(**SWITCHED)), workdir=work)
   assert r.rc == 0, r.stderr[-3000:]
-  switched = {**over, "model.scan_layers": True, "model.remat": "minimal_with_context",
-              "model.attention": "xla", "model.loss_chunk": 8}
-  work = tmp_path / "scanned"
-  r = helpers.run_main(helpers.FORCE, f"--init={src}:10",
-                       *helpers.tiny_flags(prepared_data, switched), workdir=work)
+  return work
+
+
+def test_checkpoint_restores_across_execution_switches(scanned, tmp_path, prepared_data):
+  """The scanned run trained on stacked layers and saved the per-layer layout: it loads for
+  evaluation as its metadata says; a new run warm-started from it with every execution field
+  switched off passes the architecture check and the step-0 check within float32 rounding; and
+  that run resumes with every switch turned back on."""
+  restored = load_for_eval(str(scanned))
+  assert param_shapes(restored.model) == param_shapes(abstract_model(
+      ModelConfig.from_dict(dict(restored.meta.model))))
+  work = tmp_path / "unrolled"
+  r = helpers.run_main(helpers.FORCE, f"--init={scanned}:10", *helpers.tiny_flags(
+      prepared_data, _two_layers(**PLAIN, train_steps=10)), workdir=work)
   assert r.rc == 0, r.stderr[-3000:]
   check = helpers.events(helpers.read_jsonl(work / "metrics.jsonl"), "step0_check")
   assert len(check) == 1 and check[0]["abs_diff"] <= 1e-5 * check[0]["recorded"], check
-  # The scanned run trained on stacked layers and saved the per-layer layout: its checkpoint
-  # loads for evaluation as the metadata says, and resumes with every switch turned back.
-  restored = load_for_eval(str(work))
-  assert param_shapes(restored.model) == param_shapes(abstract_model(
-      ModelConfig.from_dict(dict(restored.meta.model))))
-  back = {**over, "train_steps": 20, "checkpoint.save_every": 20}
   r = helpers.run_main(helpers.FORCE, "--allow_config_change",
-                       *helpers.tiny_flags(prepared_data, back), workdir=work)
+                       *helpers.tiny_flags(prepared_data, _two_layers(**SWITCHED)), workdir=work)
   assert r.rc == 0, r.stderr[-3000:]
   checks = helpers.events(helpers.read_jsonl(work / "metrics.jsonl"), "step0_check")
   assert len(checks) == 2 and checks[1]["abs_diff"] <= 1e-5 * checks[1]["recorded"], checks
   assert helpers.checkpoint_steps(work)[-1] == 20
 
 
-def test_scanned_run_resumes_bitwise(tmp_path, prepared_data):
-  """A scanned run stopped at step 10 and resumed (restore in the stored layout, then stacked
-  again with its Adam moments) ends bit for bit where an uninterrupted scanned run ends."""
-  flags = [helpers.FORCE, *helpers.tiny_flags(prepared_data, {
-      "model.n_layers": 2, "model.scan_layers": True, "train_steps": 20})]
-  whole, split = tmp_path / "whole", tmp_path / "split"
-  assert helpers.run_main(*flags, workdir=whole).rc == 0
-  assert helpers.run_main(*flags, "--stop_after_steps=10", workdir=split).rc == 75
-  r = helpers.run_main(*flags, workdir=split)
+def test_scanned_run_resumes_bitwise(scanned, tmp_path, prepared_data):
+  """The scanned run, lost after its step-10 save and re-run (restore in the stored layout,
+  then stacked again with its Adam moments), ends bit for bit where it ended uninterrupted."""
+  split = Path(shutil.copytree(scanned, tmp_path / "split"))
+  shutil.rmtree(split / "checkpoints" / "20")
+  r = helpers.run_main(helpers.FORCE, *helpers.tiny_flags(prepared_data, _two_layers(**SWITCHED)),
+                       workdir=split)
   assert r.rc == 0, r.stderr[-3000:]
-  got, want = (helpers.flat(helpers.load_params(w, 20)) for w in (split, whole))
+  assert helpers.checkpoint_steps(split)[-1] == 20
+  got, want = (helpers.flat(helpers.load_params(w, 20)) for w in (split, scanned))
   assert got.keys() == want.keys() and any(k.startswith("blocks/1/") for k in want)
   for path in want:
     assert np.array_equal(got[path], want[path]), f"{path} differs after resume"
