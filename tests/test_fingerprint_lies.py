@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -162,11 +160,8 @@ def _train(work: Path, data: str, *extra: str, overrides: dict | None = None,
            env: dict | None = None) -> helpers.Result:
   flags = [*helpers.tiny_flags(data, {"train_steps": STEP, **(overrides or {})}),
            helpers.FORCE, *extra]
-  proc = subprocess.run([sys.executable, "-m", "train.main", f"--config={helpers.CONFIG}",
-                         f"--workdir={work}", *flags], cwd=helpers.REPO,
-                        env={**helpers.child_env(), **(env or {})}, capture_output=True,
-                        text=True, timeout=600)
-  return helpers.Result(proc.returncode, proc.stdout, proc.stderr, 0.0)
+  return helpers.command("train.main", f"--config={helpers.CONFIG}", f"--workdir={work}", *flags,
+                         env=env, timeout=600)
 
 
 def _model_flags(field: str) -> dict:

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import shutil
 import struct
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -165,10 +163,7 @@ def test_model_card_states_the_training_record(exports):
 
 
 def _cli(*args: str) -> helpers.Result:
-  proc = subprocess.run([sys.executable, "-m", "train.cli.export", *args], cwd=helpers.REPO,
-                        env=helpers.child_env(), capture_output=True, text=True, timeout=300,
-                        check=False)
-  return helpers.Result(proc.returncode, proc.stdout, proc.stderr, 0.0)
+  return helpers.command("train.cli.export", *args)
 
 
 def test_export_refuses_a_checkpoint_the_card_cannot_describe(tmp_path):

@@ -46,9 +46,7 @@ def copy(trained, tmp_path) -> Path:
 
 
 def _cli(module: str, *args: str) -> helpers.Result:
-  proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=helpers.REPO,
-                        env=helpers.child_env(), capture_output=True, text=True, timeout=120)
-  return helpers.Result(proc.returncode, proc.stdout, proc.stderr, 0.0)
+  return helpers.command(module, *args, timeout=120)
 
 
 def _one_error_line(res: helpers.Result, *needles: str) -> str:

@@ -7,12 +7,11 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import FORCE, REPO, child_env, run_main, tiny_flags
+from helpers import FORCE, run_main, run_module, tiny_flags
 
 pytestmark = pytest.mark.e2e
 
@@ -25,10 +24,8 @@ OVERRIDES = {"checkpoint.save_every": 15}
 
 
 def _plan(*args: str, cache: Path) -> subprocess.CompletedProcess:
-  env = {**child_env(), "JAX_PLATFORMS": "cpu", "PREGATE_CACHE_DIR": str(cache)}
-  return subprocess.run([sys.executable, "-m", "train.cli.plan",
-                         "--config=configs/shakespeare_char.py", *args],
-                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  return run_module("train.cli.plan", "--config=configs/shakespeare_char.py", *args, timeout=300,
+                    env={"JAX_PLATFORMS": "cpu", "PREGATE_CACHE_DIR": str(cache)})
 
 
 def _loop_counts(metrics: Path) -> tuple[int, int, int]:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import shutil
 import struct
-import subprocess
-import sys
 import zlib
 
 import pytest
@@ -23,10 +21,7 @@ PANELS = {"overview", "loss_vs_steps", "loss_vs_tokens", "lr", "grad_norm", "tok
 
 
 def _plot(*args: str) -> helpers.Result:
-  proc = subprocess.run([sys.executable, "-m", "train.cli.plot", *args], check=False,
-                        cwd=helpers.REPO, env=helpers.child_env(), capture_output=True,
-                        text=True, timeout=180)
-  return helpers.Result(proc.returncode, proc.stdout, proc.stderr, 0.0)
+  return helpers.command("train.cli.plot", *args, timeout=180)
 
 
 def assert_png(path, min_bytes: int = 8_000, min_size: tuple[int, int] = (300, 200)) -> None:

@@ -1,17 +1,13 @@
 """pregate-prepare as a user runs it: a summary on success, one line and exit 2 on an empty file."""
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
+import helpers
 from train.data import store
 
 pytestmark = pytest.mark.e2e
 
 
-REPO = Path(__file__).resolve().parents[1]
 SEP = "\n\n"
 DOCS = [f"document {i}: the quick brown fox jumps over the lazy dog {i * 7 % 13} times"
         for i in range(60)]
@@ -25,9 +21,7 @@ def _corpus(tmp_path, text=TEXT, name="c.txt"):
 
 
 def _cli(*args):
-  env = dict(os.environ, PYTHONPATH=str(REPO))
-  return subprocess.run([sys.executable, "-m", "train.cli.prepare", *args], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=120)
+  return helpers.run_module("train.cli.prepare", *args, timeout=120)
 
 
 def test_cli_empty_file_exits_2_with_one_line(tmp_path):

@@ -10,9 +10,6 @@ so a wrong window would go unnoticed). The CLI tests use a real run's checkpoint
 """
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import shared_runs
@@ -133,10 +130,7 @@ def test_num_samples_are_independent_draws(model_tok):
 
 
 def _cli(*args: str) -> helpers.Result:
-  proc = subprocess.run([sys.executable, "-m", "train.cli.sample", *args], check=False,
-                        cwd=helpers.REPO, env=helpers.child_env(), capture_output=True,
-                        text=True, timeout=180)
-  return helpers.Result(proc.returncode, proc.stdout, proc.stderr, 0.0)
+  return helpers.command("train.cli.sample", *args, timeout=180)
 
 
 def test_cli_max_new_tokens_beyond_the_context(workdir):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 
 import pytest
 
@@ -17,9 +16,7 @@ pytestmark = pytest.mark.e2e
 
 
 def _plan(config: str, *flags: str) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, "-m", "train.cli.plan", f"--config=configs/{config}",
-                         *flags], cwd=helpers.REPO, env=helpers.child_env(),
-                        capture_output=True, text=True, timeout=300)
+  return helpers.run_module("train.cli.plan", f"--config=configs/{config}", *flags, timeout=300)
 
 
 def _ratio(line: str, name: str) -> float:
