@@ -238,13 +238,10 @@ def test_damaged_checkpoints(flags, whole, tmp_path):
     assert res.rc == 2 and needle in _one_error(res.stderr, "CheckpointError")
   assert helpers.snapshot(workdir / "checkpoints") == before
   assert helpers.events(helpers.read_jsonl(workdir / "metrics.jsonl"), "train") == trained
-  res = subprocess.run([sys.executable, "-m", "train.cli.inspect_ckpt", str(workdir), "--step=20"],
-                       cwd=helpers.REPO, env=helpers.child_env(), capture_output=True,
-                       text=True, timeout=120)
+  res = helpers.run_module("train.cli.inspect_ckpt", workdir, "--step=20", timeout=120)
   assert res.returncode == 2 and "unreadable" in _one_error(res.stderr, "CheckpointError")
-  res = subprocess.run([sys.executable, "-m", "train.cli.inspect_ckpt", str(workdir), "--step=15"],
-                       cwd=helpers.REPO, env=helpers.child_env(), capture_output=True,
-                       text=True, timeout=120)  # truncated arrays: found by reading them once
+  # Truncated arrays: found by reading them once.
+  res = helpers.run_module("train.cli.inspect_ckpt", workdir, "--step=15", timeout=120)
   assert res.returncode == 2 and "is damaged" in _one_error(res.stderr, "CheckpointError")
 
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 import filecmp
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -195,10 +193,7 @@ def test_tied_checkpoint_may_store_an_identical_lm_head(tmp_path):
 def test_cli_refusal_is_one_line_and_writes_nothing(base_dir, tmp_path):
   broken = Path(shutil.copytree(base_dir, tmp_path / "hf"))
   _config(hidden_act="relu")(broken)
-  proc = subprocess.run([sys.executable, "-m", "train.cli.import_hf", f"--hf_dir={broken}",
-                         f"--out={tmp_path / 'out'}"], cwd=helpers.REPO, env=helpers.child_env(),
-                        capture_output=True, text=True, timeout=300, check=False)
-  res = helpers.Result(proc.returncode, proc.stdout, proc.stderr, 0.0)
+  res = helpers.command("train.cli.import_hf", f"--hf_dir={broken}", f"--out={tmp_path / 'out'}")
   helpers.assert_one_line_error(res, "HFConversionError", "hidden_act='relu'", "SiLU")
   assert not (tmp_path / "out").exists()
 
@@ -207,9 +202,8 @@ def test_imported_checkpoint_is_stamped_and_inspectable(base_dir, tmp_path):
   """The CLI's checkpoint: architecture identity full marks, tokenizer embedded, arrays read;
   what a foreign model cannot know is reported as missing, not invented."""
   from train.cli import inspect_ckpt as inspect
-  proc = subprocess.run([sys.executable, "-m", "train.cli.import_hf", f"--hf_dir={base_dir}",
-                         f"--out={tmp_path / 'w'}"], cwd=helpers.REPO, env=helpers.child_env(),
-                        capture_output=True, text=True, timeout=300, check=False)
+  proc = helpers.run_module("train.cli.import_hf", f"--hf_dir={base_dir}",
+                            f"--out={tmp_path / 'w'}")
   assert proc.returncode == 0, proc.stderr
   assert "training provenance unknown (not a pregate export)" in proc.stdout
   q = json.loads(inspect.report(str(tmp_path / "w"), as_json=True, with_quality=True))

@@ -50,11 +50,8 @@ def salvage(trained, tmp_path) -> Path:
 
 
 def _stamp(work: Path, *extra: str) -> helpers.Result:
-  proc = subprocess.run(
-      [sys.executable, "-m", "train.cli.stamp", str(work), f"--config={helpers.CONFIG}", *RUN,
-       *extra], cwd=helpers.REPO, env=helpers.child_env(), capture_output=True, text=True,
-      timeout=1500)
-  return helpers.Result(proc.returncode, proc.stdout, proc.stderr, 0.0)
+  return helpers.command("train.cli.stamp", work, f"--config={helpers.CONFIG}", *RUN, *extra,
+                         timeout=1500)
 
 
 def _recorded_loss(trained: Path) -> float:
