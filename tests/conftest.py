@@ -33,12 +33,6 @@ FAST = "fast"
 
 CACHE_ENV = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
              "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
-# LLVM's optimisation of the CPU code XLA emits is most of a tiny program's compile time; the
-# suite's programs run for milliseconds, so it compiles them unoptimised (1.6x faster on the
-# compile-heavy files). Tests compare programs compiled alike; commands outside the suite keep
-# XLA's defaults (docs/decisions.md, "Tests in tiers").
-FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0",
-                      "--xla_llvm_disable_expensive_passes=true")
 
 
 def pytest_configure(config):
@@ -50,11 +44,12 @@ def pytest_configure(config):
 
 
 def _compile_fast(config) -> None:
-  """FAST_COMPILE_FLAGS for the test workers and their children (set before JAX starts)."""
+  """helpers.FAST_COMPILE_FLAGS for the test workers and their children (set before JAX
+  starts)."""
   if hasattr(config, "workerinput"):
     return
   flags = os.environ.get("XLA_FLAGS", "")
-  missing = [f for f in FAST_COMPILE_FLAGS if f.split("=")[0] not in flags]
+  missing = [f for f in helpers.FAST_COMPILE_FLAGS if f.split("=")[0] not in flags]
   os.environ["XLA_FLAGS"] = " ".join([flags, *missing]).strip()
 
 

@@ -11,7 +11,6 @@ import hashlib
 import io
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,13 @@ TINY: dict[str, Any] = {
 
 CHILDREN = REPO / "tests" / "children"
 
+# LLVM's optimisation of the CPU code XLA emits is most of a tiny program's compile time; the
+# suite's programs run for milliseconds, so it compiles them unoptimised (1.6x faster on the
+# compile-heavy files; tests/conftest.py sets them). Tests compare programs compiled alike;
+# commands outside the suite keep XLA's defaults (docs/decisions.md, "Tests in tiers").
+FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0",
+                      "--xla_llvm_disable_expensive_passes=true")
+
 
 @dataclasses.dataclass
 class Result:
@@ -55,6 +61,14 @@ def fake_devices(n: int) -> dict[str, str]:
   (tests/conftest.py)."""
   flags = os.environ.get("XLA_FLAGS", "")
   return {"XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={n}".strip()}
+
+
+def optimised() -> dict[str, str]:
+  """The XLA_FLAGS that give a child XLA's default optimisation back: for the few runs that
+  execute for longer than they compile (a 200-step default-model run: 86 s unoptimised, 46 s
+  optimised)."""
+  flags = os.environ.get("XLA_FLAGS", "").split()
+  return {"XLA_FLAGS": " ".join(f for f in flags if f not in FAST_COMPILE_FLAGS)}
 
 
 def child_env() -> dict[str, str]:
@@ -100,11 +114,13 @@ def tiny_flags(data_dir: str | None, overrides: dict[str, Any] | None = None) ->
 
 
 def run_main(*args: str, workdir: str | os.PathLike | None = None, config: str | None = CONFIG,
-             count_compiles: bool = False, timeout: float = 300) -> Result:
-  """`python -m train.main [--config] [--workdir] ARGS` from the repo root."""
+             count_compiles: bool = False, timeout: float = 300,
+             env: dict[str, str] | None = None) -> Result:
+  """`python -m train.main [--config] [--workdir] ARGS` from the repo root; `env` adds to the
+  child's environment."""
   argv = ([f"--config={config}"] if config else []) + \
          ([f"--workdir={workdir}"] if workdir is not None else []) + list(args)
-  env = child_env()
+  env = {**child_env(), **(env or {})}
   count_file = None
   if count_compiles:
     fd, name = tempfile.mkstemp(prefix="pregate-compiles-")
@@ -123,16 +139,6 @@ def run_main(*args: str, workdir: str | os.PathLike | None = None, config: str |
     result.compiles = int(text)
     count_file.unlink()
   return result
-
-
-def median_wall(cmd: list[str], n: int = 3) -> float:
-  """Median wall seconds of `cmd` from process start to exit (repo root, PYTHONPATH set)."""
-  times = []
-  for _ in range(n):
-    t0 = time.perf_counter()
-    subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, timeout=120)
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
 
 
 def prepare_once(out_dir: Path) -> str:

@@ -51,7 +51,8 @@ def once(root: Path, name: str, make) -> Path:
 
 def trained(data_dir: str, workdir: Path, steps: int = 20) -> None:
   """The tiny run (FORCE: below the gate) that restore, fingerprint, architecture and Hugging
-  Face tests start from; each module copies it (copy_of) before changing anything."""
+  Face tests start from; each module copies it (copy_of) before changing anything. Evaluation,
+  sampling and distillation (as the teacher) read it where it is."""
   _ok(helpers.run_main(helpers.FORCE, *helpers.tiny_flags(data_dir, {"train_steps": steps}),
                        workdir=workdir))
 

@@ -42,12 +42,10 @@ def _assert_same_params(a, b, step=STEPS):
 
 
 @pytest.fixture(scope="module")
-def teacher(prepared_data, tmp_path_factory):
-  """An ordinary run of the tiny model: the teacher, and the reference for alpha = 0."""
-  workdir = tmp_path_factory.mktemp("distill") / "teacher"
-  res = helpers.run_main(*_flags(prepared_data), workdir=workdir)
-  assert res.rc == 0, res.stderr[-3000:]
-  return workdir
+def teacher(trained_tiny):
+  """The shared tiny run (tests/shared_runs.trained: these flags, 20 steps), read only: the
+  teacher, and the reference for alpha = 0."""
+  return trained_tiny
 
 
 def test_alpha_zero_with_a_teacher_is_bitwise_ordinary_training(teacher, prepared_data,

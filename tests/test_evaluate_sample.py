@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -19,14 +17,7 @@ import helpers
 pytestmark = pytest.mark.e2e
 
 
-TRAIN_FLAGS = [
-    "--config=configs/shakespeare_char.py", "--force_under_provisioned",
-    "--config.train_steps=20", "--config.schedule.warmup_steps=2",
-    "--config.eval.eval_every=10", "--config.eval.eval_batches=2",
-    "--config.checkpoint.save_every=10", "--config.model.n_layers=1",
-    "--config.model.d_model=32", "--config.model.n_heads=2", "--config.model.n_kv_heads=1",
-    "--config.model.d_ff=64", "--config.batch.global_batch=4", "--config.batch.seq_len=32"]
-FINAL_STEP = 20
+FINAL_STEP = 20  # trained_tiny's last step
 PROMPT = "First Citizen:\nBefore we proceed"
 REF_LEN = 64
 N_NEW = 16  # one length for every generate() call: fewer compiles
@@ -43,15 +34,10 @@ def exact_matmuls():
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> str:
-  """One tiny training run per module; its final checkpoint (step 20) is evaluated."""
-  out = tmp_path_factory.mktemp("eval_sample") / "run"
-  proc = subprocess.run([sys.executable, "-m", "train.main", f"--workdir={out}", *TRAIN_FLAGS],
-                        cwd=helpers.REPO, env=helpers.child_env(), capture_output=True,
-                        text=True, timeout=300)
-  if proc.returncode != 0:
-    pytest.fail(f"tiny training run failed (rc {proc.returncode}):\n{proc.stderr[-4000:]}")
-  return str(out)
+def workdir(trained_tiny) -> str:
+  """The shared 20-step tiny run (tests/conftest.py); its final checkpoint is evaluated (read
+  only: evaluation and sampling write nothing into it)."""
+  return str(trained_tiny)
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,11 @@
 For each non-shape field (rope_theta, norm_eps, the compute dtype, the head split with every
 shape unchanged) x each load path (resume, --init, load_for_eval, pregate-eval, pregate-sample,
 pregate-export, a distillation teacher), a checkpoint whose metadata was edited in that field
-is refused with one line and nothing is written; the unedited checkpoint loads on 1 and 2
-devices. The library paths run in-process (1 device) with a configured model that agrees with
-the edited metadata, so only the functional fingerprint can catch the lie; the commands run as
-real subprocesses on 1 and 2 devices.
+is refused with one line and nothing is written; the unedited checkpoint loads on 1 device
+(in process here; the commands in test_evaluate_sample.py) and on 2. The library paths run
+in-process (1 device) with a configured model that agrees with the edited metadata, so only the
+functional fingerprint can catch the lie; the commands run as real subprocesses on 2 devices
+(the checkpoint was saved on 1).
 """
 from __future__ import annotations
 
@@ -38,7 +39,6 @@ STEP = 20
 EDITS = {"rope_theta": {"rope_theta": 500000.0}, "norm_eps": {"norm_eps": 1e-3},
          "dtype": {"dtype": "bfloat16"}, "head_split": {"n_heads": 4, "n_kv_heads": 2}}
 TWO = helpers.fake_devices(2)
-ONE = helpers.fake_devices(1)
 
 
 @pytest.fixture(scope="module")
@@ -144,9 +144,10 @@ def test_edited_field_refused_by_commands(trained, tmp_path, field, command):
   assert not out.exists()  # the export wrote nothing
 
 
-@pytest.mark.parametrize("devices", [ONE, TWO], ids=["1-device", "2-devices"])
-def test_unedited_loads_in_commands(trained, tmp_path, devices):
-  work = _copy(trained, tmp_path)
+def test_unedited_loads_in_commands_on_two_devices(trained, tmp_path):
+  """The control for the command refusals (on one device: test_evaluate_sample.py's
+  evaluate and sample commands on the same shared run)."""
+  work, devices = _copy(trained, tmp_path), TWO
   res = helpers.command("train.cli.evaluate", f"--checkpoint={work}", env=devices)
   assert res.rc == 0, res.stderr[-3000:]
   result = json.loads([x for x in res.stdout.splitlines() if x.startswith("RESULT ")][0][7:])
@@ -204,8 +205,11 @@ def test_edited_field_refused_as_teacher(trained, tmp_path, prepared_data, field
   assert helpers.snapshot(teacher) == before
 
 
-@pytest.mark.parametrize("devices", [ONE, TWO], ids=["1-device", "2-devices"])
-def test_unedited_resumes_and_warm_starts(trained, tmp_path, prepared_data, devices):
+def test_unedited_resumes_and_warm_starts_on_two_devices(trained, tmp_path, prepared_data):
+  """The control for the refusals above, on another device count than the save's (on one
+  device: test_arch_match.py::test_init_from_good_checkpoint_reproduces_val_loss_and_trains
+  and test_faults.py::test_workdir_ownership)."""
+  devices = TWO
   work = _copy(trained, tmp_path)
   res = _train(work, prepared_data, "--allow_config_change", overrides={"train_steps": STEP + 5},
                env=devices)

@@ -3,8 +3,6 @@ anything is written, with every number needed to fix it; a bypass trains and is 
 gate.json, metrics.jsonl and every checkpoint."""
 import json
 import re
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -145,16 +143,3 @@ def test_nanogpt_config_refused_unless_forced(tmp_path):
   assert verdict.bypassed and verdict.proceeds and verdict.zone == DEGENERATION
   assert verdict.bypassed_rules == ("effective_floor",) and verdict.steps_needed is None
   assert not workdir.exists()
-
-
-def test_refusal_wall_time(prepared_data, tmp_path):
-  """A refusal costs about an `import jax`, not a compile (a 10-step run takes ~5 s here)."""
-  cmd = [sys.executable, "-m", "train.main", f"--config={helpers.CONFIG}",
-         f"--workdir={tmp_path / 'run'}",
-         *helpers.tiny_flags(prepared_data, {"train_steps": DEGENERATE_STEPS})]
-  refusal = helpers.median_wall(cmd)
-  import_jax = helpers.median_wall([sys.executable, "-c", "import jax"])
-  print(f"\nrefusal wall time (median of 3): {refusal:.3f} s; "
-        f"python -c 'import jax': {import_jax:.3f} s")
-  assert not Path(tmp_path / "run").exists()
-  assert refusal < 3 * import_jax + 1.0

@@ -4,8 +4,6 @@ when the config provably matches the stored tensors, and never touches anything 
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -17,26 +15,15 @@ import helpers
 pytestmark = pytest.mark.e2e
 
 
-OVERRIDES = [
-    "--config.train_steps=20", "--config.schedule.warmup_steps=2", "--config.eval.eval_every=10",
-    "--config.eval.eval_batches=2", "--config.checkpoint.save_every=10",
-    "--config.model.n_layers=1", "--config.model.d_model=32", "--config.model.n_heads=2",
-    "--config.model.n_kv_heads=1", "--config.model.d_ff=64", "--config.batch.global_batch=4",
-    "--config.batch.seq_len=32"]
+OVERRIDES = helpers.tiny_flags(None, {"train_steps": 20})  # trained_tiny's flags
 CONFIG = "--config=configs/shakespeare_char.py"
 TENSORS = ("embed", "blocks/0/attn/wq/kernel", "blocks/0/mlp/w_up/kernel", "final_norm/scale")
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-  """One 20-step run (saves at steps 10 and 20), shared read-only by every test."""
-  workdir = tmp_path_factory.mktemp("inspect_stamp") / "run"
-  proc = subprocess.run(
-      [sys.executable, "-m", "train.main", CONFIG, f"--workdir={workdir}",
-       "--force_under_provisioned", *OVERRIDES],
-      cwd=helpers.REPO, env=helpers.child_env(), capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, f"tiny training failed (rc {proc.returncode}):\n{proc.stderr}"
-  return workdir
+def trained(trained_tiny) -> Path:
+  """The shared 20-step tiny run (saves at steps 10 and 20), read only here."""
+  return trained_tiny
 
 
 @pytest.fixture

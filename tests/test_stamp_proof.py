@@ -36,7 +36,7 @@ RUN = [f"--config.train_steps={STEPS}", "--config.eval.eval_every=200",
 def trained(tmp_path_factory, prepared_data) -> Path:
   work = tmp_path_factory.mktemp("stamp") / "run"
   r = helpers.run_main(helpers.FORCE, *RUN, f"--config.data.data_dir={prepared_data}",
-                       workdir=work, timeout=1500)
+                       workdir=work, timeout=1500, env=helpers.optimised())
   assert r.rc == 0, r.stderr[-3000:]
   return work
 
