@@ -228,30 +228,3 @@ def test_invalid_mesh_leaves_no_run_directory(tmp_path, prepared_data):
                                   tmp_path / "p")])
   assert res.rc == 2, tails
   assert not workdir.exists(), sorted(os.listdir(workdir))
-
-
-def test_sigterm_to_both_processes_stops_them_at_one_step(prepared_data, tmp_path):
-  """Signals reach two processes at different moments; the coordination service makes both
-  stop, save and exit 75 at the same step, so the collective save cannot deadlock."""
-  workdir = tmp_path / "run"
-  port = portpicker.pick_unused_port()
-  argv = [*helpers.tiny_flags(prepared_data, {**BASE, **MESH_2X2, "train_steps": 100000,
-                                              "eval.eval_every": 100000,
-                                              "checkpoint.save_every": 100000,
-                                              "logging.log_every": 50}), helpers.FORCE,
-          f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
-  started = [_start(workdir, [*argv, f"--process_id={i}"], 2, tmp_path / f"p{i}")
-             for i in range(2)]
-  deadline = time.perf_counter() + 120
-  while not (workdir / "metrics.jsonl").exists() or not helpers.events(
-      helpers.read_jsonl(workdir / "metrics.jsonl"), "train"):
-    assert time.perf_counter() < deadline and all(p.poll() is None for p, _ in started)
-    time.sleep(0.2)
-  started[0][0].terminate()
-  time.sleep(0.3)
-  started[1][0].terminate()
-  results, tails = _finish(started)
-  assert [r.rc for r in results] == [75, 75], tails
-  end = helpers.events(helpers.read_jsonl(workdir / "metrics.jsonl"), "end")[-1]
-  assert end["termination"] == "PREEMPTED"
-  assert helpers.checkpoint_steps(workdir) == [end["step"]]

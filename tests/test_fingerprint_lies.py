@@ -144,7 +144,7 @@ def test_edited_field_refused_by_commands(trained, tmp_path, field, command):
   assert not out.exists()  # the export wrote nothing
 
 
-def test_unedited_loads_in_commands_on_two_devices(trained, tmp_path):
+def test_unedited_loads_in_commands(trained, tmp_path):
   """The control for the command refusals (on one device: test_evaluate_sample.py's
   evaluate and sample commands on the same shared run)."""
   work, devices = _copy(trained, tmp_path), TWO
@@ -205,7 +205,7 @@ def test_edited_field_refused_as_teacher(trained, tmp_path, prepared_data, field
   assert helpers.snapshot(teacher) == before
 
 
-def test_unedited_resumes_and_warm_starts_on_two_devices(trained, tmp_path, prepared_data):
+def test_unedited_resumes_and_warm_starts(trained, tmp_path, prepared_data):
   """The control for the refusals above, on another device count than the save's (on one
   device: test_arch_match.py::test_init_from_good_checkpoint_reproduces_val_loss_and_trains
   and test_faults.py::test_workdir_ownership)."""
