@@ -10,7 +10,6 @@ in `fast` when it names none (tests/test_tiers.py keeps it so):
 - hf: checked against the real Hugging Face client (transformers, torch CPU).
 The full suite (`.ci/run`) runs every tier.
 """
-import ast
 import os
 import shutil
 import subprocess
@@ -70,45 +69,6 @@ def pytest_unconfigure(config):
   cache = getattr(config, "_pregate_xla_cache", None)
   if cache:
     shutil.rmtree(cache, ignore_errors=True)
-
-
-def module_tiers(path: Path) -> tuple[list[str], list[str]]:
-  """(module-level tier markers, tier markers on functions or classes) of a test file, read
-  from its source (the xdist controller schedules before anything is collected)."""
-  tree = ast.parse(path.read_text())
-  module, local = [], []
-  for node in tree.body:
-    if isinstance(node, ast.Assign) and any(
-        isinstance(t, ast.Name) and t.id == "pytestmark" for t in node.targets):
-      module += [m for m in _mark_names(node.value) if m in TIERS]
-    elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
-      for deco in node.decorator_list:
-        local += [f"{node.name}: {m}" for m in _mark_names(deco) if m in TIERS]
-  return module, local
-
-
-def _mark_names(node: ast.AST) -> list[str]:
-  """Marker names in `pytest.mark.NAME` expressions anywhere under node."""
-  return [n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)
-          and isinstance(n.value, ast.Attribute) and n.value.attr == "mark"]
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_xdist_make_scheduler(config, log):
-  """With `-n`, each file of a tier runs on one worker; the fast tier's tests spread one by one.
-  Under xdist's `load`, a file's tests landed on both workers and each worker built the file's
-  module fixtures (a trained run, a multi-device child) again. Files go out largest first and
-  the fast tests last, so they fill in at the end."""
-  from xdist.scheduler import LoadScopeScheduling
-  tiered = {f"tests/{p.name}" for p in Path(__file__).parent.glob("test_*.py")
-            if module_tiers(p)[0]}
-
-  class ByTieredFile(LoadScopeScheduling):
-    def _split_scope(self, nodeid: str) -> str:
-      file = nodeid.split("::", 1)[0]
-      return file if file in tiered else nodeid
-
-  return ByTieredFile(config, log)
 
 
 def pytest_collection_modifyitems(items):

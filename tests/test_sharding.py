@@ -1,6 +1,7 @@
 """Sharding never changes the math and FSDP really splits memory.
 
-Mesh arithmetic is checked in-process; the multi-device checks run in one child process with 8
+Mesh arithmetic is checked in-process; the multi-device checks (the step as the loop compiles it,
+activation sharding constraints on) run in one child process with 8
 fake CPU devices (XLA_FLAGS must be set before JAX initializes its backend).
 """
 import json
@@ -66,7 +67,8 @@ def run(shape, devices=None):
   mesh = sharding.make_mesh(shape, devices)
   setup = TrainSetup.build(cfg, tx, 0, mesh)
   bs = sharding.batch_sharding(mesh)
-  step = setup.jit_step(step_lib.make_train_step(setup.graphdef, tx, step_lib.lr_schedule(c)))
+  step = setup.jit_step(step_lib.make_train_step(setup.graphdef, tx, step_lib.lr_schedule(c),
+                                                 mesh=mesh))  # as train/run/setup.py
   state = setup.fresh_state()
   put = lambda b: jax.tree.map(lambda x: jax.device_put(x, bs), b)
   compiled = step.lower(state, put(BATCHES[0])).compile()  # as train/loop.py does

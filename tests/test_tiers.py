@@ -2,6 +2,8 @@
 so a reader knows from the file what `pytest -m fast` runs."""
 from __future__ import annotations
 
+import ast
+
 import conftest
 
 import helpers
@@ -9,7 +11,24 @@ import helpers
 TESTS = helpers.REPO / "tests"
 
 
-_tiers = conftest.module_tiers
+def _mark_names(node: ast.AST) -> list[str]:
+  """Marker names in `pytest.mark.NAME` expressions anywhere under node."""
+  return [n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)
+          and isinstance(n.value, ast.Attribute) and n.value.attr == "mark"]
+
+
+def _tiers(path) -> tuple[list[str], list[str]]:
+  """(module-level tier markers, tier markers on functions or classes) of a test file."""
+  tree = ast.parse(path.read_text())
+  module, local = [], []
+  for node in tree.body:
+    if isinstance(node, ast.Assign) and any(
+        isinstance(t, ast.Name) and t.id == "pytestmark" for t in node.targets):
+      module += [m for m in _mark_names(node.value) if m in conftest.TIERS]
+    elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+      for deco in node.decorator_list:
+        local += [f"{node.name}: {m}" for m in _mark_names(deco) if m in conftest.TIERS]
+  return module, local
 
 
 def test_every_file_has_at_most_one_tier_and_only_at_module_level():
