@@ -191,9 +191,8 @@ def test_load_for_eval_from_8_devices_in_1_device_process(prepared_data, fsdp_8)
   onto 1 device and give the loss it recorded."""
   recorded, measured = _eval_in_this_process(fsdp_8, prepared_data)
   assert recorded == pytest.approx(measured, rel=1e-5)
-  env = {**helpers.child_env(), **helpers.fake_devices(1)}
-  proc = subprocess.run([sys.executable, "-m", "train.cli.evaluate", f"--checkpoint={fsdp_8}"],
-                        cwd=helpers.REPO, env=env, capture_output=True, text=True, timeout=120)
+  proc = helpers.run_module("train.cli.evaluate", f"--checkpoint={fsdp_8}", timeout=120,
+                            env=helpers.fake_devices(1))
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = [json.loads(line.removeprefix("RESULT "))
              for line in proc.stdout.splitlines() if line.startswith("RESULT ")]

@@ -3,11 +3,12 @@
 For each non-shape field (rope_theta, norm_eps, the compute dtype, the head split with every
 shape unchanged) x each load path (resume, --init, load_for_eval, pregate-eval, pregate-sample,
 pregate-export, a distillation teacher), a checkpoint whose metadata was edited in that field
-is refused with one line and nothing is written; the unedited checkpoint loads on 1 device
-(in process here; the commands in test_evaluate_sample.py) and on 2. The library paths run
-in-process (1 device) with a configured model that agrees with the edited metadata, so only the
-functional fingerprint can catch the lie; the commands run as real subprocesses on 2 devices
-(the checkpoint was saved on 1).
+is refused with one line and nothing is written; the unedited checkpoint loads on 1 device,
+here (in process, and the commands), and on the save's own split in test_evaluate_sample.py and
+test_arch_match.py (the same shared run) and test_faults.py (a resume of its own run). The
+library paths run in-process (1 device) with a configured model that agrees with the edited
+metadata, so only the functional fingerprint can catch the lie; the commands run as real
+subprocesses on 2 devices.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ STEP = 20
 EDITS = {"rope_theta": {"rope_theta": 500000.0}, "norm_eps": {"norm_eps": 1e-3},
          "dtype": {"dtype": "bfloat16"}, "head_split": {"n_heads": 4, "n_kv_heads": 2}}
 TWO = helpers.fake_devices(2)
+ONE = helpers.fake_devices(1)
 
 
 @pytest.fixture(scope="module")
@@ -145,15 +147,15 @@ def test_edited_field_refused_by_commands(trained, tmp_path, field, command):
 
 
 def test_unedited_loads_in_commands(trained, tmp_path):
-  """The control for the command refusals (on one device: test_evaluate_sample.py's
-  evaluate and sample commands on the same shared run)."""
-  work, devices = _copy(trained, tmp_path), TWO
-  res = helpers.command("train.cli.evaluate", f"--checkpoint={work}", env=devices)
+  """The unedited checkpoint loads in the commands on 1 device, another count than the save's
+  (2 on a 2-core host; on the save's own split: test_evaluate_sample.py's evaluate and sample
+  commands on the same run)."""
+  work = _copy(trained, tmp_path)
+  res = helpers.command("train.cli.evaluate", f"--checkpoint={work}", env=ONE)
   assert res.rc == 0, res.stderr[-3000:]
   result = json.loads([x for x in res.stdout.splitlines() if x.startswith("RESULT ")][0][7:])
   assert result["abs_diff"] <= 1e-4 * result["recorded_val_loss"], result
-  res = helpers.command("train.cli.sample",
-                        f"--checkpoint={work}", "--max_new_tokens=4", env=devices)
+  res = helpers.command("train.cli.sample", f"--checkpoint={work}", "--max_new_tokens=4", env=ONE)
   assert res.rc == 0 and "fingerprint" not in res.stderr, res.stderr[-3000:]
 
 
@@ -206,16 +208,16 @@ def test_edited_field_refused_as_teacher(trained, tmp_path, prepared_data, field
 
 
 def test_unedited_resumes_and_warm_starts(trained, tmp_path, prepared_data):
-  """The control for the refusals above, on another device count than the save's (on one
-  device: test_arch_match.py::test_init_from_good_checkpoint_reproduces_val_loss_and_trains
-  and test_faults.py::test_workdir_ownership)."""
-  devices = TWO
+  """The unedited checkpoint resumes and warm-starts on 1 device, another count than the save's
+  (2 on a 2-core host). On the save's own split: test_faults.py::test_workdir_ownership (its
+  own run) and test_arch_match.py::test_init_from_good_checkpoint_reproduces_val_loss_and_trains.
+  """
   work = _copy(trained, tmp_path)
   res = _train(work, prepared_data, "--allow_config_change", overrides={"train_steps": STEP + 5},
-               env=devices)
+               env=ONE)
   assert res.rc == 0, res.stderr[-3000:]
   assert helpers.checkpoint_meta(work, STEP + 5)["fingerprint"]["by"] == "save"
   warm = tmp_path / "warm"
-  res = _train(warm, prepared_data, f"--init={trained}:{STEP}", env=devices)
+  res = _train(warm, prepared_data, f"--init={trained}:{STEP}", env=ONE)
   assert res.rc == 0, res.stderr[-3000:]
   assert helpers.events(helpers.read_jsonl(warm / "metrics.jsonl"), "step0_check")

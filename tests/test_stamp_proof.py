@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -100,10 +98,9 @@ def test_stamp_with_right_config_passes_the_matrix(trained, salvage, tmp_path):
     assert helpers.snapshot(work) == before
   # ...and the unedited one loads on 1 device here and 2 in pregate-eval.
   assert load_for_eval(str(salvage)).step == STEPS
-  proc = subprocess.run([sys.executable, "-m", "train.cli.evaluate", f"--checkpoint={salvage}",
-                         "--data=" + str(helpers.CORPUS), "--batches=2"], cwd=helpers.REPO,
-                        env={**helpers.child_env(), **helpers.fake_devices(2)},
-                        capture_output=True, text=True, timeout=600)
+  proc = helpers.run_module("train.cli.evaluate", f"--checkpoint={salvage}",
+                            f"--data={helpers.CORPUS}", "--batches=2", timeout=600,
+                            env=helpers.fake_devices(2))
   assert proc.returncode == 0 and "fingerprint" not in proc.stderr, proc.stderr[-3000:]
 
 
