@@ -18,9 +18,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import shared_runs
 
 import helpers
+import shared_runs
 
 TIERS = {
     "slow": "in process, tens of seconds a test (large or many XLA compiles)",

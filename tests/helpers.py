@@ -1,7 +1,8 @@
 """Shared helpers for the end-to-end tests of `python -m train.main`.
 
-Runs are real subprocesses (what a user runs), kept tiny so the whole suite stays fast on a
-2-core CPU. XLA compiles are counted INSIDE the child, with the jax.monitoring event that fires
+Runs are real processes of the real commands, kept tiny so the whole suite stays fast on a
+2-core CPU; tests/launcher.py starts them without re-importing JAX each time. XLA compiles are
+counted INSIDE the child, with the jax.monitoring event that fires
 only on a real backend compile (docs/stack-facts.md: jax_log_compiles also fires on lower).
 """
 from __future__ import annotations
@@ -12,11 +13,12 @@ import io
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import launcher
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO / "data" / "tinyshakespeare.txt"
@@ -81,9 +83,12 @@ def run_module(module: str, *args: str, timeout: float = 300,
                env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
   """`python -m module args` from the repo root, as a user runs a console script; `env` adds
   to (or overrides) the child's environment."""
-  return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO,
-                        env={**child_env(), **(env or {})}, capture_output=True, text=True,
-                        timeout=timeout)
+  return start(["-m", module, *map(str, args)], {**child_env(), **(env or {})}, timeout)
+
+
+def start(argv: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+  """`python ARGV` in a fresh process from the repo root (tests/launcher.py), output captured."""
+  return launcher.run(argv, env, REPO, timeout, child_env())
 
 
 def command(module: str, *args: str, timeout: float = 300,
@@ -99,8 +104,7 @@ def python_json(program: str, *args: str, env: dict[str, str | None]) -> Any:
   child's environment; a None value removes the variable."""
   child = {**child_env(), "JAX_PLATFORMS": "cpu", **env}
   child = {k: v for k, v in child.items() if v is not None}
-  proc = subprocess.run([sys.executable, str(CHILDREN / program), *args], cwd=REPO, env=child,
-                        capture_output=True, text=True, timeout=120)
+  proc = start([str(CHILDREN / program), *args], child, 120)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return json.loads(proc.stdout.splitlines()[-1])
 
@@ -127,11 +131,11 @@ def run_main(*args: str, workdir: str | os.PathLike | None = None, config: str |
     os.close(fd)
     count_file = Path(name)
     env[COUNT_ENV] = str(count_file)
-    cmd = [sys.executable, str(CHILDREN / "counting_main.py"), *argv]
+    cmd = [str(CHILDREN / "counting_main.py"), *argv]
   else:
-    cmd = [sys.executable, "-m", "train.main", *argv]
+    cmd = ["-m", "train.main", *argv]
   t0 = time.perf_counter()
-  proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+  proc = start(cmd, env, timeout)
   result = Result(proc.returncode, proc.stdout, proc.stderr, time.perf_counter() - t0)
   if count_file is not None:
     text = count_file.read_text()

@@ -17,9 +17,9 @@ import jax
 import numpy as np
 import optax
 import pytest
-import shared_runs
 
 import helpers
+import shared_runs
 from gates.arch_match import (
   ArchitectureMismatchError,
   InitEvalMismatchError,

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import jax
 import pytest
-import shared_runs
 from test_restore_edge_cases import one_error
 
 import helpers
+import shared_runs
 from gates import arch_match
 from models.config import ModelConfig
 from train.ckpt import checkpointer as ckpt_lib

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import shared_runs
 
 import helpers
 import hf_helpers as hh
+import shared_runs
 
 pytestmark = pytest.mark.hf
 

@@ -7,9 +7,9 @@ import struct
 import zlib
 
 import pytest
-import shared_runs
 
 import helpers
+import shared_runs
 from train.report import records as rec
 
 pytestmark = pytest.mark.e2e

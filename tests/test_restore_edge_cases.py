@@ -16,9 +16,9 @@ from pathlib import Path
 
 import portpicker
 import pytest
-import shared_runs
 
 import helpers
+import shared_runs
 from train.ckpt.metadata import Metadata
 
 pytestmark = pytest.mark.e2e

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import shared_runs
 
 import helpers
+import shared_runs
 
 pytestmark = pytest.mark.e2e
 
