@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 import helpers
+import launcher
 import shared_runs
 
 TIERS = {
@@ -83,6 +84,7 @@ class ChildProcessInFastTier(AssertionError):
 
 
 _POPEN_INIT = subprocess.Popen.__init__
+_SPAWN = launcher.spawn  # a forked command (tests/launcher.py) is a child process too
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -93,19 +95,24 @@ def pytest_runtest_protocol(item, nextitem):
     yield
     return
 
+  def refuse(argv):
+    raise ChildProcessInFastTier(
+        f"{item.nodeid} runs {' '.join(map(str, argv))[:200]}: give its file "
+        f"`pytestmark = pytest.mark.e2e` (or move the test to an e2e file)")
+
   def guarded(self, args, *rest, **kw):
     argv = [args] if isinstance(args, (str, bytes)) else list(args)
     if argv and str(argv[0]) == sys.executable:
-      raise ChildProcessInFastTier(
-          f"{item.nodeid} runs {' '.join(map(str, argv))[:200]}: give its file "
-          f"`pytestmark = pytest.mark.e2e` (or move the test to an e2e file)")
+      refuse(argv)
     _POPEN_INIT(self, args, *rest, **kw)
 
   subprocess.Popen.__init__ = guarded
+  launcher.spawn = lambda argv, *rest, **kw: refuse(["python", *argv])
   try:
     yield
   finally:
     subprocess.Popen.__init__ = _POPEN_INIT
+    launcher.spawn = _SPAWN
 
 
 @pytest.fixture(scope="session")

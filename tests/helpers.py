@@ -91,6 +91,14 @@ def start(argv: list[str], env: dict[str, str], timeout: float) -> subprocess.Co
   return launcher.run(argv, env, REPO, timeout, child_env())
 
 
+def spawn(argv: list[str], out: str | os.PathLike, err: str | os.PathLike | None = None,
+          env: dict[str, str] | None = None):
+  """`python ARGV` started in the background from the repo root (tests/launcher.py), stdout to
+  the file `out`, stderr to `err` (None: into `out`); `env` adds to the child's environment.
+  Returns a handle with Popen's pid, poll, wait, kill, send_signal and returncode."""
+  return launcher.spawn(argv, {**child_env(), **(env or {})}, REPO, child_env(), out, err)
+
+
 def command(module: str, *args: str, timeout: float = 300,
             env: dict[str, str] | None = None) -> Result:
   """run_module as a Result (rc, stdout, stderr), for the one-line-error assertions."""

@@ -4,20 +4,23 @@ A pregate command spends ~2–3 s of a tiny run importing JAX and the stack befo
 anything, and the suite starts ~250 of them. Each test worker keeps one interpreter that has
 imported them (tests/children/zygote.py) and forks it per command: the command still runs in
 its own new process, with its own environment, working directory, argv, exit status and
-signals, as `python -m MODULE` or `python SCRIPT`. Two things differ from a cold start, and both
-are handled here:
+signals, as `python -m MODULE`, `python -c CODE` or `python SCRIPT`. Two things differ from a
+cold start, and both are handled here:
 - a value read from the environment at import time is the zygote's: a command whose environment
   differs from it outside RUNTIME_ENV (read only once the command runs: XLA_FLAGS at backend
   start, pregate's own variables at use) gets a plain interpreter instead;
 - glibc reads GLIBC_TUNABLES at process start: a training command (which re-executes itself with
   them, train/runtime/host_memory.py) is forked from a zygote started with them, as its
   re-executed process would have been.
-Tests of process start itself (the re-exec, console scripts) start plain interpreters.
+PLAIN_ENV set makes every command start a plain interpreter (to rule the launcher out).
 """
 from __future__ import annotations
 
 import atexit
+import json
 import os
+import select
+import signal
 import socket
 import subprocess
 import sys
@@ -28,8 +31,43 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 ZYGOTE = REPO / "tests" / "children" / "zygote.py"
 RUNTIME_ENV = ("XLA_FLAGS", "PYTEST_CURRENT_TEST", "PREGATE_")
-PLAIN_ENV = "PREGATE_TEST_PLAIN_START"  # set: every command starts a plain interpreter
+PLAIN_ENV = "PREGATE_TEST_PLAIN_START"
 _TRAINING_SCRIPTS = ("counting_main.py", "faulty_main.py", "slow_save_main.py")
+
+
+class Process:
+  """A forked command, with the part of subprocess.Popen's interface the tests use."""
+
+  def __init__(self, conn: socket.socket, args: list[str]):
+    self._conn, self.args, self.returncode = conn, args, None
+    self._reader = conn.makefile("r")
+    self.pid = int(self._reader.readline())
+
+  def poll(self) -> int | None:
+    if self.returncode is None and select.select([self._conn], [], [], 0)[0]:
+      self._collect()
+    return self.returncode
+
+  def wait(self, timeout: float | None = None) -> int:
+    if self.returncode is None:
+      if not select.select([self._conn], [], [], timeout)[0]:
+        raise subprocess.TimeoutExpired(self.args, timeout)
+      self._collect()
+    return self.returncode
+
+  def send_signal(self, sig: int) -> None:
+    if self.returncode is None:
+      os.kill(self.pid, sig)
+
+  def kill(self) -> None:
+    self.send_signal(signal.SIGKILL)
+
+  def _collect(self) -> None:
+    status = self._reader.readline()
+    if not status:
+      raise RuntimeError(f"test launcher died while {self.pid} ran")
+    self.returncode = int(status)
+    self._conn.close()
 
 
 class _Zygote:
@@ -50,31 +88,13 @@ class _Zygote:
     keys = set(env) | set(self.env)
     return all(env.get(k) == self.env.get(k) for k in keys if not k.startswith(RUNTIME_ENV))
 
-  def run(self, argv: list[str], env: dict[str, str], cwd: Path,
-          timeout: float) -> subprocess.CompletedProcess:
-    out = tempfile.NamedTemporaryFile(dir=self.dir, suffix=".out", delete=False).name
-    err = tempfile.NamedTemporaryFile(dir=self.dir, suffix=".err", delete=False).name
-    request = {"argv": argv, "env": env, "cwd": str(cwd), "out": out, "err": err}
+  def start(self, argv: list[str], env: dict[str, str], cwd: Path, out: str,
+            err: str | None) -> Process:
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-      conn.connect(self.sock)
-      conn.sendall((_json(request) + "\n").encode())
-      reader = conn.makefile("r")
-      pid = int(reader.readline())
-      conn.settimeout(timeout)
-      try:
-        status = reader.readline()
-      except TimeoutError:
-        os.kill(pid, 9)
-        raise subprocess.TimeoutExpired([sys.executable, *argv], timeout) from None
-      if not status:
-        raise RuntimeError(f"test launcher died: {Path(self.log.name).read_text()}")
-      return subprocess.CompletedProcess([sys.executable, *argv], int(status), _read(out),
-                                         _read(err))
-    finally:
-      conn.close()
-      for path in (out, err):
-        os.unlink(path)
+    conn.connect(self.sock)
+    request = {"argv": argv, "env": env, "cwd": str(cwd), "out": out, "err": err}
+    conn.sendall((json.dumps(request) + "\n").encode())
+    return Process(conn, [sys.executable, *argv])
 
   def close(self) -> None:
     self.proc.kill()
@@ -83,15 +103,6 @@ class _Zygote:
 
 
 _zygotes: dict[str | None, _Zygote] = {}
-
-
-def _json(obj) -> str:
-  import json
-  return json.dumps(obj)
-
-
-def _read(path: str) -> str:
-  return Path(path).read_text(errors="replace")
 
 
 def _wants_tunables(argv: list[str], env: dict[str, str]) -> str | None:
@@ -103,10 +114,11 @@ def _wants_tunables(argv: list[str], env: dict[str, str]) -> str | None:
   return env.get("GLIBC_TUNABLES")
 
 
-def run(argv: list[str], env: dict[str, str], cwd: Path, timeout: float,
-        session_env: dict[str, str]) -> subprocess.CompletedProcess:
-  """`python ARGV` (argv = ["-m", module, ...] or [script, ...]) in a fresh process, with
-  output captured as text, like subprocess.run(capture_output=True, text=True). The zygotes
+def spawn(argv: list[str], env: dict[str, str], cwd: Path, session_env: dict[str, str],
+          out: str | os.PathLike, err: str | os.PathLike | None = None):
+  """`python ARGV` (argv = ["-m", module, ...], ["-c", code, ...] or [script, ...]) started in
+  a fresh process with stdout to the file `out` and stderr to `err` (None: into `out`); returns
+  a Process, or a subprocess.Popen where the command needs a plain interpreter. The zygotes
   start in `session_env` (the environment the suite gives every command)."""
   tunables = _wants_tunables(argv, env)
   if tunables is not None:
@@ -118,9 +130,27 @@ def run(argv: list[str], env: dict[str, str], cwd: Path, timeout: float,
         base["GLIBC_TUNABLES"] = tunables
       _zygotes[tunables] = _Zygote(base)
     if _zygotes[tunables].serves(env):
-      return _zygotes[tunables].run(argv, env, cwd, timeout)
-  return subprocess.run([sys.executable, *argv], cwd=cwd, env=env, capture_output=True,
-                        text=True, timeout=timeout)
+      return _zygotes[tunables].start(argv, env, cwd, str(out), err and str(err))
+  with open(out, "w") as out_file, open(err or os.devnull, "w") as err_file:
+    return subprocess.Popen([sys.executable, *argv], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                            stdout=out_file, stderr=subprocess.STDOUT if err is None else err_file)
+
+
+def run(argv: list[str], env: dict[str, str], cwd: Path, timeout: float,
+        session_env: dict[str, str]) -> subprocess.CompletedProcess:
+  """spawn() and wait, with output captured as text, like subprocess.run(capture_output=True,
+  text=True); on timeout the command is killed and TimeoutExpired raised."""
+  with tempfile.TemporaryDirectory(prefix="pregate-cmd-") as tmp:
+    out, err = Path(tmp) / "out", Path(tmp) / "err"
+    proc = spawn(argv, env, cwd, session_env, out, err)
+    try:
+      rc = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+      proc.kill()
+      proc.wait()
+      raise
+    read = lambda p: p.read_text(errors="replace") if p.exists() else ""
+    return subprocess.CompletedProcess([sys.executable, *argv], rc, read(out), read(err))
 
 
 def _close_all() -> None:

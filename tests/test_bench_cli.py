@@ -2,9 +2,6 @@
 scanned training state saved in the stored layout; bad input is one line, exit 2."""
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 import helpers
@@ -13,10 +10,7 @@ pytestmark = pytest.mark.e2e
 
 
 def _bench(*args: str) -> helpers.Result:
-  proc = subprocess.run([sys.executable, "-m", "train.cli.bench", f"--config={helpers.CONFIG}",
-                         *args], cwd=helpers.REPO, env=helpers.child_env(),
-                        capture_output=True, text=True, timeout=600)
-  return helpers.Result(proc.returncode, proc.stdout, proc.stderr, 0.0)
+  return helpers.command("train.cli.bench", f"--config={helpers.CONFIG}", *args, timeout=600)
 
 
 def test_bench_prints_the_training_steps_figures(prepared_data):

@@ -8,8 +8,6 @@ positional arguments, then one argument too many.
 from __future__ import annotations
 
 import configparser
-import subprocess
-import sys
 
 import pytest
 
@@ -55,9 +53,8 @@ def test_every_command_is_listed_here():
 def test_stray_argument_is_one_line_exit_2(name):
   module, func = SCRIPTS[name].split(":")
   program = f"import sys; sys.argv[0] = {name!r}; from {module} import {func}; {func}()"
-  proc = subprocess.run([sys.executable, "-c", program, *REQUIRED[name], "stray-argument"],
-                        cwd=helpers.REPO, env=helpers.child_env(), capture_output=True,
-                        text=True, timeout=120)
+  proc = helpers.start(["-c", program, *REQUIRED[name], "stray-argument"], helpers.child_env(),
+                       120)
   lines = [line for line in proc.stderr.splitlines() if line.strip()]
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert len(lines) == 1, proc.stderr[-2000:]

@@ -3,9 +3,6 @@ preflight refuses, and the workdir stays as it was; the last row is a huge but v
 the run starts."""
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import test_main_cli
 
@@ -31,11 +28,7 @@ def test_cli_refuses_or_starts(field, value, rc, prepared_data, tmp_path):
   flags = helpers.tiny_flags(prepared_data, {**PASSING, "train_steps": 12} if rc == 0 else PASSING)
   if rc == 0:
     flags.append(helpers.FORCE)
-  proc = subprocess.run([sys.executable, "-m", "train.main", f"--config={helpers.CONFIG}",
-                         f"--workdir={workdir}", *flags, f"--config.{field}={value}"],
-                        cwd=helpers.REPO, env=helpers.child_env(), capture_output=True,
-                        text=True, timeout=600)
-  res = helpers.Result(proc.returncode, proc.stdout, proc.stderr, 0.0)
+  res = helpers.run_main(*flags, f"--config.{field}={value}", workdir=workdir, timeout=600)
   if rc:
     helpers.assert_one_line_error(res, field.split(".")[-1])
     assert helpers.snapshot(workdir) == before
@@ -46,8 +39,7 @@ def test_cli_refuses_or_starts(field, value, rc, prepared_data, tmp_path):
 def test_helpfull_documents_every_field():
   """--helpfull of the training command lists every declared field with its kind and doc."""
   from gates import config_schema
-  proc = subprocess.run([sys.executable, "-m", "train.main", "--helpfull"], cwd=helpers.REPO,
-                        env=helpers.child_env(), capture_output=True, text=True, timeout=120)
+  proc = helpers.run_module("train.main", "--helpfull", timeout=120)
   text = " ".join((proc.stdout + proc.stderr).split())
   missing = [f.path for f in config_schema.FIELDS
              if f"{f.path}={f.default!r} ({f.type}" not in text or f.kind not in text]

@@ -5,8 +5,6 @@ import io
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -68,11 +66,8 @@ def test_killed_prepare_never_leaves_a_complete_looking_dir(tmp_path):
   out = tmp_path / "out"
   old = prepare.prepare(str(_jsonl(tmp_path / "old.jsonl", DOCS)), str(out), "byte", 0.1)
   before = helpers.snapshot(out)
-  env = {**helpers.child_env(), "PYTHONPATH": str(helpers.REPO)}
-  proc = subprocess.Popen(
-      [sys.executable, "-m", "train.cli.prepare", f"--input={corpus}", f"--output_dir={out}",
-       "--tokenizer=char", "--workers=1"], cwd=helpers.REPO, env=env,
-      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  proc = helpers.spawn(["-m", "train.cli.prepare", f"--input={corpus}", f"--output_dir={out}",
+                        "--tokenizer=char", "--workers=1"], tmp_path / "prepare.log")
   deadline = time.time() + 120
   while not list(tmp_path.glob(".out.tmp-*/train")) and time.time() < deadline:
     time.sleep(0.05)

@@ -8,8 +8,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -102,11 +100,8 @@ def test_killed_distilling_run_resumes_bitwise(distilled, tmp_path):
   reference, flags, _ = distilled
   workdir = tmp_path / "run"
   log = tmp_path / "killed.log"
-  with open(log, "w") as out:
-    proc = subprocess.Popen([sys.executable, str(helpers.CHILDREN / "faulty_main.py"),
-                             f"--config={helpers.CONFIG}", f"--workdir={workdir}", *flags],
-                            cwd=helpers.REPO, stdout=out, stderr=subprocess.STDOUT,
-                            env={**helpers.child_env(), "PREGATE_TEST_DELAY": "0.1"})
+  proc = helpers.spawn([str(helpers.CHILDREN / "faulty_main.py"), f"--config={helpers.CONFIG}",
+                        f"--workdir={workdir}", *flags], log, env={"PREGATE_TEST_DELAY": "0.1"})
   deadline = time.monotonic() + 180
 
   def trained_past(step):

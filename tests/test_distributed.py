@@ -3,8 +3,6 @@ over 4 or 8 devices in one process, or over 1 device trains the same losses; a c
 between process counts, meshes and device counts; an impossible mesh is refused up front."""
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -32,19 +30,14 @@ def _flags(data_dir, mesh, *extra):
 def _start(workdir, argv, devices, log, count_file=None):
   """One `python -m train.main` child on `devices` fake CPU devices; output goes to files so a
   chatty child never blocks on a full pipe."""
-  env = helpers.child_env()
-  env.update(helpers.fake_devices(devices))
+  env = helpers.fake_devices(devices)
   args = [f"--config={helpers.CONFIG}", f"--workdir={workdir}", *argv]
   if count_file is None:
-    cmd = [sys.executable, "-m", "train.main", *args]
+    cmd = ["-m", "train.main", *args]
   else:
     env[helpers.COUNT_ENV] = str(count_file)
-    cmd = [sys.executable, str(helpers.CHILDREN / "counting_main.py"), *args]
-  out, err = open(f"{log}.out", "w"), open(f"{log}.err", "w")
-  proc = subprocess.Popen(cmd, cwd=helpers.REPO, env=env, stdout=out, stderr=err)
-  out.close()
-  err.close()
-  return proc, log
+    cmd = [str(helpers.CHILDREN / "counting_main.py"), *args]
+  return helpers.spawn(cmd, f"{log}.out", f"{log}.err", env=env), log
 
 
 def _finish(started, timeout=150.0):

@@ -4,8 +4,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -39,11 +37,8 @@ def _run(workdir, flags, *sigs, when=None, env=None):
   """The command (with faulty_main.py's seams) in the background. The first signal goes once
   when(n) holds (n: records before launch), any later one once a save is being written."""
   n, log = len(_lines(workdir)), workdir.parent / f"{workdir.name}.{time.monotonic_ns()}.log"
-  with open(log, "w") as out:
-    proc = subprocess.Popen([sys.executable, str(helpers.CHILDREN / "faulty_main.py"),
-                             f"--config={helpers.CONFIG}", f"--workdir={workdir}", *flags],
-                            cwd=helpers.REPO, stdout=out,
-                            stderr=subprocess.STDOUT, env={**helpers.child_env(), **(env or {})})
+  proc = helpers.spawn([str(helpers.CHILDREN / "faulty_main.py"), f"--config={helpers.CONFIG}",
+                        f"--workdir={workdir}", *flags], log, env=env)
   for i, sig in enumerate(sigs):
     cond = when(n) if i == 0 else (lambda: _tmp_steps(workdir))
     deadline = time.monotonic() + 180

@@ -1,10 +1,8 @@
 """pregate-fit as a user runs it: it reads finished runs, feeds the adviser, and refuses unfinished
 runs in one line."""
 import json
-import os
 import pathlib
 import subprocess
-import sys
 
 import pytest
 from test_fit import TRUE, _fake_run, _grid
@@ -44,10 +42,8 @@ def test_fit_command_reads_runs_and_feeds_the_adviser(tmp_path):
   gate = chinchilla_contract.parse(contracts.load(chinchilla_contract.CONTRACT))
   advice = adviser.advise(gate, 1e21, law=law)
   assert advice.n_params == pytest.approx(TRUE.optimal_n(1e21), rel=0.05)
-  plan = subprocess.run(
-      [sys.executable, "-m", "train.cli.plan", "--config=configs/base.py", "--budget_flops=1e18",
-       f"--fit={out}", "--no_data_limit"], cwd=REPO_ROOT, capture_output=True, text=True,
-      env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, timeout=300)
+  plan = helpers.run_module("train.cli.plan", "--config=configs/base.py", "--budget_flops=1e18",
+                            f"--fit={out}", "--no_data_limit")
   assert plan.returncode == 0, plan.stdout + plan.stderr
   assert "advice (fitted law)" in plan.stdout
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -34,9 +32,7 @@ def trained(trained_tiny, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def exported(trained) -> Path:
   out = trained.parent / "hf"
-  proc = subprocess.run([sys.executable, "-m", "train.cli.export", f"--checkpoint={trained}",
-                         f"--out={out}"], cwd=helpers.REPO, env=helpers.child_env(),
-                        capture_output=True, text=True, timeout=300, check=False)
+  proc = helpers.run_module("train.cli.export", f"--checkpoint={trained}", f"--out={out}")
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert f"step {STEPS} (LlamaForCausalLM" in proc.stdout, proc.stdout
   return out

@@ -1,6 +1,7 @@
 """tests/launcher.py: a command forked from the warm interpreter sees the process a cold start
 gives it (argv, working directory, import path, environment, device count, exit status, output);
 a command whose environment changes an import-time setting gets a cold start; a timeout kills it."""
+import signal
 import subprocess
 import sys
 import time
@@ -57,3 +58,16 @@ def test_training_command_starts_with_its_reexec_tunables():
   want = host_memory.TUNABLES if host_memory.wants_reexec() else None
   assert launcher._wants_tunables(["-m", "train.main"], dict(helpers.child_env())) == want
   assert launcher._wants_tunables(["-m", "train.cli.plan"], {}) is None
+
+
+def test_code_command_and_background_signal(tmp_path):
+  """`python -c CODE` runs as __main__ like a cold start; a background command takes a signal
+  and reports it as Popen does (negative exit status)."""
+  code = "import sys; print(__name__, sys.argv); sys.exit(4)"
+  forked = helpers.start(["-c", code, "x"], helpers.child_env(), 60)
+  cold = _cold(["-c", code, "x"], helpers.child_env())
+  assert (forked.returncode, forked.stdout) == (cold.returncode, cold.stdout) == (4, cold.stdout)
+  proc = helpers.spawn([PROBE, "sleep"], tmp_path / "log")
+  assert proc.poll() is None
+  proc.send_signal(signal.SIGTERM)
+  assert proc.wait(30) == -signal.SIGTERM and proc.poll() == -signal.SIGTERM

@@ -9,8 +9,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -181,17 +179,11 @@ def test_refusal_after_preflight_leaves_no_owner_record(trained, tmp_path, prepa
 
 def _start_two(workdir: Path, argv: list[str], mark: Path, log: Path) -> list:
   port = portpicker.pick_unused_port()
-  env = {**helpers.child_env(), **TWO, "PREGATE_TEST_SAVE_MARK": str(mark),
-         "PREGATE_TEST_SAVE_SLEEP": "3"}
-  procs = []
-  for i in range(2):
-    with open(f"{log}.{i}", "w") as out:
-      procs.append(subprocess.Popen(
-          [sys.executable, str(helpers.CHILDREN / "slow_save_main.py"),
-           f"--config={helpers.CONFIG}", f"--workdir={workdir}", *argv,
-           f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
-          cwd=helpers.REPO, env=env, stdout=out, stderr=subprocess.STDOUT))
-  return procs
+  env = {**TWO, "PREGATE_TEST_SAVE_MARK": str(mark), "PREGATE_TEST_SAVE_SLEEP": "3"}
+  return [helpers.spawn([str(helpers.CHILDREN / "slow_save_main.py"), f"--config={helpers.CONFIG}",
+                         f"--workdir={workdir}", *argv, f"--coordinator_address=127.0.0.1:{port}",
+                         "--num_processes=2", f"--process_id={i}"], f"{log}.{i}", env=env)
+          for i in range(2)]
 
 
 def _wait(cond, procs, what: str, timeout: float = 300) -> None:

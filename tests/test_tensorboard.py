@@ -182,10 +182,7 @@ def test_truncated_event_file_keeps_what_came_before(tmp_path):
 def test_the_writer_loads_without_torch_and_torch_still_imports():
   """tensorboardX's writer imports torch when installed (2.5 s of a run's start-up); the sink
   keeps it out, and leaves torch importable for code that wants it."""
-  import subprocess
-  import sys
   program = ("import sys; from train.run import tensorboard as tb; tb._summary_writer_class(); "
              "loaded = 'torch' in sys.modules; import torch; print(loaded, torch.__name__)")
-  proc = subprocess.run([sys.executable, "-c", program], cwd=helpers.REPO,
-                        env=helpers.child_env(), capture_output=True, text=True, timeout=120)
+  proc = helpers.start(["-c", program], helpers.child_env(), 120)
   assert proc.returncode == 0 and proc.stdout.split() == ["False", "torch"], proc.stderr[-2000:]

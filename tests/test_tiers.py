@@ -63,4 +63,7 @@ def test_a_fast_test_cannot_start_a_python_child():
   import pytest
   with pytest.raises(conftest.ChildProcessInFastTier, match="pytestmark = pytest.mark.e2e"):
     subprocess.run([sys.executable, "-c", "pass"], check=True)
+  import helpers
+  with pytest.raises(conftest.ChildProcessInFastTier, match="pytestmark = pytest.mark.e2e"):
+    helpers.start(["-c", "pass"], helpers.child_env(), 60)
   assert subprocess.run(["true"]).returncode == 0  # other programs are fine (git, ...)

@@ -3,13 +3,14 @@ once, then forks one fresh process per command it is sent.
 
 Each forked process starts from this interpreter's state (modules imported, no JAX backend
 started, nothing run) and becomes the command: the caller's environment, working directory,
-argv, stdout and stderr, then `python -m MODULE` or `python SCRIPT` semantics through runpy.
+argv, stdout and stderr, then runs as `python -m MODULE`, `-c CODE` or `SCRIPT` would.
 What a command reads from the environment at import time must match this interpreter's; the
 launcher checks that before sending (tests/launcher.py). Exit statuses are reported as
 subprocess does (negative for a signal).
 
 Protocol, one connection per command: the caller sends one JSON line {argv, env, cwd, out,
-err}; this process answers the child's pid, then its exit status, one line each.
+err} (files for stdout and stderr; err null: stderr goes to out); this process answers the
+child's pid, then its exit status, one line each.
 """
 import gc
 import json
@@ -19,6 +20,7 @@ import select
 import signal
 import socket
 import sys
+import types
 
 # The imports every pregate command pays for: JAX, the libraries, and the stack's own layers.
 import flax.nnx  # noqa: F401
@@ -39,8 +41,11 @@ def _become(request: dict) -> None:
   """In the forked child: take the command's process state, then run it as __main__."""
   devnull = os.open(os.devnull, os.O_RDONLY)
   os.dup2(devnull, 0)
-  for fd, path in ((1, request["out"]), (2, request["err"])):
-    os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), fd)
+  os.dup2(os.open(request["out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 1)
+  if request["err"] is None:  # stderr into stdout's file
+    os.dup2(1, 2)
+  else:
+    os.dup2(os.open(request["err"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 2)
   os.environ.clear()
   os.environ.update(request["env"])
   os.chdir(request["cwd"])
@@ -50,6 +55,12 @@ def _become(request: dict) -> None:
     sys.argv = [argv[1], *argv[2:]]
     sys.path[0] = os.getcwd()
     runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+  elif argv[0] == "-c":
+    sys.argv = ["-c", *argv[2:]]
+    sys.path[0] = ""
+    main = types.ModuleType("__main__")
+    sys.modules["__main__"] = main
+    exec(compile(argv[1], "<string>", "exec"), main.__dict__)
   else:
     sys.argv = list(argv)
     sys.path[0] = os.path.dirname(os.path.abspath(argv[0]))

@@ -40,7 +40,10 @@ def _check_replaceable(out: Path) -> None:
                     "or empty directory for prepared data")
 
 
-_OWNER = f"{socket.gethostname()}-{os.getpid()}"
+def _owner() -> str:
+  """host-pid of this process, read when a temp dir is made (a process forked after import
+  has another pid than the one that imported this module)."""
+  return f"{socket.gethostname()}-{os.getpid()}"
 
 
 def _remove_stale(out: Path) -> None:
@@ -76,7 +79,7 @@ def write_local_atomic(out: Path, fill: Callable[[str], dict[str, Any]],
   try:
     _check_replaceable(out)
     _remove_stale(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{_OWNER}-", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{_owner()}-", dir=out.parent))
     manifest = write_dir(str(tmp), fill)
     if out.exists():
       old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
