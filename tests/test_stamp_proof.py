@@ -2,9 +2,10 @@
 refused and nothing is written; the right config stamps, records a fingerprint verified on
 held-out text, and the stamped checkpoint then passes the load matrix.
 
-The checkpoint is the default experiment after 200 steps (val loss ~2.0), trained enough that
-attention and positions matter: run as another head split its held-out loss rises by ~0.9
-nats, with rope_theta 500000 by ~0.16 (docs/benchmarks.md). A near-untrained
+The checkpoint is the default model after 200 steps at half its batch (held-out loss 2.228,
+ln V = 4.174), trained enough that attention and positions matter: run as another head split
+its held-out loss rises to 2.74–2.85, with rope_theta 500000 to 2.330, each far more than the
+0.02 nats a same-shape alternative must win by (gates.arch_match.BETTER_BY). A near-untrained
 model (loss at the random level ln V) cannot be told from a scrambled one, and is refused.
 """
 from __future__ import annotations
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.e2e
 STEPS = 200
 RUN = [f"--config.train_steps={STEPS}", "--config.eval.eval_every=200",
        "--config.eval.eval_batches=4", "--config.logging.log_every=100",
-       "--config.checkpoint.save_every=200"]
+       "--config.checkpoint.save_every=200", "--config.batch.global_batch=16"]
 
 
 @pytest.fixture(scope="module")
