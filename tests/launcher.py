@@ -20,6 +20,7 @@ import atexit
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -100,6 +101,7 @@ class _Zygote:
     self.proc.kill()
     self.proc.wait()
     self.log.close()
+    shutil.rmtree(self.dir, ignore_errors=True)
 
 
 _zygotes: dict[str | None, _Zygote] = {}
