@@ -41,8 +41,18 @@ class Process:
 
   def __init__(self, conn: socket.socket, args: list[str]):
     self._conn, self.args, self.returncode = conn, args, None
-    self._reader = conn.makefile("r")
-    self.pid = int(self._reader.readline())
+    self.pid = int(self._line())
+
+  def _line(self) -> str:
+    """One line from the zygote, read unbuffered: a buffered reader could hold the exit status
+    that arrived with the pid, where select() on the socket would never see it."""
+    data = b""
+    while not data.endswith(b"\n"):
+      byte = self._conn.recv(1)
+      if not byte:
+        raise RuntimeError(f"test launcher died while {self.args[1:3]} ran")
+      data += byte
+    return data.decode()
 
   def poll(self) -> int | None:
     if self.returncode is None and select.select([self._conn], [], [], 0)[0]:
@@ -64,10 +74,7 @@ class Process:
     self.send_signal(signal.SIGKILL)
 
   def _collect(self) -> None:
-    status = self._reader.readline()
-    if not status:
-      raise RuntimeError(f"test launcher died while {self.pid} ran")
-    self.returncode = int(status)
+    self.returncode = int(self._line())
     self._conn.close()
 
 
