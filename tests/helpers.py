@@ -2,8 +2,8 @@
 
 Runs are real processes of the real commands, kept tiny so the whole suite stays fast on a
 2-core CPU; tests/launcher.py starts them without re-importing JAX each time. XLA compiles are
-counted INSIDE the child, with the jax.monitoring event that fires
-only on a real backend compile (docs/stack-facts.md: jax_log_compiles also fires on lower).
+counted INSIDE the child, with the jax.monitoring event that fires only on a real backend
+compile (docs/stack-facts.md: jax_log_compiles also fires on lower).
 """
 from __future__ import annotations
 
