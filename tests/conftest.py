@@ -145,3 +145,19 @@ def preempted(prepared_data, shared_root) -> Path:
 def crashed(prepared_data, shared_root) -> Path:
   """A tiny run killed after step 25 and resumed (tests/shared_runs.py)."""
   return shared_runs.crashed(prepared_data, shared_root)
+
+
+
+@pytest.fixture(autouse=True)
+def _environment_restored():
+  """Each test leaves os.environ as it found it. A library that sets a variable in process
+  (torch sets TORCHINDUCTOR_CACHE_DIR on first use) would otherwise change every later
+  command's environment, and tests/launcher.py starts such a command cold (2-3 s more)."""
+  before = dict(os.environ)
+  yield
+  for key in set(os.environ) - set(before):
+    if key != "PYTEST_CURRENT_TEST":  # pytest's own, which it removes
+      del os.environ[key]
+  for key, value in before.items():
+    if os.environ.get(key) != value and key != "PYTEST_CURRENT_TEST":
+      os.environ[key] = value
