@@ -10,6 +10,7 @@ in `fast` when it names none (tests/test_tiers.py keeps it so):
 - hf: checked against the real Hugging Face client (transformers, torch CPU).
 The full suite (`.ci/run`) runs every tier.
 """
+import collections
 import os
 import shutil
 import subprocess
@@ -64,6 +65,27 @@ def _share_compilation_cache(config) -> None:
     return
   config._pregate_xla_cache = tempfile.mkdtemp(prefix="pregate-test-xla-cache-")
   os.environ.update(JAX_COMPILATION_CACHE_DIR=config._pregate_xla_cache, **CACHE_ENV)
+
+
+_STARTED = collections.Counter()  # tests/launcher.py's counts, from every test worker
+
+
+def pytest_sessionfinish(session):
+  if hasattr(session.config, "workerinput"):
+    session.config.workeroutput["launcher_started"] = dict(launcher.started)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+  _STARTED.update(getattr(node, "workeroutput", {}).get("launcher_started", {}))
+
+
+def pytest_terminal_summary(terminalreporter):
+  """How the suite's commands started: a cold one costs 2-3 s more (tests/launcher.py)."""
+  counts = _STARTED + launcher.started
+  if counts:
+    terminalreporter.write_line("commands started: " + "; ".join(
+        f"{n} {how}" for how, n in counts.most_common()))
 
 
 def pytest_unconfigure(config):

@@ -8,7 +8,8 @@ signals, as `python -m MODULE`, `python -c CODE` or `python SCRIPT`. Two things 
 cold start, and both are handled here:
 - a value read from the environment at import time is the zygote's: a command whose environment
   differs from it outside RUNTIME_ENV (read only once the command runs: XLA_FLAGS at backend
-  start, pregate's own variables at use) gets a plain interpreter instead;
+  start, pregate's own variables at use; JAX_PLATFORMS the zygote applies to JAX's config in
+  the forked process) gets a plain interpreter instead;
 - glibc reads GLIBC_TUNABLES at process start: a training command (which re-executes itself with
   them, train/runtime/host_memory.py) is forked from a zygote started with them, as its
   re-executed process would have been.
@@ -17,6 +18,7 @@ PLAIN_ENV set makes every command start a plain interpreter (to rule the launche
 from __future__ import annotations
 
 import atexit
+import collections
 import json
 import os
 import select
@@ -31,7 +33,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 ZYGOTE = REPO / "tests" / "children" / "zygote.py"
-RUNTIME_ENV = ("XLA_FLAGS", "PYTEST_CURRENT_TEST", "PREGATE_")
+RUNTIME_ENV = ("XLA_FLAGS", "PYTEST_CURRENT_TEST", "PREGATE_", "JAX_PLATFORMS")
 PLAIN_ENV = "PREGATE_TEST_PLAIN_START"
 _TRAINING_SCRIPTS = ("counting_main.py", "faulty_main.py", "slow_save_main.py")
 
@@ -92,9 +94,11 @@ class _Zygote:
         raise RuntimeError(f"test launcher did not start: {Path(self.log.name).read_text()}")
       time.sleep(0.02)
 
-  def serves(self, env: dict[str, str]) -> bool:
+  def differs(self, env: dict[str, str]) -> list[str]:
+    """The variables outside RUNTIME_ENV in which `env` differs from the zygote's."""
     keys = set(env) | set(self.env)
-    return all(env.get(k) == self.env.get(k) for k in keys if not k.startswith(RUNTIME_ENV))
+    return sorted(k for k in keys if not k.startswith(RUNTIME_ENV)
+                  and env.get(k) != self.env.get(k))
 
   def start(self, argv: list[str], env: dict[str, str], cwd: Path, out: str,
             err: str | None) -> Process:
@@ -112,6 +116,9 @@ class _Zygote:
 
 
 _zygotes: dict[str | None, _Zygote] = {}
+# Commands started: "forked", or "cold: VARS" naming the variables that ruled a fork out; the
+# suite prints the totals (tests/conftest.py), so a change that makes commands cold shows.
+started: collections.Counter[str] = collections.Counter()
 
 
 def _wants_tunables(argv: list[str], env: dict[str, str]) -> str | None:
@@ -138,8 +145,13 @@ def spawn(argv: list[str], env: dict[str, str], cwd: Path, session_env: dict[str
       if tunables is not None:
         base["GLIBC_TUNABLES"] = tunables
       _zygotes[tunables] = _Zygote(base)
-    if _zygotes[tunables].serves(env):
+    differs = _zygotes[tunables].differs(env)
+    if not differs:
+      started["forked"] += 1
       return _zygotes[tunables].start(argv, env, cwd, str(out), err and str(err))
+    started[f"cold: {', '.join(differs)}"] += 1
+  else:
+    started[f"cold: {PLAIN_ENV}"] += 1
   with open(out, "w") as out_file, open(err or os.devnull, "w") as err_file:
     return subprocess.Popen([sys.executable, *argv], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                             stdout=out_file, stderr=subprocess.STDOUT if err is None else err_file)

@@ -6,8 +6,6 @@ compiled step has no all-to-all (20 without them) and the losses equal the 1-dev
 a training microbatch already fits, with the same result and less memory.
 """
 import json
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -30,9 +28,7 @@ MESHES = ("1x8x1", "2x2x2", "1x8x1-scan")  # -scan: layers stacked and scanned
 def runs():
   env = {**helpers.child_env(), **helpers.fake_devices(8),
          "JAX_PLATFORMS": "cpu"}
-  proc = subprocess.run([sys.executable, str(helpers.REPO / "tests/children/hot_path_fsdp.py"),
-                         *MESHES], cwd=helpers.REPO, env=env, capture_output=True, text=True,
-                        timeout=600)
+  proc = helpers.start([str(helpers.CHILDREN / "hot_path_fsdp.py"), *MESHES], env, 600)
   assert proc.returncode == 0, proc.stderr[-4000:]
   return json.loads(proc.stdout.splitlines()[-1])
 

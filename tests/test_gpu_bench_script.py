@@ -19,9 +19,8 @@ pytestmark = pytest.mark.e2e
 
 
 def _bench(*args: str) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, "scripts/gpu_bench.py", *args], cwd=helpers.REPO,
-                        env={**helpers.child_env(), "JAX_PLATFORMS": "cpu"},
-                        capture_output=True, text=True, timeout=600)
+  return helpers.start([str(helpers.REPO / "scripts" / "gpu_bench.py"), *args],
+                       {**helpers.child_env(), "JAX_PLATFORMS": "cpu"}, 600)
 
 
 def test_toy_run_end_to_end(tmp_path):

@@ -1,6 +1,7 @@
 """tests/launcher.py: a command forked from the warm interpreter sees the process a cold start
 gives it (argv, working directory, import path, environment, device count, exit status, output);
 a command whose environment changes an import-time setting gets a cold start; a timeout kills it."""
+import json
 import signal
 import subprocess
 import sys
@@ -21,13 +22,19 @@ def _cold(argv, env):
                         text=True, timeout=120)
 
 
-@pytest.mark.parametrize("devices", [1, 3])
-def test_forked_command_sees_what_a_cold_start_sees(devices):
+@pytest.mark.parametrize("devices, platforms", [(1, None), (3, "cpu")])
+def test_forked_command_sees_what_a_cold_start_sees(devices, platforms):
+  """Forked (JAX_PLATFORMS too: the zygote applies it), and identical to a cold start."""
   env = {**helpers.child_env(), **helpers.fake_devices(devices), "PREGATE_TEST_PROBE": "x"}
+  if platforms:
+    env["JAX_PLATFORMS"] = platforms
+  forked_before = launcher.started["forked"]
   forked = helpers.start([PROBE, "a", "b c"], env, 120)
+  assert launcher.started["forked"] == forked_before + 1
   cold = _cold([PROBE, "a", "b c"], env)
   assert (forked.returncode, forked.stdout, forked.stderr) == (3, cold.stdout, cold.stderr)
   assert f'"devices": {devices}' in forked.stdout and '"name": "__main__"' in forked.stdout
+  assert f'"platforms": {json.dumps(env.get("JAX_PLATFORMS"))}' in forked.stdout, forked.stdout
 
 
 def test_module_command_runs_as_main():

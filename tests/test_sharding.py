@@ -5,9 +5,6 @@ activation sharding constraints on) run in one child process with 8
 fake CPU devices (XLA_FLAGS must be set before JAX initializes its backend).
 """
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +17,6 @@ from train.state import sharding
 pytestmark = pytest.mark.e2e
 
 
-REPO = Path(__file__).resolve().parents[1]
 MESHES = {"data8": (8, 1, 1), "fsdp8": (1, 8, 1), "d2f2t2": (2, 2, 2), "f4t2": (1, 4, 2)}
 
 _SCRIPT = r"""
@@ -101,10 +97,8 @@ print("RESULT " + json.dumps(results))
 @pytest.fixture(scope="module")
 def results():
   """All mesh runs in one 8-fake-device child (one JAX startup)."""
-  env = {**os.environ, **helpers.fake_devices(8),
-         "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
-  proc = subprocess.run([sys.executable, "-c", _SCRIPT, json.dumps(MESHES)], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=300)
+  env = {**helpers.child_env(), **helpers.fake_devices(8), "JAX_PLATFORMS": "cpu"}
+  proc = helpers.start(["-c", _SCRIPT, json.dumps(MESHES)], env, 300)
   assert proc.returncode == 0, proc.stderr[-4000:]
   line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
   return json.loads(line[len("RESULT "):])

@@ -48,6 +48,9 @@ def _become(request: dict) -> None:
     os.dup2(os.open(request["err"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 2)
   os.environ.clear()
   os.environ.update(request["env"])
+  # JAX read JAX_PLATFORMS when this interpreter imported it; the command's own value applies
+  # as it would have (no backend has started; tests/launcher.py RUNTIME_ENV lets it differ).
+  jax.config.update("jax_platforms", os.environ.get("JAX_PLATFORMS") or None)
   os.chdir(request["cwd"])
   argv = request["argv"]
   sys.orig_argv = [sys.executable, *argv]  # what a re-exec (train/runtime/host_memory) repeats
