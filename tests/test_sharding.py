@@ -5,7 +5,6 @@ activation sharding constraints on) run in one child process with 8
 fake CPU devices (XLA_FLAGS must be set before JAX initializes its backend).
 """
 import json
-from pathlib import Path
 
 import pytest
 from ml_collections import ConfigDict
