@@ -144,3 +144,30 @@ def test_resolve_best_latest_and_missing(tmp_path):
   with pytest.raises(CheckpointError, match="no checkpoints"):
     empty.resolve("latest")
   empty.close()
+
+
+def test_background_read_errors_are_quiet_and_nothing_else_is(monkeypatch, capsys):
+  """Once arrays are read, a failed shard read reported again by a library thread (through
+  sys.excepthook, threading.excepthook or an unraisable exception) prints nothing; the same
+  error on the main thread, and any other error on any thread, still prints."""
+  import sys
+  import threading
+
+  from train.ckpt import checkpointer
+  monkeypatch.setattr(checkpointer, "_quieted", False)
+  monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # restored after the test
+  monkeypatch.setattr(threading, "excepthook", threading.excepthook)
+  monkeypatch.setattr(sys, "excepthook", lambda kind, value, tb: print(f"printed {value}"))
+  checkpointer.quiet_background_read_errors()
+  closed, other = RuntimeError("Event loop is closed"), ValueError("a real bug")
+
+  def from_library_thread(error):
+    t = threading.Thread(target=lambda: sys.excepthook(type(error), error, None))
+    t.start()
+    t.join()
+
+  from_library_thread(closed)
+  from_library_thread(other)
+  sys.excepthook(RuntimeError, closed, None)
+  assert capsys.readouterr().out.splitlines() == ["printed a real bug",
+                                                  "printed Event loop is closed"]

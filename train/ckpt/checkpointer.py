@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging as py_logging
 import os
 import sys
+import threading
 from typing import Any, Callable
 
 import grain
@@ -60,23 +61,34 @@ class _DropBackgroundReadErrors(py_logging.Filter):
 
 
 def quiet_background_read_errors() -> None:
-  """After a failed read, orbax's other pending shard reads fail later on tensorstore and
-  asyncio threads and print pages of tracebacks ('Event loop is closed', 'Future exception was
-  never retrieved', 'Exception ignored in: <coroutine _read_array_index_and_device_put>') that
-  would bury pregate's one-line error. They repeat the error already reported, so they are
-  dropped for the rest of the process; any other unraisable exception still prints."""
+  """When one shard read fails, orbax's other pending reads fail too, on tensorstore and asyncio
+  threads, and print pages of tracebacks ('Event loop is closed', 'Future exception was never
+  retrieved', 'Exception ignored in: <coroutine _read_array_index_and_device_put>') that would
+  bury pregate's one-line error. They repeat the error the reading thread reports, so from the
+  first array read on they are dropped; anything else still prints, and so does any exception
+  on the main thread. Installed before reading, since a background thread can fail before the
+  main thread hears of it."""
   global _quieted
   if _quieted:
     return
   _quieted = True
-  previous = sys.unraisablehook
+  previous = sys.unraisablehook, sys.excepthook, threading.excepthook
 
-  def hook(unraisable: Any) -> None:
-    if is_read_error(unraisable.exc_value) or "_read_array" in repr(unraisable.object):
+  def unraisable(hook: Any) -> None:
+    if is_read_error(hook.exc_value) or "_read_array" in repr(hook.object):
       return
-    previous(unraisable)
+    previous[0](hook)
 
-  sys.unraisablehook = hook
+  def uncaught(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+    # A callback raising on a library's native thread is printed through sys.excepthook.
+    if threading.current_thread() is threading.main_thread() or not is_read_error(value):
+      previous[1](kind, value, tb)
+
+  def thread(args: Any) -> None:
+    if not is_read_error(args.exc_value):
+      previous[2](args)
+
+  sys.unraisablehook, sys.excepthook, threading.excepthook = unraisable, uncaught, thread
   py_logging.getLogger("asyncio").addFilter(_DropBackgroundReadErrors())
 
 
@@ -170,6 +182,7 @@ class Checkpointer:
     bytes read. A truncated or missing array file raises CheckpointError naming the step."""
     one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     read, progress = 0, None
+    quiet_background_read_errors()
     try:
       # opt_state too, unless orbax recorded the step as parameters-only (an HF import).
       saved = getattr(self.manager.metadata(step), "item_handlers", None)
@@ -186,7 +199,6 @@ class Checkpointer:
     except CheckpointError:
       raise
     except Exception as e:  # pylint: disable=broad-except
-      quiet_background_read_errors()
       raise CheckpointError(f"checkpoint {self.directory}/{step} is damaged: its arrays cannot "
                             f"be read ({read_error_line(e)})") from None
     finally:
@@ -222,12 +234,12 @@ class Checkpointer:
       items["opt_state"] = ocp.args.StandardRestore(opt_target)
     if data_iter is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+    quiet_background_read_errors()
     try:
       restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # pylint: disable=broad-except
       if not is_read_error(e):
         raise
-      quiet_background_read_errors()
       raise CheckpointError(f"checkpoint {self.directory}/{step} is damaged: its arrays cannot "
                             f"be read ({read_error_line(e)})") from None
     return {k: restored[k] for k in items}
