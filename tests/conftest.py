@@ -24,11 +24,11 @@ import helpers
 import launcher
 import shared_runs
 
-TIERS = {
-    "slow": "in process, tens of seconds a test (large or many XLA compiles)",
-    "e2e": "runs a real pregate command in a child process",
+TIERS = {  # in the order the full suite runs them: heaviest first
     "multiprocess": "several JAX processes on 127.0.0.1",
+    "e2e": "runs a real pregate command in a child process",
     "hf": "checked against transformers / torch (CPU)",
+    "slow": "in process, tens of seconds a test (large or many XLA compiles)",
 }
 FAST = "fast"
 
@@ -95,10 +95,15 @@ def pytest_unconfigure(config):
 
 
 def pytest_collection_modifyitems(items):
-  """Every test of a file without a tier marker is `fast`, so `-m fast` selects them."""
+  """Every test of a file without a tier marker is `fast`, so `-m fast` selects them. The
+  heaviest tiers run first (files stay together), so the two workers end on short tests rather
+  than one waiting while the other finishes a multi-process run."""
   for item in items:
     if not any(item.get_closest_marker(name) for name in TIERS):
       item.add_marker(FAST)
+  order = [*TIERS, FAST]
+  items.sort(key=lambda item: next(i for i, tier in enumerate(order)
+                                   if item.get_closest_marker(tier)))
 
 
 class ChildProcessInFastTier(AssertionError):

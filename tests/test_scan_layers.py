@@ -27,7 +27,7 @@ pytestmark = pytest.mark.e2e
 
 def _cfg(**over) -> ModelConfig:
   c = base.get_config()
-  c.model.update(vocab_size=65, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2, d_ff=64,
+  c.model.update(vocab_size=65, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64,
                  max_seq_len=32)
   return ModelConfig.from_dict({**c.model.to_dict(), **over})
 
