@@ -67,7 +67,24 @@ def _cross(cfg: Mapping[str, Any]) -> list[str]:
   if sched.warmup_steps > cfg["train_steps"]:
     out.append(f"schedule.warmup_steps={sched.warmup_steps} must lie in "
                f"[0, train_steps={cfg['train_steps']}]")
+  try:
+    profile_window(cfg["logging"]["profile_steps"], cfg["train_steps"])
+  except ValueError as e:
+    out.append(str(e))
   return out
+
+
+def profile_window(spec: str, train_steps: int) -> tuple[int, int] | None:
+  """logging.profile_steps 'A:B' -> (A, B), the steps a trace covers; '' -> None. ValueError
+  (naming the field and the fix) unless 1 <= A <= B <= train_steps."""
+  if not spec:
+    return None
+  first, _, last = spec.partition(":")
+  if not (first.strip().isdigit() and last.strip().isdigit()
+          and 1 <= int(first) <= int(last) <= train_steps):
+    raise ValueError(f"logging.profile_steps={spec!r} must be A:B with 1 <= A <= B <= "
+                     f"train_steps={train_steps}, e.g. 10:12 (or '' for no trace)")
+  return int(first), int(last)
 
 
 def check(cfg: Mapping[str, Any]) -> None:

@@ -109,6 +109,8 @@ class Logging:
   tensorboard: bool = field(True, SAFE, "event files under WORKDIR/tensorboard (process 0)")
   weight_norms: bool = field(True, SAFE, "parameter and update norms in the step (and the "
                              "parameter-overflow check)")
+  profile_steps: str = field("", SAFE, "A:B = a jax.profiler trace of steps A to B in "
+                             "WORKDIR/profile (TensorBoard's profile plugin); '' = none")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -43,6 +43,7 @@ def pytest_configure(config):
   config.addinivalue_line("markers", f"{FAST}: no tier marker: in process, the set-up check")
   _share_compilation_cache(config)
   _compile_fast(config)
+  launcher.session_env = helpers.child_env()  # what the warm interpreters start in
 
 
 def _compile_fast(config) -> None:

@@ -116,6 +116,10 @@ class _Zygote:
 
 
 _zygotes: dict[str | None, _Zygote] = {}
+# The environment the zygotes start in, fixed when the test session is configured
+# (tests/conftest.py): a variable a test sets in process while a zygote starts must not become
+# the zygote's, or every later command would differ from it and start cold.
+session_env: dict[str, str] | None = None
 # Commands started: "forked", or "cold: VARS" naming the variables that ruled a fork out; the
 # suite prints the totals (tests/conftest.py), so a change that makes commands cold shows.
 started: collections.Counter[str] = collections.Counter()
@@ -130,18 +134,18 @@ def _wants_tunables(argv: list[str], env: dict[str, str]) -> str | None:
   return env.get("GLIBC_TUNABLES")
 
 
-def spawn(argv: list[str], env: dict[str, str], cwd: Path, session_env: dict[str, str],
+def spawn(argv: list[str], env: dict[str, str], cwd: Path, session: dict[str, str],
           out: str | os.PathLike, err: str | os.PathLike | None = None):
   """`python ARGV` (argv = ["-m", module, ...], ["-c", code, ...] or [script, ...]) started in
   a fresh process with stdout to the file `out` and stderr to `err` (None: into `out`); returns
   a Process, or a subprocess.Popen where the command needs a plain interpreter. The zygotes
-  start in `session_env` (the environment the suite gives every command)."""
+  start in `session_env`, else in `session` (the environment the suite gives every command)."""
   tunables = _wants_tunables(argv, env)
   if tunables is not None:
     env = {**env, "GLIBC_TUNABLES": tunables}
   if not os.environ.get(PLAIN_ENV):
     if tunables not in _zygotes:
-      base = dict(session_env)
+      base = dict(session_env or session)
       if tunables is not None:
         base["GLIBC_TUNABLES"] = tunables
       _zygotes[tunables] = _Zygote(base)
@@ -158,12 +162,12 @@ def spawn(argv: list[str], env: dict[str, str], cwd: Path, session_env: dict[str
 
 
 def run(argv: list[str], env: dict[str, str], cwd: Path, timeout: float,
-        session_env: dict[str, str]) -> subprocess.CompletedProcess:
+        session: dict[str, str]) -> subprocess.CompletedProcess:
   """spawn() and wait, with output captured as text, like subprocess.run(capture_output=True,
   text=True); on timeout the command is killed and TimeoutExpired raised."""
   with tempfile.TemporaryDirectory(prefix="pregate-cmd-") as tmp:
     out, err = Path(tmp) / "out", Path(tmp) / "err"
-    proc = spawn(argv, env, cwd, session_env, out, err)
+    proc = spawn(argv, env, cwd, session, out, err)
     try:
       rc = proc.wait(timeout)
     except subprocess.TimeoutExpired:

@@ -139,3 +139,16 @@ def test_describe_documents_every_field():
   for f, line in zip(config_schema.FIELDS, lines):
     assert line.startswith(f.path + " ") and f.kind in line and line.endswith(f.doc), line
   assert "model.attention" in next(line for line in lines if "auto | einsum | xla | cudnn" in line)
+
+
+@pytest.mark.parametrize("spec, ok", [("", True), ("2:3", True), ("5:5", True), ("1:10", True),
+                                      ("3:2", False), ("0:2", False), ("2:11", False),
+                                      ("a:b", False), ("2", False), ("2:3:4", False)])
+def test_profile_steps_must_be_a_window_inside_the_run(spec, ok):
+  """logging.profile_steps is A:B with 1 <= A <= B <= train_steps (here 10), or ''."""
+  cfg = base.get_config()
+  cfg.train_steps = 10
+  cfg.schedule.warmup_steps = 1
+  cfg.logging.profile_steps = spec
+  found = [p for p in config_sanity.problems(cfg.to_dict()) if "profile_steps" in p]
+  assert found == ([] if ok else [found[0]]) and (ok or "train_steps=10" in found[0]), found

@@ -186,3 +186,22 @@ def test_the_writer_loads_without_torch_and_torch_still_imports():
              "loaded = 'torch' in sys.modules; import torch; print(loaded, torch.__name__)")
   proc = helpers.start(["-c", program], helpers.child_env(), 120)
   assert proc.returncode == 0 and proc.stdout.split() == ["False", "torch"], proc.stderr[-2000:]
+
+
+def test_profile_steps_write_a_trace_the_profile_plugin_lists(prepared_data, tmp_path):
+  """--config.logging.profile_steps=2:3 leaves one capture where TensorBoard's profile plugin
+  looks (WORKDIR/profile/plugins/profile/<time>/<host>.xplane.pb), holding the steps' XLA
+  work; a run without it writes no profile directory."""
+  work = tmp_path / "run"
+  res = helpers.run_main(helpers.FORCE, *helpers.tiny_flags(prepared_data, {
+      "train_steps": 4, "schedule.warmup_steps": 1, "logging.profile_steps": "2:3"}),
+      workdir=work)
+  assert res.rc == 0, res.stderr[-3000:]
+  [capture] = (work / "profile" / "plugins" / "profile").iterdir()
+  [xplane] = capture.glob("*.xplane.pb")
+  assert b"XlaModule" in xplane.read_bytes() or b"jit_" in xplane.read_bytes(), xplane
+  assert not (helpers.REPO / "profile").exists()
+  plain = tmp_path / "plain"
+  res = helpers.run_main(helpers.FORCE, *helpers.tiny_flags(prepared_data, {
+      "train_steps": 1, "schedule.warmup_steps": 1}), workdir=plain)
+  assert res.rc == 0 and not (plain / "profile").exists(), res.stderr[-3000:]

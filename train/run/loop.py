@@ -33,6 +33,7 @@ from train.run import workdir as workdir_lib
 from train.run.edges import EvalTracker, MetricsPipe, Signals, Termination, ThroughputWindow, is_due
 from train.run.metrics_log import MetricsLog, format_line
 from train.run.preflight import Plan
+from train.run.profiling import StepProfiler
 from train.run.setup import RunData, RunSetup, open_data
 from train.run.tensorboard import TensorBoardSink
 from train.runtime import host_memory
@@ -255,10 +256,13 @@ def run(config: Any, workdir: str, plan: Plan, *, stop_after: int = 0, init: str
   _log_start(config, plan, rs, start)
   step, last, termination = start, config.train_steps, Termination.COMPLETED
   e = _Edges(config, rs, plan, s, log, seams)
-  with Signals(s.checkpointer) as signals, _record_failure(log, s.checkpointer, lambda: step):
+  with Signals(s.checkpointer) as signals, _record_failure(log, s.checkpointer, lambda: step), \
+      StepProfiler(config.logging.profile_steps, last, workdir, is_main) as profiler:
     while step < last:
       step += 1
+      profiler.before(step)
       e.state, metrics = rs.step_for(step)(e.state, rs.to_global(next(s.it)))
+      profiler.after(step, e.state)
       e.pipe.push(step, metrics)
       e.window.step()
       e.window.pause()
