@@ -43,7 +43,6 @@ def pytest_configure(config):
   config.addinivalue_line("markers", f"{FAST}: no tier marker: in process, the set-up check")
   _share_compilation_cache(config)
   _compile_fast(config)
-  launcher.session_env = helpers.child_env()  # what the warm interpreters start in
 
 
 def _compile_fast(config) -> None:
@@ -180,8 +179,10 @@ def crashed(prepared_data, shared_root) -> Path:
 def _environment_restored():
   """Each test leaves os.environ as it found it. A library that sets a variable in process
   (torch sets TORCHINDUCTOR_CACHE_DIR on first use) would otherwise change every later
-  command's environment, and tests/launcher.py starts such a command cold (2-3 s more)."""
+  command's environment, and tests/launcher.py starts such a command cold (2-3 s more). A
+  zygote first needed inside a test starts in the environment as it was between tests."""
   before = dict(os.environ)
+  launcher.session_env = helpers.child_env()  # for a zygote this test starts
   yield
   for key in set(os.environ) - set(before):
     if key != "PYTEST_CURRENT_TEST":  # pytest's own, which it removes

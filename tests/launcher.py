@@ -116,9 +116,9 @@ class _Zygote:
 
 
 _zygotes: dict[str | None, _Zygote] = {}
-# The environment the zygotes start in, fixed when the test session is configured
-# (tests/conftest.py): a variable a test sets in process while a zygote starts must not become
-# the zygote's, or every later command would differ from it and start cold.
+# The environment the zygotes start in: the session's between tests (tests/conftest.py), so a
+# variable a test sets in process while a zygote starts does not become the zygote's (every
+# later command would differ from it and start cold).
 session_env: dict[str, str] | None = None
 # Commands started: "forked", or "cold: VARS" naming the variables that ruled a fork out; the
 # suite prints the totals (tests/conftest.py), so a change that makes commands cold shows.
