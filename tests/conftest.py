@@ -174,19 +174,18 @@ def crashed(prepared_data, shared_root) -> Path:
   return shared_runs.crashed(prepared_data, shared_root)
 
 
-
 @pytest.fixture(autouse=True)
 def _environment_restored():
   """Each test leaves os.environ as it found it. A library that sets a variable in process
   (torch sets TORCHINDUCTOR_CACHE_DIR on first use) would otherwise change every later
   command's environment, and tests/launcher.py starts such a command cold (2-3 s more). A
   zygote first needed inside a test starts in the environment as it was between tests."""
-  before = dict(os.environ)
+  own = "PYTEST_CURRENT_TEST"  # pytest's, which it sets and removes itself
+  before = {k: v for k, v in os.environ.items() if k != own}
   launcher.session_env = helpers.child_env()  # for a zygote this test starts
   yield
-  for key in set(os.environ) - set(before):
-    if key != "PYTEST_CURRENT_TEST":  # pytest's own, which it removes
-      del os.environ[key]
+  for key in set(os.environ) - set(before) - {own}:
+    del os.environ[key]
   for key, value in before.items():
-    if os.environ.get(key) != value and key != "PYTEST_CURRENT_TEST":
+    if os.environ.get(key) != value:
       os.environ[key] = value

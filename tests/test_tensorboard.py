@@ -199,7 +199,8 @@ def test_profile_steps_write_a_trace_the_profile_plugin_lists(prepared_data, tmp
   assert res.rc == 0, res.stderr[-3000:]
   [capture] = (work / "profile" / "plugins" / "profile").iterdir()
   [xplane] = capture.glob("*.xplane.pb")
-  assert b"XlaModule" in xplane.read_bytes() or b"jit_" in xplane.read_bytes(), xplane
+  trace = xplane.read_bytes()
+  assert b"XlaModule" in trace or b"jit_" in trace, xplane
   assert not (helpers.REPO / "profile").exists()
   plain = tmp_path / "plain"
   res = helpers.run_main(helpers.FORCE, *helpers.tiny_flags(prepared_data, {

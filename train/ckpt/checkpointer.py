@@ -72,21 +72,22 @@ def quiet_background_read_errors() -> None:
   if _quieted:
     return
   _quieted = True
-  previous = sys.unraisablehook, sys.excepthook, threading.excepthook
+  prev_unraisable, prev_uncaught, prev_thread = (sys.unraisablehook, sys.excepthook,
+                                                 threading.excepthook)
 
   def unraisable(hook: Any) -> None:
     if is_read_error(hook.exc_value) or "_read_array" in repr(hook.object):
       return
-    previous[0](hook)
+    prev_unraisable(hook)
 
   def uncaught(kind: type[BaseException], value: BaseException, tb: Any) -> None:
     # A callback raising on a library's native thread is printed through sys.excepthook.
     if threading.current_thread() is threading.main_thread() or not is_read_error(value):
-      previous[1](kind, value, tb)
+      prev_uncaught(kind, value, tb)
 
   def thread(args: Any) -> None:
     if not is_read_error(args.exc_value):
-      previous[2](args)
+      prev_thread(args)
 
   sys.unraisablehook, sys.excepthook, threading.excepthook = unraisable, uncaught, thread
   py_logging.getLogger("asyncio").addFilter(_DropBackgroundReadErrors())
