@@ -67,6 +67,11 @@ def _cross(cfg: Mapping[str, Any]) -> list[str]:
   if sched.warmup_steps > cfg["train_steps"]:
     out.append(f"schedule.warmup_steps={sched.warmup_steps} must lie in "
                f"[0, train_steps={cfg['train_steps']}]")
+  data = cfg["data"]
+  if data.get("document_positions") and data.get("document_masking") is False:
+    out.append("data.document_positions=True restarts positions at documents that "
+               "data.document_masking=False lets attend to each other; set both True, or "
+               "document_positions=None")
   try:
     profile_window(cfg["logging"]["profile_steps"], cfg["train_steps"])
   except ValueError as e:

@@ -53,6 +53,11 @@ class Data:
                                   "or data_dir=..., format, text_field, txt_separator)")
   mixture_block: int = field(2048, ID, "a mixture's batches follow the weights in blocks of "
                              "this many sequences", low=1, high=BIG)
+  document_masking: bool | None = field(None, ID, "attention stays inside each packed "
+                                        "document (segment ids); None = on when the training "
+                                        "split holds more than one document")
+  document_positions: bool | None = field(None, ID, "RoPE positions restart at each packed "
+                                          "document; None = as document_masking")
 
 
 @dataclasses.dataclass(frozen=True)

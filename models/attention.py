@@ -4,6 +4,11 @@
 `jax.nn.dot_product_attention(..., is_causal=True)` with native GQA (no K/V repeat, no T x T
 mask constant), `cudnn` being the fused flash kernel of NVIDIA GPUs. `auto` picks per platform
 at trace time. Decoding with a KV cache always uses `attend`, which works everywhere.
+
+Packed documents (segment ids [B, T], train/data/documents.py) are honoured by every path:
+einsum ands the causal mask with "same segment"; xla and cudnn pass that [B, 1, T, T] mask to
+`jax.nn.dot_product_attention(mask=..., is_causal=True)`, which the pinned JAX applies as a
+select (xla) or turns into an additive bias for the fused kernel (cudnn).
 """
 from __future__ import annotations
 
@@ -78,17 +83,27 @@ def problems(cfg: ModelConfig, platform: str) -> list[str]:
   return [p + "; set model.attention=auto (or xla)" for p in out]
 
 
-def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, impl: str) -> jax.Array:
-  """Causal self-attention of a full sequence, q [B,T,H,D], k/v [B,T,KV,D] -> [B,T,H,D].
+def same_segment(segment_ids: jax.Array) -> jax.Array:
+  """bool [B, T, T]: query t and key s lie in the same packed document."""
+  return segment_ids[:, :, None] == segment_ids[:, None, :]
+
+
+def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, impl: str,
+                     segment_ids: jax.Array | None = None) -> jax.Array:
+  """Causal self-attention of a full sequence, q [B,T,H,D], k/v [B,T,KV,D] -> [B,T,H,D]; with
+  `segment_ids` [B, T], a query attends only to keys of its own document.
 
   Inputs and output carry `checkpoint_name`s (query_proj, key_proj, value_proj, context) so a
   named remat policy can keep them instead of recomputing the attention in the backward pass.
   """
   q, k, v = (checkpoint_name(a, n) for a, n in
              ((q, "query_proj"), (k, "key_proj"), (v, "value_proj")))
+  same = None if segment_ids is None else same_segment(segment_ids)
   if impl == "einsum":
     t = q.shape[1]
-    out = attend(q, k, v, np.tril(np.ones((t, t), dtype=bool))[None])
+    mask = np.tril(np.ones((t, t), dtype=bool))[None]
+    out = attend(q, k, v, mask if same is None else mask & same)
   else:
-    out = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=impl)
+    out = jax.nn.dot_product_attention(q, k, v, mask=None if same is None else same[:, None],
+                                       is_causal=True, implementation=impl)
   return checkpoint_name(out, "context")

@@ -13,6 +13,8 @@ layout of `model.scan_layers`; `stack_blocks` converts exactly).
 """
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,6 +29,14 @@ from models.sharding_hook import constrain
 
 _INIT_STD = 0.02
 KV = tuple[jax.Array, jax.Array]
+# The batch arrays of packed documents (train/data/documents.py), named as the forward pass's
+# arguments: a batch that carries them is run with them.
+POSITIONS, SEGMENT_IDS = "positions", "segment_ids"
+
+
+def packed(batch: Mapping[str, Any]) -> dict[str, Any]:
+  """The packed-document keyword arguments of the forward pass that `batch` carries."""
+  return {k: batch[k] for k in (POSITIONS, SEGMENT_IDS) if k in batch}
 
 
 def _normal(std: float, names: tuple[str | None, ...]) -> nnx.Initializer:
@@ -101,8 +111,8 @@ class Attention(nnx.Module):
                     rngs=rngs)
 
   def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array,
-               cache: KV | None = None, cache_index: jax.Array | None = None
-               ) -> tuple[jax.Array, KV | None]:
+               cache: KV | None = None, cache_index: jax.Array | None = None,
+               segment_ids: jax.Array | None = None) -> tuple[jax.Array, KV | None]:
     b, t, _ = x.shape
     hd = self.cfg.head_dim
     q = apply_rope(self.wq(x).reshape(b, t, self.cfg.n_heads, hd), cos, sin)
@@ -113,7 +123,8 @@ class Attention(nnx.Module):
       v = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), cache_index, 1)
       cache = (k, v)
     if mask is None:
-      out = attention_lib.causal_attention(q, k, v, attention_lib.resolve(self.cfg))
+      out = attention_lib.causal_attention(q, k, v, attention_lib.resolve(self.cfg),
+                                           segment_ids)
     else:
       out = attend(q, k, v, mask)
     return self.wo(out.reshape(b, t, self.cfg.n_heads * hd)), cache
@@ -141,9 +152,10 @@ class Block(nnx.Module):
     self.mlp_norm = RMSNorm(cfg.d_model, cfg)
     self.mlp = SwiGLU(cfg, rngs=rngs)
 
-  def __call__(self, x, cos, sin, mask, cache=None, cache_index=None):
-    """mask None: full causal self-attention by the configured backend (no KV cache)."""
-    h, cache = self.attn(self.attn_norm(x), cos, sin, mask, cache, cache_index)
+  def __call__(self, x, cos, sin, mask, cache=None, cache_index=None, segment_ids=None):
+    """mask None: full causal self-attention by the configured backend (no KV cache), within
+    each packed document when `segment_ids` are given."""
+    h, cache = self.attn(self.attn_norm(x), cos, sin, mask, cache, cache_index, segment_ids)
     x = x + checkpoint_name(h, "out_proj")
     return x + self.mlp(self.mlp_norm(x)), cache
 
@@ -204,20 +216,23 @@ class Transformer(nnx.Module):
     if not cfg.tie_embeddings:
       self.lm_head = Dense(cfg.d_model, cfg.vocab_size, ("embed", "vocab"), cfg, rngs=rngs)
 
-  def __call__(self, tokens: jax.Array, positions: jax.Array | None = None) -> jax.Array:
-    """Full causal forward pass: float32 logits."""
-    return head_logits(self.hidden(tokens, positions), self.head())
+  def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
+               segment_ids: jax.Array | None = None) -> jax.Array:
+    """Full causal forward pass: float32 logits. `positions` [B, T]: RoPE positions (default
+    0..T-1); `segment_ids` [B, T]: packed documents, each attending only to itself."""
+    return head_logits(self.hidden(tokens, positions, segment_ids), self.head())
 
   def head(self) -> jax.Array:
     """The LM head kernel [d_model, vocab] in the parameter dtype (embed.T when tied)."""
     return self.embed[...].T if self.cfg.tie_embeddings else self.lm_head.kernel[...]
 
-  def hidden(self, tokens: jax.Array, positions: jax.Array | None = None) -> jax.Array:
+  def hidden(self, tokens: jax.Array, positions: jax.Array | None = None,
+             segment_ids: jax.Array | None = None) -> jax.Array:
     """Final-normed hidden states [B, T, d_model] of the full causal pass, compute dtype."""
     x = self._embed(tokens)
     cos, sin = self._rope(tokens.shape[1], positions)
     run = self._scanned_blocks if self.stacked else self._unrolled_blocks
-    return self.final_norm(run(x, cos, sin))
+    return self.final_norm(run(x, cos, sin, segment_ids))
 
   def _embed(self, tokens: jax.Array) -> jax.Array:
     return constrain(jnp.take(self.embed[...], tokens, axis=0).astype(self.cfg.compute_dtype))
@@ -230,21 +245,21 @@ class Transformer(nnx.Module):
       return cos[None, :length], sin[None, :length]
     return jnp.take(cos, positions, axis=0), jnp.take(sin, positions, axis=0)
 
-  def _unrolled_blocks(self, x: jax.Array, cos, sin) -> jax.Array:
+  def _unrolled_blocks(self, x: jax.Array, cos, sin, segment_ids) -> jax.Array:
     for block in self.blocks:
       if self.cfg.remat == "none":
-        x, _ = block(x, cos, sin, None)
+        x, _ = block(x, cos, sin, None, None, None, segment_ids)
       else:
-        x, _ = _remat_block(self.cfg.remat)(block, x, cos, sin, None)
+        x, _ = _remat_block(self.cfg.remat)(block, x, cos, sin, None, None, None, segment_ids)
       x = constrain(x)
     return x
 
-  def _scanned_blocks(self, x: jax.Array, cos, sin) -> jax.Array:
+  def _scanned_blocks(self, x: jax.Array, cos, sin, segment_ids) -> jax.Array:
     """One lax.scan over the stacked blocks: each iteration reads its layer's slice."""
     graphdef, stacked = nnx.split(self.blocks)
 
     def body(h: jax.Array, layer: nnx.State):
-      h, _ = nnx.merge(graphdef, layer)(h, cos, sin, None)
+      h, _ = nnx.merge(graphdef, layer)(h, cos, sin, None, None, None, segment_ids)
       return constrain(h), None
 
     if self.cfg.remat != "none":

@@ -40,6 +40,7 @@ from core.jsonio import write_json_atomic
 from gates import arch_match
 from models.config import HF_IDENTITY, ModelConfig
 from models.params import ParamCounts
+from train.data.documents import Packing
 from train.state.sharding import AXES
 
 SCHEMA = "pregate.checkpoint/v1"
@@ -111,6 +112,9 @@ class Metadata:
   mesh: Mapping[str, int] | None = None
   config_changes: list[str] | None = None
   data_sources: Mapping[str, Any] | None = None
+  # How the run kept packed documents apart (train/data/documents.Packing, as resolved for its
+  # data): a model trained with masking is evaluated with it. Absent: off.
+  packing: Mapping[str, bool] | None = None
   distill: Mapping[str, Any] | None = None
   step: int | None = None
   tokens_seen: int | None = None
@@ -145,6 +149,11 @@ class Metadata:
   def get(self, name: str) -> Any:
     """A field named by one of this module's tables (DATA_FIELDS, TRAINING_FIELDS)."""
     return getattr(self, name) if name in _FIELDS else None
+
+  @property
+  def document_packing(self) -> Packing:
+    """The run's packing (off when not recorded: imports, stamps, older records)."""
+    return Packing.from_json(self.packing if isinstance(self.packing, Mapping) else None)
 
   @property
   def recorded_tokenizer_fingerprint(self) -> str | None:
@@ -252,7 +261,8 @@ def run_record(*, config: dict[str, Any], model_cfg: ModelConfig, counts: ParamC
                gate: dict[str, Any], eval_batches: dict[str, Any], mesh: dict[str, int],
                changes: Mapping[str, list[str]] | None = None,
                sources: Mapping[str, Mapping[str, Any]] | None = None,
-               distill: Mapping[str, Any] | None = None) -> Metadata:
+               distill: Mapping[str, Any] | None = None,
+               packing: Packing = Packing()) -> Metadata:
   """The part of a training run's record that is the same for every save. `sources`: per data
   source, its weight, planned tokens, unique train tokens and epochs (`data_sources`).
   `distill`: a distilled run's teacher {spec, path, step, architecture, model, param_counts,
@@ -265,7 +275,7 @@ def run_record(*, config: dict[str, Any], model_cfg: ModelConfig, counts: ParamC
       eval_batches=eval_batches, mesh=mesh,
       config_changes=changes.get("schedule", []) + changes.get("safe", []),
       data_sources={k: dict(v) for k, v in (sources or {}).items()},
-      distill=None if distill is None else dict(distill)))
+      packing=packing.to_json(), distill=None if distill is None else dict(distill)))
 
 
 def save_record(run: Metadata, *, step: int, tokens_seen: int,

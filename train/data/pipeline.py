@@ -18,6 +18,8 @@ import numpy as np
 
 from core.checks import is_int
 from core.errors import ConfigError, DataError
+from train.data import documents
+from train.data.documents import Packing
 from train.data.tokens import (
   DEFAULT_CACHE_BYTES,
   MixtureTokens,
@@ -31,8 +33,9 @@ from train.data.tokens import (
 Batch = dict[str, np.ndarray]
 
 __all__ = ["DEFAULT_CACHE_BYTES", "MixtureTokens", "TokenArray", "TokenSet", "open_mixture",
-           "open_split", "open_tokens", "BatchSource", "ResumableIterator", "make_train_iter",
-           "eval_batches", "bits_per_byte", "reproduce_eval_batches", "measure_throughput"]
+           "open_split", "open_tokens", "Packing", "BatchSource", "ResumableIterator",
+           "make_train_iter", "eval_batches", "bits_per_byte", "reproduce_eval_batches",
+           "measure_throughput"]
 # Measured on the 2-core CI machine: one background thread keeping two batches ready hid the
 # read behind a jitted step (+0.05-0.13 ms/step vs +0.17-0.31 with no thread, +0.4-0.6 with
 # grain's default 16); more threads only contend for the two cores.
@@ -52,7 +55,7 @@ class BatchSource:
 
   def __init__(self, tokens: TokenSet, *, global_batch: int, seq_len: int, seed: int,
                num_batches: int, process_index: int = 0, process_count: int = 1,
-               stream: tuple[int, ...] = ()):
+               stream: tuple[int, ...] = (), packing: Packing = Packing()):
     for name, value in (("global_batch", global_batch), ("seq_len", seq_len),
                         ("num_batches", num_batches), ("process_count", process_count)):
       if not is_int(value, 1):
@@ -71,6 +74,7 @@ class BatchSource:
     self.num_batches = int(num_batches)
     self.process_index, self.process_count = int(process_index), int(process_count)
     self.stream = tuple(int(s) for s in stream)
+    self.packing = packing
     rows = self.global_batch // self.process_count
     self._rows = slice(self.process_index * rows, (self.process_index + 1) * rows)
 
@@ -81,7 +85,8 @@ class BatchSource:
     # grain's DataLoader compares reprs to check a checkpoint belongs to this source.
     return (f"BatchSource(tokens={len(self.tokens)}, global_batch={self.global_batch}, "
             f"seq_len={self.seq_len}, seed={self.seed}, stream={self.stream}, "
-            f"process={self.process_index}/{self.process_count})")
+            f"process={self.process_index}/{self.process_count}"
+            f"{', packing=' + str(self.packing.to_json()) if self.packing.mask else ''})")
 
   def global_starts(self, index: int) -> np.ndarray:
     """Start offsets of all global_batch windows of batch `index` (one token array only)."""
@@ -92,14 +97,19 @@ class BatchSource:
     index = int(index)
     if not 0 <= index < self.num_batches:
       raise IndexError(f"batch {index} out of range [0, {self.num_batches})")
-    windows = self.tokens.batch_windows(self.seed, index, self.stream, self.global_batch,
-                                        self._rows, self.seq_len + 1)
-    return {"inputs": windows[:, :-1], "targets": windows[:, 1:]}
+    windows, starts = self.tokens.batch_windows(self.seed, index, self.stream,
+                                                self.global_batch, self._rows, self.seq_len + 1,
+                                                starts=self.packing.mask)
+    batch = {"inputs": windows[:, :-1], "targets": windows[:, 1:]}
+    if starts is not None:  # the inputs' segments: a target belongs to its input's document
+      batch.update(documents.segments(starts[:, :-1], self.packing))
+    return batch
 
   def describe(self) -> dict[str, Any]:
     """What decides the batch contents (not num_batches or the process split): resume key."""
-    return {"seed": self.seed, "global_batch": self.global_batch, "seq_len": self.seq_len,
-            **self.tokens.describe(), "stream": list(self.stream)}
+    out = {"seed": self.seed, "global_batch": self.global_batch, "seq_len": self.seq_len,
+           **self.tokens.describe(), "stream": list(self.stream)}
+    return {**out, "packing": self.packing.to_json()} if self.packing.mask else out
 
 
 class ResumableIterator(grain.DatasetIterator):
@@ -131,15 +141,15 @@ class ResumableIterator(grain.DatasetIterator):
 
 def make_train_iter(token_array: TokenSet, *, global_batch: int, seq_len: int, seed: int,
                     num_batches: int, process_index: int = 0, process_count: int = 1,
-                    prefetch: int = DEFAULT_PREFETCH,
-                    num_threads: int = DEFAULT_NUM_THREADS) -> ResumableIterator:
+                    prefetch: int = DEFAULT_PREFETCH, num_threads: int = DEFAULT_NUM_THREADS,
+                    packing: Packing = Packing()) -> ResumableIterator:
   """Training batches 0..num_batches-1 with background prefetch and exact get/set_state.
 
   Works with orbax via grain.checkpoint.CheckpointSave(it) / CheckpointRestore(it).
   """
   source = BatchSource(token_array, global_batch=global_batch, seq_len=seq_len, seed=seed,
                        num_batches=num_batches, process_index=process_index,
-                       process_count=process_count)
+                       process_count=process_count, packing=packing)
   options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
   parent = iter(grain.MapDataset.source(source).to_iter_dataset(options))
   it = ResumableIterator(parent, source.describe())
@@ -149,22 +159,27 @@ def make_train_iter(token_array: TokenSet, *, global_batch: int, seq_len: int, s
 
 def eval_batches(token_array: TokenSet, *, batch_size: int, seq_len: int, n_batches: int,
                  seed: int = 0, process_index: int = 0, process_count: int = 1,
-                 token_bytes: np.ndarray | None = None) -> tuple[list[Batch], dict[str, Any]]:
+                 token_bytes: np.ndarray | None = None, packing: Packing = Packing()
+                 ) -> tuple[list[Batch], dict[str, Any]]:
   """A fixed set of validation batches and the description that reproduces them exactly.
 
   Drawn from a seed stream disjoint from training's, so the same seed never yields train
   windows; the description is small enough to store in a checkpoint. With `token_bytes` (the
   tokenizer's bytes per id) it also records `target_bytes`, the UTF-8 bytes of every target
-  of the global batches, from which `bits_per_byte` turns a mean loss into val_bpb.
+  of the global batches, from which `bits_per_byte` turns a mean loss into val_bpb. A masked
+  run's batches carry its segments and the description its `packing`, so every later
+  evaluation of them masks as the run did.
   """
   kw = dict(global_batch=batch_size, seq_len=seq_len, seed=seed, num_batches=n_batches,
-            stream=(_EVAL_STREAM,))
+            stream=(_EVAL_STREAM,), packing=packing)
   source = BatchSource(token_array, process_index=process_index, process_count=process_count,
                        **kw)
   description = {"seed": int(seed), "n_batches": int(n_batches), "batch_size": int(batch_size),
                  "seq_len": int(seq_len), "split": token_array.split,
                  "tokens": len(token_array), "sha256": token_array.sha256,
                  "stream": _EVAL_STREAM}
+  if packing.mask:
+    description["packing"] = packing.to_json()
   batches = [source[i] for i in range(n_batches)]
   if token_bytes is not None:
     whole = batches if process_count == 1 else [BatchSource(token_array, **kw)[i]
@@ -196,7 +211,8 @@ def reproduce_eval_batches(token_array: TokenSet, description: dict[str, Any], *
   batches, _ = eval_batches(token_array, batch_size=description["batch_size"],
                             seq_len=description["seq_len"], n_batches=description["n_batches"],
                             seed=description["seed"], process_index=process_index,
-                            process_count=process_count)
+                            process_count=process_count,
+                            packing=Packing.from_json(description.get("packing")))
   return batches
 
 

@@ -12,7 +12,7 @@ import tensorstore as ts
 
 from core.checks import first_line
 from core.errors import DataError
-from train.data import store
+from train.data import documents, store
 from train.data.mixture import DEFAULT_BLOCK, Assignment
 
 DEFAULT_CACHE_BYTES = 256 << 20
@@ -26,6 +26,7 @@ class TokenArray:
     self.path = path
     self.split = split
     self._sha256 = sha256
+    self._offsets: np.ndarray | None = None
 
   def __len__(self) -> int:
     return int(self._store.shape[0])
@@ -63,6 +64,28 @@ class TokenArray:
     index = starts[:, None] + np.arange(length, dtype=np.int64)
     return self._store.vindex[index].read().result().astype(np.int32)
 
+  def offsets(self) -> np.ndarray:
+    """int64: every document's start in this split, then its length (`S_offsets`), read once
+    and held in host memory (8 bytes a document)."""
+    if self._offsets is None:
+      path = self.path.rstrip("/") + store.OFFSETS
+      try:
+        arr = ts.open(store.zarr3_spec(path), open=True).result()
+      except ValueError as e:
+        raise DataError(f"cannot open the document offsets {path} ({first_line(e, 120)}); "
+                        "re-run pregate-prepare, or set --config.data.document_masking=False"
+                        ) from e
+      self._offsets = np.asarray(arr.read().result(), np.int64)
+    return self._offsets
+
+  def documents(self) -> int:
+    """Documents in this split (a tail split's cut counts the document it falls in)."""
+    return max(len(self.offsets()) - 1, 1)
+
+  def document_starts(self, window_starts: np.ndarray, length: int) -> np.ndarray:
+    """bool [n, length]: the positions of these windows that start a document."""
+    return documents.starts_in(self.offsets(), window_starts, length)
+
   def global_starts(self, seed: int, index: int, stream: tuple[int, ...], global_batch: int,
                     length: int) -> np.ndarray:
     """Start offsets of the global batch's windows of `length` tokens."""
@@ -70,10 +93,13 @@ class TokenArray:
     return rng.integers(0, len(self) - length + 1, size=global_batch)
 
   def batch_windows(self, seed: int, index: int, stream: tuple[int, ...], global_batch: int,
-                    rows: slice, length: int) -> np.ndarray:
-    """int32 [rows, length]: this process's rows of batch `index`."""
-    starts = self.global_starts(seed, index, stream, global_batch, length)
-    return self.read_windows(starts[rows], length)
+                    rows: slice, length: int, starts: bool = False
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
+    """(int32 [rows, length] windows of this process's rows of batch `index`, and with
+    `starts` their document-start mask, else None)."""
+    at = self.global_starts(seed, index, stream, global_batch, length)[rows]
+    return (self.read_windows(at, length),
+            self.document_starts(at, length) if starts else None)
 
   def describe(self) -> dict[str, Any]:
     return {"tokens": len(self), "data_sha256": self.known_sha256}
@@ -159,17 +185,25 @@ class MixtureTokens:
       self._assign[key] = Assignment(self.weights, self.block, seed, stream)
     return self._assign[key]
 
+  def documents(self) -> int:
+    return sum(a.documents() for a in self.arrays)
+
   def batch_windows(self, seed: int, index: int, stream: tuple[int, ...], global_batch: int,
-                    rows: slice, length: int) -> np.ndarray:
+                    rows: slice, length: int, starts: bool = False
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
+    """As TokenArray's: each window read, and its document starts found, in its source."""
     src = self.assignment(seed, stream).sources(int(index) * global_batch, global_batch)
     rng = np.random.default_rng([seed, int(index), *stream])
-    starts = rng.integers(0, self._lens[src] - length + 1)
-    src, starts = src[rows], starts[rows]
+    at = rng.integers(0, self._lens[src] - length + 1)
+    src, at = src[rows], at[rows]
     out = np.empty((src.size, length), np.int32)
+    doc = np.empty((src.size, length), bool) if starts else None
     for s in np.unique(src):
       sel = src == s
-      out[sel] = self.arrays[int(s)].read_windows(starts[sel], length)
-    return out
+      out[sel] = self.arrays[int(s)].read_windows(at[sel], length)
+      if doc is not None:
+        doc[sel] = self.arrays[int(s)].document_starts(at[sel], length)
+    return out, doc
 
   def describe(self) -> dict[str, Any]:
     return {"tokens": len(self), "data_sha256": self.known_sha256,

@@ -19,30 +19,33 @@ from flax import nnx
 
 from core.errors import ConfigError, DataError
 from core.paths import data_dirs
-from models.transformer import Transformer
+from models.transformer import Transformer, packed
 from train.ckpt.metadata import Metadata
 from train.ckpt.restore import load_for_eval
 from train.ckpt.stepspec import checkpoint_dir
-from train.data import pipeline
+from train.data import documents, pipeline
+from train.data.documents import Packing
 from train.data.tokenizer import Tokenizer
 
-EvalFn = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[jax.Array, jax.Array]]
+Window = dict[str, np.ndarray]  # inputs, targets, mask and any packed-document arrays
+EvalFn = Callable[[Window], tuple[jax.Array, jax.Array]]
 
 
 def make_eval_fn(model: Transformer) -> EvalFn:
-  """One jitted (inputs, targets, mask) -> (mean nats over mask, mask count); fixed shapes keep
-  it to a single compile, and the padded tail of a file is masked rather than reshaped."""
+  """One jitted window -> (mean nats over its mask, mask count); fixed shapes keep it to a
+  single compile, and the padded tail of a file is masked rather than reshaped. A window with
+  segment ids and positions (a masked run's) is run with them."""
   graphdef, state = nnx.split(model)
 
   @jax.jit
-  def loss(state: nnx.State, inputs: jax.Array, targets: jax.Array, mask: jax.Array
-           ) -> tuple[jax.Array, jax.Array]:
-    logits = nnx.merge(graphdef, state)(inputs)
+  def loss(state: nnx.State, w: Window) -> tuple[jax.Array, jax.Array]:
+    inputs, targets, mask = w["inputs"], w["targets"], w["mask"]
+    logits = nnx.merge(graphdef, state)(inputs, **packed(w))
     nats = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
     count = jnp.sum(mask)
     return jnp.sum(nats * mask) / jnp.maximum(count, 1.0), count
 
-  return lambda inputs, targets, mask: loss(state, inputs, targets, mask)
+  return lambda w: loss(state, w)
 
 
 def val_dir(meta: Metadata, ckpt_dir: str) -> str:
@@ -51,10 +54,12 @@ def val_dir(meta: Metadata, ckpt_dir: str) -> str:
   return data_dirs(dcfg, os.path.dirname(ckpt_dir))[1]
 
 
-def file_windows(ids: np.ndarray, seq_len: int, batch_size: int
-                 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def file_windows(ids: np.ndarray, seq_len: int, batch_size: int,
+                 packing: Packing = Packing(), eos_id: int | None = None) -> list[Window]:
   """Batches [batch_size, seq_len] of non-overlapping windows covering every next-token target
-  of `ids` exactly once; the tail window and filler rows are zero-padded with mask 0."""
+  of `ids` exactly once; the tail window and filler rows are zero-padded with mask 0. With a
+  masked run's `packing`, a document starts after every end-of-text id (`eos_id`), as the
+  prepared data lays documents out."""
   n_targets = len(ids) - 1
   n_rows = -(-n_targets // seq_len)
   n_rows = -(-n_rows // batch_size) * batch_size
@@ -63,7 +68,15 @@ def file_windows(ids: np.ndarray, seq_len: int, batch_size: int
   shape = (n_rows // batch_size, batch_size, seq_len)
   inputs, targets = flat[:-1].reshape(shape), flat[1:].reshape(shape)
   mask = (np.arange(n_rows * seq_len) < n_targets).astype(np.float32).reshape(shape)
-  return list(zip(inputs, targets, mask))
+  arrays = {"inputs": inputs, "targets": targets, "mask": mask}
+  if packing.mask:
+    starts = np.zeros(flat.size - 1, bool)
+    if eos_id is not None:
+      starts[np.flatnonzero(flat[:-2] == eos_id) + 1] = True
+    starts = starts.reshape(-1, seq_len)
+    starts[:, 0] = True
+    arrays.update({k: v.reshape(shape) for k, v in documents.segments(starts, packing).items()})
+  return [{k: v[i] for k, v in arrays.items()} for i in range(shape[0])]
 
 
 def _read_text(path: str, tokenizer: Tokenizer) -> np.ndarray:
@@ -106,8 +119,7 @@ def evaluate_checkpoint(path: str, step: str | int = "latest", data: str | None 
     split = pipeline.open_split(val_dir(meta, checkpoint_dir(path)),
                                 desc.get("split", "val"))
     drawn = pipeline.reproduce_eval_batches(split, {**desc, "n_batches": n})
-    outs = [eval_fn(b["inputs"], b["targets"], np.ones(b["targets"].shape, np.float32))
-            for b in drawn]
+    outs = [eval_fn({**b, "mask": np.ones(b["targets"].shape, np.float32)}) for b in drawn]
     means, counts = zip(*jax.device_get(outs))
     loss = float(np.mean(means))  # the loop's reduction: a mean of equal-size batch means
     n_bytes = sum(int(table[b["targets"]].sum()) for b in drawn)
@@ -118,9 +130,11 @@ def evaluate_checkpoint(path: str, step: str | int = "latest", data: str | None 
     ids = _read_text(data, tokenizer)
     seq_len = min(int(train_cfg.get("seq_len") or model.cfg.max_seq_len), model.cfg.max_seq_len)
     batch_size = int(desc.get("batch_size") or train_cfg.get("global_batch") or 8)
-    windows = file_windows(ids, seq_len, batch_size)[:batches]
-    means, counts = zip(*jax.device_get([eval_fn(*w) for w in windows]))
-    n_bytes = sum(float(np.dot(table[t].reshape(-1), m.reshape(-1))) for _, t, m in windows)
+    windows = file_windows(ids, seq_len, batch_size, meta.document_packing,
+                           tokenizer.eos_id)[:batches]
+    means, counts = zip(*jax.device_get([eval_fn(w) for w in windows]))
+    n_bytes = sum(float(np.dot(table[w["targets"]].reshape(-1), w["mask"].reshape(-1)))
+                  for w in windows)
     loss = float(np.dot(np.float64(means), np.float64(counts)) / np.sum(np.float64(counts)))
     source, n, recorded = f"file {os.path.abspath(data)}", len(windows), None
   tokens = int(np.sum(np.float64(counts)))

@@ -205,7 +205,7 @@ def _start(config: Any, workdir: str, plan: Plan, data: RunData, rs: RunSetup,
       data.val, batch_size=config.eval.batch_size or config.batch.global_batch,
       seq_len=config.batch.seq_len, n_batches=config.eval.eval_batches, seed=config.seed,
       process_index=jax.process_index(), process_count=jax.process_count(),
-      token_bytes=data.tokenizer.token_bytes())
+      token_bytes=data.tokenizer.token_bytes(), packing=data.packing)
   eval_global = [rs.to_global(b) for b in eval_set]
   records = []
   if loaded is not None:
@@ -217,7 +217,7 @@ def _start(config: Any, workdir: str, plan: Plan, data: RunData, rs: RunSetup,
       signature=rs.state.expected_signature(), manifest=data.manifest,
       gate=plan.verdict.to_dict(), eval_batches=eval_desc,
       mesh={a: int(rs.mesh.shape[a]) for a in sharding.AXES}, changes=plan.changes,
-      sources=data.sources, distill=distill)
+      sources=data.sources, distill=distill, packing=data.packing)
   return _Started(state, it, checkpointer or open_ckpt(), run_meta,
                   resumed or metadata.Metadata(), eval_global, records)
 

@@ -136,7 +136,8 @@ def measure(config: ConfigDict, *, warmup: int = 5, steps: int = 150) -> UnitCos
     step_s, step_median_s = statistics.fmean(times), statistics.median(times)
     eval_set, _ = pipeline.eval_batches(
         run.data.val, batch_size=config.eval.batch_size or config.batch.global_batch,
-        seq_len=config.batch.seq_len, n_batches=config.eval.eval_batches, seed=config.seed)
+        seq_len=config.batch.seq_len, n_batches=config.eval.eval_batches, seed=config.seed,
+        packing=rs.packing)
     eval_set = [rs.to_global(b) for b in eval_set]
     evals = []
     for _ in range(4):  # the first call compiles the eval step, once per run

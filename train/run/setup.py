@@ -23,7 +23,7 @@ from ml_collections import ConfigDict
 from core.errors import DataError
 from core.paths import data_dirs
 from models.config import ModelConfig
-from train.data import datasets, pipeline, store
+from train.data import datasets, documents, pipeline, store
 from train.data.tokenizer import Tokenizer, tokenizer_from_json
 from train.run import teacher as teacher_lib
 from train.run.edges import is_due
@@ -41,6 +41,7 @@ class RunData:
   train: pipeline.TokenSet
   val: pipeline.TokenSet
   sources: dict[str, dict[str, Any]]  # per source: weight, planned/unique tokens, epochs
+  packing: pipeline.Packing = pipeline.Packing()  # data.document_* as resolved for this data
 
   def unique_tokens(self) -> dict[str, int]:
     """{source: unique train tokens} as prepared (what the gate's effective tokens need)."""
@@ -72,10 +73,23 @@ def open_data(config: ConfigDict, workdir: str, model_cfg: ModelConfig) -> RunDa
   sources = datasets.source_plan(manifest, steps=config.train_steps,
                                  global_batch=b.global_batch, seq_len=b.seq_len,
                                  seed=config.seed)
+  packing = documents.resolve(dcfg.document_masking, dcfg.document_positions,
+                              train_arr.documents())
   if jax.process_index() == 0:
     for line in datasets.plan_lines(sources):
       logging.info("%s", line)
-  return RunData(manifest, tokenizer, train_arr, val_arr, sources)
+    logging.info("%s", packing_line(train_arr, config, packing))
+  return RunData(manifest, tokenizer, train_arr, val_arr, sources, packing)
+
+
+def packing_line(train: pipeline.TokenSet, config: ConfigDict, packing: pipeline.Packing) -> str:
+  """The start-up (and plan) line on packed documents, measured on the first training batch."""
+  if not packing.mask:
+    return documents.report_line(packing, None)
+  b = config.batch
+  first = pipeline.BatchSource(train, global_batch=b.global_batch, seq_len=b.seq_len,
+                               seed=config.seed, num_batches=1, packing=packing)[0]
+  return documents.report_line(packing, documents.report(first[documents.SEGMENT_IDS]))
 
 
 @dataclasses.dataclass
@@ -95,6 +109,7 @@ class RunSetup:
   # The same step plus parameter and update norms, run on log steps only (logging.weight_norms;
   # otherwise `compiled` itself). Its parameters are bitwise those of `compiled`.
   compiled_log: Any = None
+  packing: pipeline.Packing = pipeline.Packing()  # the batches' segment arrays
 
   def step_for(self, step: int) -> Any:
     """The compiled step that produces step `step` (1-based): the norms on log steps."""
@@ -112,13 +127,15 @@ class RunSetup:
     mesh = run_mesh(config, model_cfg)
     teacher = teacher_lib.load(config, model_cfg, workdir, data.tokenizer, mesh)
     teacher_lib.check_workdir(workdir, teacher_lib.run_record(config, teacher))
-    return cls.build(config, model_cfg, teacher, mesh)
+    return cls.build(config, model_cfg, teacher, mesh, data.packing)
 
   @classmethod
   def build(cls, config: ConfigDict, model_cfg: ModelConfig, teacher: Teacher | None = None,
-            mesh: jax.sharding.Mesh | None = None) -> RunSetup:
+            mesh: jax.sharding.Mesh | None = None,
+            packing: pipeline.Packing = pipeline.Packing()) -> RunSetup:
     """The state layout and the compiled step on the run's mesh (`run_mesh` unless given),
-    lowered on abstract shapes. With a `teacher` (on this mesh) the step distills from it."""
+    lowered on abstract shapes (with the segment arrays of `packing`). With a `teacher` (on
+    this mesh) the step distills from it."""
     mesh = run_mesh(config, model_cfg) if mesh is None else mesh
     tx, schedule = step_lib.make_optimizer(config), step_lib.lr_schedule(config)
     state = TrainSetup.build(model_cfg, tx, config.seed, mesh)
@@ -127,7 +144,7 @@ class RunSetup:
     t0 = time.perf_counter()
     distill = None if teacher is None else Distill(
         teacher.graphdef, float(config.distill.alpha), float(config.distill.temperature))
-    batch = sharding.abstract_batch(b, mesh)
+    batch = sharding.abstract_batch(b, mesh, packing.keys())
     extra = () if teacher is None else (teacher.abstract(),)
 
     def compile_step(weight_norms: bool) -> Any:
@@ -149,7 +166,7 @@ class RunSetup:
     eval_fn = jax.jit(step_lib.make_eval_step(state.graphdef, micro, mesh=mesh),
                       in_shardings=(state.shardings.params, batch_sharding))
     return cls(config, model_cfg, mesh, state, tx, batch_sharding, compiled, compile_s,
-               eval_fn, teacher, compiled_log)
+               eval_fn, teacher, compiled_log, packing)
 
   def to_global(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     """This process's rows of a batch -> one global array per key, split over the mesh."""
@@ -162,7 +179,7 @@ class RunSetup:
     return pipeline.make_train_iter(
         tokens, global_batch=b.global_batch, seq_len=b.seq_len, seed=self.config.seed,
         num_batches=num_batches, process_index=jax.process_index(),
-        process_count=jax.process_count())
+        process_count=jax.process_count(), packing=self.packing)
 
   def time_steps(self, state: Any, it: Any, warmup: int, steps: int
                  ) -> tuple[Any, list[float]]:

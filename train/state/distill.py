@@ -18,6 +18,7 @@ from flax import nnx
 
 from models.config import ModelConfig
 from models.loss import cross_entropy, distill_kl
+from models.transformer import packed
 
 Params = dict[str, Any]
 Batch = dict[str, jax.Array]
@@ -68,10 +69,11 @@ def make_loss_fn(graphdef: nnx.GraphDef, distill: Distill
 
   def loss_fn(params: Params, batch: Batch, teacher_params: Params
               ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    logits = nnx.merge(graphdef, params)(batch["inputs"])
+    logits = nnx.merge(graphdef, params)(batch["inputs"], **packed(batch))
     ce = cross_entropy(logits, batch["targets"])
     teacher = nnx.merge(distill.teacher_graphdef, jax.lax.stop_gradient(teacher_params))
-    teacher_logits = jax.lax.stop_gradient(teacher(batch["inputs"]))
+    # The teacher reads the documents as the student does (one at a time when masked).
+    teacher_logits = jax.lax.stop_gradient(teacher(batch["inputs"], **packed(batch)))
     kl = distill_kl(logits, teacher_logits, temperature)
     return (1.0 - alpha) * ce + alpha * kl, {"ce": ce, "kl": kl}
 

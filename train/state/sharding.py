@@ -135,11 +135,13 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(BATCH_AXES))
 
 
-def abstract_batch(batch_cfg: ConfigDict, mesh: Mesh) -> dict[str, jax.ShapeDtypeStruct]:
-  """The train step's global batch as sharded shapes, to lower the step ahead of time."""
+def abstract_batch(batch_cfg: ConfigDict, mesh: Mesh, extra: Sequence[str] = ()
+                   ) -> dict[str, jax.ShapeDtypeStruct]:
+  """The train step's global batch as sharded shapes, to lower the step ahead of time;
+  `extra`: the packed-document arrays the run's batches carry (train/data/documents.py)."""
   shape = (batch_cfg.global_batch, batch_cfg.seq_len)
   return {k: jax.ShapeDtypeStruct(shape, np.int32, sharding=batch_sharding(mesh))
-          for k in ("inputs", "targets")}
+          for k in ("inputs", "targets", *extra)}
 
 
 def describe(mesh: Mesh) -> str:

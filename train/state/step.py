@@ -20,7 +20,7 @@ from models.config import ModelConfig
 from models.loss import chunked_cross_entropy, cross_entropy
 from models.params import abstract_model
 from models.sharding_hook import activation_constraints
-from models.transformer import Transformer
+from models.transformer import Transformer, packed
 from train.state import distill as distill_lib
 from train.state.activation_sharding import mesh_constraint
 from train.state.distill import Distill
@@ -94,9 +94,9 @@ def make_loss_fn(graphdef: nnx.GraphDef) -> Callable[[Params, Batch], jax.Array]
   def loss_fn(params: Params, batch: Batch) -> jax.Array:
     model = nnx.merge(graphdef, params)
     if model.cfg.loss_chunk:
-      return chunked_cross_entropy(model.hidden(batch["inputs"]), model.head(),
+      return chunked_cross_entropy(model.hidden(batch["inputs"], **packed(batch)), model.head(),
                                    batch["targets"], model.cfg.loss_chunk)
-    return cross_entropy(model(batch["inputs"]), batch["targets"])
+    return cross_entropy(model(batch["inputs"], **packed(batch)), batch["targets"])
   return loss_fn
 
 
