@@ -82,7 +82,8 @@ def test_every_field_is_overridable_from_the_command_line():
     return ownership.flatten(values.config.to_dict())
 
   overrides = {f.path: f.default for f in config_schema.FIELDS if f.type != "mapping"}
-  overrides.update({"model.scan_layers": True, "model.d_model": 64, "data.corpus": "",
+  overrides.update({"model.scan_layers": True, "data.document_masking": False,
+                    "data.document_positions": True, "model.d_model": 64, "data.corpus": "",
                     "optimizer.lr": 0.5, "model.attention": "einsum"})
   argv = ["prog", f"--config={base.__file__}"] + [
       f"--config.{path}={value}" for path, value in overrides.items()]

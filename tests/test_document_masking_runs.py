@@ -1,0 +1,107 @@
+"""Document masking in real runs, on Tiny Shakespeare split into its speeches (documents ended
+by an end-of-text id): on by default for such data and said so at start-up, recorded in the
+checkpoint and its eval batches, reproduced by `pregate-eval`, a resumed masked run bitwise
+equal to an uninterrupted one, and a resume that would change the masking refused."""
+import numpy as np
+import pytest
+
+import helpers
+from train.data import pipeline, prepare
+from train.data.documents import Packing
+
+pytestmark = pytest.mark.e2e
+
+STEPS, STOP_AT = 40, 15
+SPEECHES = {"data.txt_separator": "\n\n", "data.eot_token": "<|endoftext|>",
+            "data.val_split": "documents", "model.vocab_size": 66, "batch.seq_len": 128,
+            "model.max_seq_len": 128, "train_steps": STEPS}
+
+
+@pytest.fixture(scope="module")
+def speeches(tmp_path_factory) -> str:
+  out = tmp_path_factory.mktemp("speeches") / "data"
+  prepare.prepare(str(helpers.CORPUS), str(out), "char", 0.1, eot_token="<|endoftext|>",
+                  val_split="documents", txt_separator="\n\n")
+  return str(out)
+
+
+def _flags(data_dir, **over):
+  return [*helpers.tiny_flags(data_dir, {**SPEECHES, **over}), helpers.FORCE]
+
+
+@pytest.fixture(scope="module")
+def runs(speeches, tmp_path_factory):
+  root = tmp_path_factory.mktemp("masked")
+  whole = helpers.run_main(*_flags(speeches), workdir=root / "whole")
+  first = helpers.run_main(*_flags(speeches), f"--stop_after_steps={STOP_AT}",
+                           workdir=root / "split")
+  changed = helpers.run_main(*_flags(speeches, **{"data.document_masking": False}),
+                             workdir=root / "split")
+  second = helpers.run_main(*_flags(speeches), workdir=root / "split")
+  plain = helpers.run_main(*_flags(speeches, **{"data.document_masking": False}),
+                           workdir=root / "plain")
+  return dict(root=root, whole=whole, first=first, changed=changed, second=second, plain=plain)
+
+
+def test_masking_is_on_for_documents_and_said_at_start(runs):
+  whole = runs["whole"]
+  assert whole.rc == 0, whole.stderr[-3000:]
+  line = next(ln for ln in whole.stderr.splitlines() if "packing:" in ln)
+  assert "document masking on, positions restart per document" in line
+  assert "documents per window" in line and "causal attention pairs masked" in line
+  meta = helpers.checkpoint_meta(runs["root"] / "whole", STEPS)
+  assert meta["packing"] == Packing(True, True).to_json()
+  assert meta["eval_batches"]["packing"] == Packing(True, True).to_json()
+  plain = runs["plain"]
+  assert plain.rc == 0, plain.stderr[-3000:]
+  assert "plain causal attention across packed documents" in plain.stderr
+  plain_meta = helpers.checkpoint_meta(runs["root"] / "plain", STEPS)
+  assert plain_meta["packing"] == Packing().to_json()
+  assert "packing" not in plain_meta["eval_batches"]
+  assert plain_meta["val_loss"] != meta["val_loss"]  # the same data and seed, another model
+
+
+def test_resumed_masked_run_is_bitwise_identical(runs):
+  assert runs["first"].rc == 75, runs["first"].stderr[-3000:]
+  assert runs["second"].rc == 0, runs["second"].stderr[-3000:]
+  split, whole = runs["root"] / "split", runs["root"] / "whole"
+  got, want = (helpers.flat(helpers.load_params(w, STEPS)) for w in (split, whole))
+  assert got.keys() == want.keys() and want
+  for path in want:
+    np.testing.assert_array_equal(got[path], want[path], err_msg=path)
+  evals = lambda w: {r["step"]: r["val_loss"] for r in
+                     helpers.events(helpers.read_jsonl(w / "metrics.jsonl"), "eval")}
+  assert evals(split) == evals(whole)
+
+
+def test_a_resume_cannot_change_the_masking(runs):
+  helpers.assert_one_line_error(runs["changed"], "data.document_masking")
+  assert runs["changed"].rc == 2
+
+
+def test_pregate_eval_reproduces_the_masked_val_loss(runs):
+  res = helpers.command("train.cli.evaluate", f"--checkpoint={runs['root'] / 'whole'}")
+  assert res.rc == 0, res.stderr[-3000:]
+  assert '"abs_diff": 0.0' in res.stdout, res.stdout[-2000:]
+
+
+def test_masked_batches_are_a_pure_function_of_seed_and_index(speeches):
+  """Batch i's segments depend on (seed, i) only, and each process of a split run holds its
+  rows of the same global batch, segments included."""
+  train = pipeline.open_split(speeches, "train")
+  kw = dict(global_batch=8, seq_len=128, seed=3, num_batches=5, packing=Packing(True, True))
+  whole = pipeline.BatchSource(train, **kw)
+  again = pipeline.BatchSource(pipeline.open_split(speeches, "train"), **kw)
+  halves = [pipeline.BatchSource(train, process_index=p, process_count=2, **kw)
+            for p in range(2)]
+  for i in (4, 0, 2):
+    b = whole[i]
+    assert set(b) == {"inputs", "targets", "segment_ids", "positions"}
+    for key in b:
+      np.testing.assert_array_equal(b[key], again[i][key])
+      np.testing.assert_array_equal(b[key], np.concatenate([h[i][key] for h in halves]))
+    eot = 65  # the char vocabulary's end-of-text id: a document's last token
+    after = np.zeros_like(b["inputs"], bool)
+    after[:, 1:] = b["inputs"][:, :-1] == eot
+    np.testing.assert_array_equal(after[:, 1:], (b["positions"] == 0)[:, 1:])
+  assert whole[1]["segment_ids"].max() >= 1  # windows do span documents
