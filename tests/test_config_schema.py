@@ -153,3 +153,14 @@ def test_profile_steps_must_be_a_window_inside_the_run(spec, ok):
   cfg.logging.profile_steps = spec
   found = [p for p in config_sanity.problems(cfg.to_dict()) if "profile_steps" in p]
   assert found == ([] if ok else [found[0]]) and (ok or "train_steps=10" in found[0]), found
+
+
+@pytest.mark.parametrize("masking,positions,ok", [
+    (None, None, True), (True, None, True), (True, False, True), (False, None, True),
+    (False, False, True), (None, True, True), (False, True, False)])
+def test_document_positions_need_document_masking(masking, positions, ok):
+  """Restarting positions at documents that still attend to each other is refused."""
+  cfg = base.get_config()
+  cfg.data.document_masking, cfg.data.document_positions = masking, positions
+  found = [p for p in config_sanity.problems(cfg.to_dict()) if "document_" in p]
+  assert found == ([] if ok else [found[0]]) and (ok or "set both True" in found[0]), found

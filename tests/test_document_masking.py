@@ -112,3 +112,18 @@ def test_resolution_follows_the_data():
   assert Packing.from_json(Packing(True, False).to_json()) == Packing(True, False)
   assert Packing.from_json(None) == Packing()
   assert dataclasses.replace(Packing(True, True), positions=False).keys() == ("segment_ids",)
+
+
+def test_the_cudnn_path_receives_the_segment_mask_as_a_bias():
+  """Stack fact (docs/stack-facts.md): the pinned JAX hands `dot_product_attention`'s boolean
+  `mask` to cuDNN's fused kernel as an additive bias, 0 where attention is allowed and a large
+  negative number where it is not (-2.2e12 in bfloat16); so the cudnn path masks segments exactly as xla does. Runs
+  on CPU: the conversion is plain jnp, before any kernel."""
+  from jax._src.cudnn.fused_attention_stablehlo import combine_bias_and_mask
+  seg = jnp.asarray([[0, 0, 1, 1]])
+  from models.attention import same_segment
+  bias = np.asarray(combine_bias_and_mask(None, same_segment(seg)[:, None], jnp.bfloat16),
+                    np.float32)
+  assert bias.shape == (1, 1, 4, 4)
+  allowed = np.asarray(same_segment(seg))[:, None]
+  assert (bias[allowed] == 0).all() and (bias[~allowed] < -1e9).all()  # exp() of it is 0

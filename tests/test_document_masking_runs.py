@@ -105,3 +105,44 @@ def test_masked_batches_are_a_pure_function_of_seed_and_index(speeches):
     after[:, 1:] = b["inputs"][:, :-1] == eot
     np.testing.assert_array_equal(after[:, 1:], (b["positions"] == 0)[:, 1:])
   assert whole[1]["segment_ids"].max() >= 1  # windows do span documents
+
+
+def test_mixture_batches_carry_each_sources_segments(speeches):
+  """A mixture draws each window from its source and finds its documents in that source's
+  offsets: a document starts exactly after an end-of-text id in every row, whichever source
+  the row came from, and the process split keeps its rows' segments."""
+  arrays = [pipeline.open_split(speeches, "train") for _ in range(2)]
+  mix = pipeline.MixtureTokens(["a", "b"], arrays, [0.7, 0.3], block=16)
+  assert mix.documents() == 2 * arrays[0].documents()
+  kw = dict(global_batch=8, seq_len=128, seed=5, num_batches=3, packing=Packing(True, True))
+  whole = pipeline.BatchSource(mix, **kw)[2]
+  halves = [pipeline.BatchSource(mix, process_index=p, process_count=2, **kw)[2]
+            for p in range(2)]
+  for key in whole:
+    np.testing.assert_array_equal(whole[key], np.concatenate([h[key] for h in halves]))
+  after_eot = whole["inputs"][:, :-1] == 65
+  np.testing.assert_array_equal(after_eot, whole["positions"][:, 1:] == 0)
+  np.testing.assert_array_equal(np.diff(whole["segment_ids"], axis=1), after_eot)
+
+
+def test_plan_reports_the_packing_of_prepared_data(speeches):
+  res = helpers.command("train.cli.plan", f"--config={helpers.CONFIG}",
+                        *_flags(speeches)[:-1], f"--data_dir={speeches}")
+  assert res.rc in (0, 3), res.stderr[-3000:]
+  line = next(ln for ln in res.stdout.splitlines() if ln.startswith("packing:"))
+  assert "document masking on" in line and "documents per window" in line
+  off = helpers.command("train.cli.plan", f"--config={helpers.CONFIG}",
+                        *_flags(speeches, **{"data.document_masking": False})[:-1],
+                        f"--data_dir={speeches}")
+  assert "packing: plain causal attention" in off.stdout, off.stdout[-2000:]
+
+
+def test_masking_without_offsets_is_one_line(speeches, tmp_path):
+  """Prepared data whose document offsets are gone: masking cannot find documents and says
+  how to fix it, instead of treating the split as one document."""
+  import shutil
+  copy = tmp_path / "data"
+  shutil.copytree(speeches, copy)
+  shutil.rmtree(copy / "train_offsets")
+  with pytest.raises(pipeline.DataError, match="document offsets .* re-run pregate-prepare"):
+    pipeline.open_split(str(copy), "train").documents()

@@ -32,7 +32,8 @@ from absl import flags
 from ml_collections import ConfigDict
 
 from core import cli, contracts
-from core.errors import ConfigError
+from core.checks import first_line
+from core.errors import ConfigError, DataError
 from gates import chinchilla, chinchilla_contract, repetition
 from models import params
 from models.config import ModelConfig
@@ -149,8 +150,25 @@ def plan(config: ConfigDict, *, tokens_per_sec: float | None = None, data_dir: s
     for use in verdict.sources:
       lines.extend(repetition.report(contract, round(use.tokens), use.unique_tokens,
                                      n_params=n, source=f"{use.name}: {source}").lines())
+  lines.append(packing_line(config, data_dir or config.get("data", ConfigDict()).get("data_dir")))
   lines.append(verdict.message())
   return lines, verdict
+
+
+def packing_line(config: ConfigDict, data_dir: str | None) -> str:
+  """How the run would pack documents, measured on its first batch of the prepared data."""
+  if not data_dir:
+    return "packing: not measured: no prepared data (pass --data_dir=WORKDIR/data)"
+  from train.data import documents, pipeline
+  from train.run.setup import packing_line as measured
+  try:
+    train = pipeline.open_split(data_dir, "train")
+    dcfg = config.data
+    packing = documents.resolve(dcfg.document_masking, dcfg.document_positions,
+                                train.documents())
+    return measured(train, config, packing)
+  except DataError as e:
+    return f"packing: not measured: {first_line(e)}"
 
 
 def _measure(config: ConfigDict) -> list[str]:

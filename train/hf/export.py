@@ -36,7 +36,7 @@ SIDECAR = "pregate_metadata.json"
 # Checkpoint metadata carried through an export, so an import restores its provenance.
 CARRIED = ("schema", "step", "tokens_seen", "planned_tokens", "val_loss", "best_val_loss",
            "eval_batches", "gate", "data", "config", "mesh", "libraries", "git_commit",
-           "termination")
+           "termination", "packing")
 
 
 class ExportError(PregateError):
