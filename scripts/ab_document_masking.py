@@ -1,11 +1,13 @@
 """Step time with document masking on vs off, on the config's own prepared data.
 
-`PYTHONPATH=$PWD python scripts/ab_document_masking.py configs/shakespeare_bpe.py DATA_DIR [400]`
+`PYTHONPATH=$PWD python scripts/ab_document_masking.py configs/shakespeare_bpe.py DATA_DIR \
+[400]`
 
 Both steps are the run's own (`RunSetup.build`: the run's mesh, shardings, donation, under the
 run's malloc settings), fed the pipeline's real batches of DATA_DIR (with segment ids and
-positions when masking is on). They run in alternating blocks of 25 steps (`steps` each; timed like pregate-bench: dispatch +
-reading the previous step's loss), so machine load shared with other jobs hits both alike.
+positions when masking is on). They run in alternating blocks of 25 steps (`steps` each; timed
+like pregate-bench: dispatch + reading the previous step's loss), so machine load shared with
+other jobs hits both alike.
 Prints the median step time of each and their ratio.
 """
 from __future__ import annotations

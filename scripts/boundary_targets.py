@@ -37,13 +37,8 @@ def main(workdirs: list[str]) -> None:
     split = pipeline.open_split(val_dir(meta, checkpoint_dir(workdir)), "val")
     batches = pipeline.reproduce_eval_batches(split, meta.eval_batches)
     graphdef, state = nnx.split(model)
-
-    @jax.jit
-    def nats(state, b):
-      logits = nnx.merge(graphdef, state)(b["inputs"], **packed(b))
-      return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
-                                                             b["targets"])
-
+    nats = jax.jit(lambda state, b, g=graphdef: optax.softmax_cross_entropy_with_integer_labels(
+        nnx.merge(g, state)(b["inputs"], **packed(b)).astype(jnp.float32), b["targets"]))
     per = np.concatenate([np.asarray(nats(state, b)).ravel() for b in batches])
     inputs = np.concatenate([b["inputs"].ravel() for b in batches])
     targets = np.concatenate([b["targets"].ravel() for b in batches])

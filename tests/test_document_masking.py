@@ -117,8 +117,8 @@ def test_resolution_follows_the_data():
 def test_the_cudnn_path_receives_the_segment_mask_as_a_bias():
   """Stack fact (docs/stack-facts.md): the pinned JAX hands `dot_product_attention`'s boolean
   `mask` to cuDNN's fused kernel as an additive bias, 0 where attention is allowed and a large
-  negative number where it is not (-2.2e12 in bfloat16); so the cudnn path masks segments exactly as xla does. Runs
-  on CPU: the conversion is plain jnp, before any kernel."""
+  negative number where it is not (-2.2e12 in bfloat16); so the cudnn path masks segments
+  exactly as xla does. Runs on CPU: the conversion is plain jnp, before any kernel."""
   from jax._src.cudnn.fused_attention_stablehlo import combine_bias_and_mask
   seg = jnp.asarray([[0, 0, 1, 1]])
   from models.attention import same_segment

@@ -40,7 +40,7 @@ from core.jsonio import write_json_atomic
 from gates import arch_match
 from models.config import HF_IDENTITY, ModelConfig
 from models.params import ParamCounts
-from train.data.documents import Packing
+from train.data.documents import PLAIN, Packing
 from train.state.sharding import AXES
 
 SCHEMA = "pregate.checkpoint/v1"
@@ -262,7 +262,7 @@ def run_record(*, config: dict[str, Any], model_cfg: ModelConfig, counts: ParamC
                changes: Mapping[str, list[str]] | None = None,
                sources: Mapping[str, Mapping[str, Any]] | None = None,
                distill: Mapping[str, Any] | None = None,
-               packing: Packing = Packing()) -> Metadata:
+               packing: Packing = PLAIN) -> Metadata:
   """The part of a training run's record that is the same for every save. `sources`: per data
   source, its weight, planned tokens, unique train tokens and epochs (`data_sources`).
   `distill`: a distilled run's teacher {spec, path, step, architecture, model, param_counts,

@@ -42,6 +42,9 @@ class Packing:
     return cls(bool(raw.get("document_masking")), bool(raw.get("document_positions")))
 
 
+PLAIN = Packing()  # no masking: the plain causal program
+
+
 def resolve(masking: bool | None, positions: bool | None, documents: int) -> Packing:
   """The packing of a run whose training split holds `documents` documents: masking None is
   on exactly when there is more than one (a single-document corpus such as the char

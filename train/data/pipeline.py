@@ -19,7 +19,7 @@ import numpy as np
 from core.checks import is_int
 from core.errors import ConfigError, DataError
 from train.data import documents
-from train.data.documents import Packing
+from train.data.documents import PLAIN, Packing
 from train.data.tokens import (
   DEFAULT_CACHE_BYTES,
   MixtureTokens,
@@ -55,7 +55,7 @@ class BatchSource:
 
   def __init__(self, tokens: TokenSet, *, global_batch: int, seq_len: int, seed: int,
                num_batches: int, process_index: int = 0, process_count: int = 1,
-               stream: tuple[int, ...] = (), packing: Packing = Packing()):
+               stream: tuple[int, ...] = (), packing: Packing = PLAIN):
     for name, value in (("global_batch", global_batch), ("seq_len", seq_len),
                         ("num_batches", num_batches), ("process_count", process_count)):
       if not is_int(value, 1):
@@ -142,7 +142,7 @@ class ResumableIterator(grain.DatasetIterator):
 def make_train_iter(token_array: TokenSet, *, global_batch: int, seq_len: int, seed: int,
                     num_batches: int, process_index: int = 0, process_count: int = 1,
                     prefetch: int = DEFAULT_PREFETCH, num_threads: int = DEFAULT_NUM_THREADS,
-                    packing: Packing = Packing()) -> ResumableIterator:
+                    packing: Packing = PLAIN) -> ResumableIterator:
   """Training batches 0..num_batches-1 with background prefetch and exact get/set_state.
 
   Works with orbax via grain.checkpoint.CheckpointSave(it) / CheckpointRestore(it).
@@ -159,7 +159,7 @@ def make_train_iter(token_array: TokenSet, *, global_batch: int, seq_len: int, s
 
 def eval_batches(token_array: TokenSet, *, batch_size: int, seq_len: int, n_batches: int,
                  seed: int = 0, process_index: int = 0, process_count: int = 1,
-                 token_bytes: np.ndarray | None = None, packing: Packing = Packing()
+                 token_bytes: np.ndarray | None = None, packing: Packing = PLAIN
                  ) -> tuple[list[Batch], dict[str, Any]]:
   """A fixed set of validation batches and the description that reproduces them exactly.
 

@@ -24,7 +24,7 @@ from train.ckpt.metadata import Metadata
 from train.ckpt.restore import load_for_eval
 from train.ckpt.stepspec import checkpoint_dir
 from train.data import documents, pipeline
-from train.data.documents import Packing
+from train.data.documents import PLAIN, Packing
 from train.data.tokenizer import Tokenizer
 
 Window = dict[str, np.ndarray]  # inputs, targets, mask and any packed-document arrays
@@ -55,7 +55,7 @@ def val_dir(meta: Metadata, ckpt_dir: str) -> str:
 
 
 def file_windows(ids: np.ndarray, seq_len: int, batch_size: int,
-                 packing: Packing = Packing(), eos_id: int | None = None) -> list[Window]:
+                 packing: Packing = PLAIN, eos_id: int | None = None) -> list[Window]:
   """Batches [batch_size, seq_len] of non-overlapping windows covering every next-token target
   of `ids` exactly once; the tail window and filler rows are zero-padded with mask 0. With a
   masked run's `packing`, a document starts after every end-of-text id (`eos_id`), as the

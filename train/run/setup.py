@@ -41,7 +41,7 @@ class RunData:
   train: pipeline.TokenSet
   val: pipeline.TokenSet
   sources: dict[str, dict[str, Any]]  # per source: weight, planned/unique tokens, epochs
-  packing: pipeline.Packing = pipeline.Packing()  # data.document_* as resolved for this data
+  packing: pipeline.Packing = documents.PLAIN  # data.document_* as resolved for this data
 
   def unique_tokens(self) -> dict[str, int]:
     """{source: unique train tokens} as prepared (what the gate's effective tokens need)."""
@@ -109,7 +109,7 @@ class RunSetup:
   # The same step plus parameter and update norms, run on log steps only (logging.weight_norms;
   # otherwise `compiled` itself). Its parameters are bitwise those of `compiled`.
   compiled_log: Any = None
-  packing: pipeline.Packing = pipeline.Packing()  # the batches' segment arrays
+  packing: pipeline.Packing = documents.PLAIN  # the batches' segment arrays
 
   def step_for(self, step: int) -> Any:
     """The compiled step that produces step `step` (1-based): the norms on log steps."""
@@ -132,7 +132,7 @@ class RunSetup:
   @classmethod
   def build(cls, config: ConfigDict, model_cfg: ModelConfig, teacher: Teacher | None = None,
             mesh: jax.sharding.Mesh | None = None,
-            packing: pipeline.Packing = pipeline.Packing()) -> RunSetup:
+            packing: pipeline.Packing = documents.PLAIN) -> RunSetup:
     """The state layout and the compiled step on the run's mesh (`run_mesh` unless given),
     lowered on abstract shapes (with the segment arrays of `packing`). With a `teacher` (on
     this mesh) the step distills from it."""
