@@ -2,10 +2,13 @@
 by an end-of-text id): on by default for such data and said so at start-up, recorded in the
 checkpoint and its eval batches, reproduced by `pregate-eval`, a resumed masked run bitwise
 equal to an uninterrupted one, and a resume that would change the masking refused."""
+import json
+
 import numpy as np
 import pytest
 
 import helpers
+import shared_runs
 from train.data import pipeline, prepare
 from train.data.documents import Packing
 
@@ -17,30 +20,42 @@ SPEECHES = {"data.txt_separator": "\n\n", "data.eot_token": "<|endoftext|>",
             "model.max_seq_len": 128, "train_steps": STEPS}
 
 
-@pytest.fixture(scope="module")
-def speeches(tmp_path_factory) -> str:
-  out = tmp_path_factory.mktemp("speeches") / "data"
-  prepare.prepare(str(helpers.CORPUS), str(out), "char", 0.1, eot_token="<|endoftext|>",
-                  val_split="documents", txt_separator="\n\n")
-  return str(out)
+@pytest.fixture(scope="session")
+def speeches(shared_root) -> str:
+  """The speeches prepared once per test run (shared by every worker)."""
+  return str(shared_runs.once(shared_root, "speeches", lambda out: prepare.prepare(
+      str(helpers.CORPUS), str(out), "char", 0.1, eot_token="<|endoftext|>",
+      val_split="documents", txt_separator="\n\n")))
 
 
 def _flags(data_dir, **over):
   return [*helpers.tiny_flags(data_dir, {**SPEECHES, **over}), helpers.FORCE]
 
 
+def _make_runs(root, speeches: str) -> None:
+  """An uninterrupted masked run, one stopped at STOP_AT and resumed (after a resume that would
+  change the masking), and an unmasked one; their results in root/results.json."""
+  root.mkdir(parents=True)
+  off = {"data.document_masking": False}
+  argvs = {"whole": (_flags(speeches), "whole"),
+           "first": ([*_flags(speeches), f"--stop_after_steps={STOP_AT}"], "split"),
+           "changed": (_flags(speeches, **off), "split"),
+           "second": (_flags(speeches), "split"),
+           "plain": (_flags(speeches, **off), "plain")}
+  results = {}
+  for name, (argv, workdir) in argvs.items():
+    res = helpers.run_main(*argv, workdir=root / workdir)
+    results[name] = {"rc": res.rc, "stdout": res.stdout, "stderr": res.stderr}
+  (root / "results.json").write_text(json.dumps(results))
+
+
 @pytest.fixture(scope="module")
-def runs(speeches, tmp_path_factory):
-  root = tmp_path_factory.mktemp("masked")
-  whole = helpers.run_main(*_flags(speeches), workdir=root / "whole")
-  first = helpers.run_main(*_flags(speeches), f"--stop_after_steps={STOP_AT}",
-                           workdir=root / "split")
-  changed = helpers.run_main(*_flags(speeches, **{"data.document_masking": False}),
-                             workdir=root / "split")
-  second = helpers.run_main(*_flags(speeches), workdir=root / "split")
-  plain = helpers.run_main(*_flags(speeches, **{"data.document_masking": False}),
-                           workdir=root / "plain")
-  return dict(root=root, whole=whole, first=first, changed=changed, second=second, plain=plain)
+def runs(speeches, shared_root):
+  """The runs, made once per test run whichever worker gets these tests first."""
+  root = shared_runs.once(shared_root, "masked_runs", lambda r: _make_runs(r, speeches))
+  results = json.loads((root / "results.json").read_text())
+  return {"root": root, **{k: helpers.Result(v["rc"], v["stdout"], v["stderr"], 0.0)
+                           for k, v in results.items()}}
 
 
 def test_masking_is_on_for_documents_and_said_at_start(runs):
