@@ -8,6 +8,7 @@ EXIT_BAD_INPUT = 2  # a config, flag, data or checkpoint that cannot be used
 EXIT_GATE = 3  # a guardrail refused the run
 EXIT_GUARD = 4  # a run guard stopped a started run; the last good checkpoint is intact
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped early on purpose or by a signal; re-run to resume
+EXIT_HUNG = 76  # the watchdog saw no step complete in time; re-run to resume (resume is exact)
 
 
 class PregateError(Exception):

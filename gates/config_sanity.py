@@ -72,11 +72,26 @@ def _cross(cfg: Mapping[str, Any]) -> list[str]:
     out.append("data.document_positions=True restarts positions at documents that "
                "data.document_masking=False lets attend to each other; set both True, or "
                "document_positions=None")
-  try:
-    profile_window(cfg["logging"]["profile_steps"], cfg["train_steps"])
-  except ValueError as e:
-    out.append(str(e))
+  for check in (lambda: profile_window(cfg["logging"]["profile_steps"], cfg["train_steps"]),
+                lambda: batch_windows(data.get("skip_batches", ""))):
+    try:
+      check()
+    except ValueError as e:
+      out.append(str(e))
   return out
+
+
+def batch_windows(spec: str) -> list[tuple[int, int]]:
+  """data.skip_batches 'A:B,C:D' -> [(A, B), (C, D)], inclusive batch-index windows, sorted;
+  '' -> []. ValueError (naming the field and the fix) for anything else."""
+  out = []
+  for part in filter(None, (p.strip() for p in spec.split(","))):
+    first, _, last = part.partition(":")
+    if not (first.strip().isdigit() and last.strip().isdigit() and int(first) <= int(last)):
+      raise ValueError(f"data.skip_batches={spec!r} must be comma-separated A:B windows of "
+                       f"batch indices with 0 <= A <= B, e.g. '1200:1499'")
+    out.append((int(first), int(last)))
+  return sorted(out)
 
 
 def profile_window(spec: str, train_steps: int) -> tuple[int, int] | None:

@@ -51,6 +51,9 @@ class Data:
   val_dir: str = field("", ID, "separately prepared validation shard; '' = data_dir's split")
   sources: dict[str, Any] = field({}, ID, "a weighted mixture: name -> dict(weight=w, corpus=... "
                                   "or data_dir=..., format, text_field, txt_separator)")
+  skip_batches: str = field("", SCHED, "batch windows never trained, 'A:B,C:D' (batch i is "
+                           "what step i+1 trains when nothing is skipped); a rollback adds its "
+                           "own")
   mixture_block: int = field(2048, ID, "a mixture's batches follow the weights in blocks of "
                              "this many sequences", low=1, high=BIG)
   document_masking: bool | None = field(None, ID, "attention stays inside each packed "
@@ -140,6 +143,31 @@ class Distill:
                              low=0.0, high=100.0, low_open=True)
 
 
+@dataclasses.dataclass(frozen=True)
+class Guard:
+  # OLMo-core's skip-step optimizers: a rolling interval of 128 steps, 6 standard deviations,
+  # judged once half the interval is filled (docs/decisions.md, "A run that heals itself").
+  spike_window: int = field(128, SCHED, "steps of loss and gradient-norm history a step is "
+                            "judged against; 0 = no spike test", low=0, high=4096)
+  spike_sigma: float = field(6.0, SCHED, "a step whose loss or gradient norm exceeds the "
+                             "window's mean by this many standard deviations is skipped",
+                             low=0.0, low_open=True, high=1000.0)
+  rollback_skips: int = field(3, SCHED, "spike skips within rollback_window steps that roll "
+                              "the run back to its last good checkpoint; 0 = never", low=0)
+  rollback_window: int = field(50, SCHED, "steps over which rollback_skips are counted",
+                               low=1)
+  rollback_skip_batches: int = field(0, SCHED, "a rollback skips at least this many batches "
+                                     "from the first suspicious one (PaLM skipped 200-500); "
+                                     "0 = up to the step it was decided at", low=0)
+  max_rollbacks: int = field(3, SCHED, "rollbacks before the run stops (exit 4)", low=0)
+  watchdog_factor: float = field(10.0, SAFE, "no step completed within this many median step "
+                                 "times (at least watchdog_floor_s): the run is hung", low=1.0)
+  watchdog_floor_s: float = field(300.0, SAFE, "the shortest time the watchdog waits for a "
+                                  "step", low=0.0, low_open=True)
+  watchdog_exit: bool = field(True, SAFE, "a hung run exits (code 76) so a scheduler restarts "
+                              "it; False = report and keep waiting")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Config:
   """The typed experiment config (attribute access a type checker checks)."""
@@ -156,6 +184,7 @@ class Config:
   logging: Logging
   mesh: Mesh
   distill: Distill
+  guard: Guard
 
 
 FIELDS: tuple[Field, ...] = tuple(fields(Config))

@@ -167,13 +167,14 @@ class Checkpointer:
     metrics = {METRIC: float(val_loss)} if val_loss is not None else None
     self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
 
-  def set_aside(self, steps: list[int]) -> None:
-    """Rename damaged step dirs to `<step>.damaged-<n>` (kept for inspection, invisible to
-    orbax), so the run can save those steps again after resuming from an older one."""
+  def set_aside(self, steps: list[int], why: str = "damaged") -> None:
+    """Rename step dirs to `<step>.<why>-<n>` (damaged, or rolled-back: kept for inspection,
+    invisible to orbax), so the run can save those steps again after resuming from an older
+    one."""
     for step in steps:
       src = os.path.join(self.directory, str(step))
       n = 0
-      while os.path.exists(dst := f"{src}.damaged-{n}"):
+      while os.path.exists(dst := f"{src}.{why}-{n}"):
         n += 1
       os.rename(src, dst)
     self.manager.reload()

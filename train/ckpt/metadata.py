@@ -122,6 +122,10 @@ class Metadata:
   best_val_loss: float | None = None
   evals_without_improvement: int | None = None
   nonfinite_skipped: int | None = None
+  spikes_skipped: int | None = None  # updates the step's spike test skipped (train/state/spikes.py)
+  # The run's rollbacks so far (train/run/recovery.py): where, why, the re-run's verdict and the
+  # batch window skipped; a resume keeps those batches skipped.
+  rollbacks: list[Mapping[str, Any]] | None = None
   termination: str | None = None
   fingerprint: Mapping[str, Any] | None = None
   stamped: Mapping[str, Any] | None = None
@@ -281,13 +285,15 @@ def run_record(*, config: dict[str, Any], model_cfg: ModelConfig, counts: ParamC
 def save_record(run: Metadata, *, step: int, tokens_seen: int,
                 val_loss: float | None, best_val_loss: float | None,
                 evals_without_improvement: int, nonfinite_skipped: int,
-                termination: str | None, fingerprint: dict[str, Any]) -> Metadata:
+                termination: str | None, fingerprint: dict[str, Any], spikes_skipped: int = 0,
+                rollbacks: list[Mapping[str, Any]] | None = None) -> Metadata:
   """One save's record: the run's record plus where the run stands at `step` and what its
   parameters compute (the fingerprint, measured by the run that trained them)."""
   return Metadata.from_json(dict(
       run.to_json(), step=step, tokens_seen=tokens_seen, val_loss=val_loss,
       best_val_loss=best_val_loss, evals_without_improvement=evals_without_improvement,
-      nonfinite_skipped=nonfinite_skipped,
+      nonfinite_skipped=nonfinite_skipped, spikes_skipped=spikes_skipped,
+      rollbacks=[dict(r) for r in rollbacks or []],
       termination=termination, fingerprint=dict(fingerprint, by="save")))
 
 

@@ -65,6 +65,16 @@ def restore_or_init(setup: TrainSetup, checkpointer: Checkpointer, data_iter: An
       "afresh, or fix it")
 
 
+def restore_step(setup: TrainSetup, checkpointer: Checkpointer, step: int, data_iter: Any,
+                 tokenizer: dict | None) -> TrainState:
+  """One checkpoint step's state in the training layout, validated like a resume (the data
+  iterator set to its position): what a rollback restores (train/run/recovery.py)."""
+  got = restore_verified(checkpointer, step, source=f"checkpoint {checkpointer.directory}/{step}",
+                         setup=setup, expected_tokenizer=tokenizer,
+                         restore=lambda c, s, st: _restore(st, c, s, data_iter))
+  return setup.to_train(got.items["state"])
+
+
 def _restore(setup: TrainSetup, checkpointer: Checkpointer, step: int, data_iter: Any
              ) -> dict[str, Any]:
   """The state's arrays and the data position -> {params, state}."""

@@ -113,21 +113,41 @@ class BatchSource:
 
 
 class ResumableIterator(grain.DatasetIterator):
-  """grain iterator whose state also names the pipeline, so resuming into a different one fails.
+  """grain iterator whose state also names the pipeline, so resuming into a different one fails,
+  and that never yields the batches of its skipped windows.
 
   grain's own state is only {'next_index': n}; restoring it under another seed, batch shape or
-  dataset would silently train on different data.
+  dataset would silently train on different data. `skips` are inclusive batch-index windows
+  (data.skip_batches, and those a rollback adds: train/run/recovery.py); they are part of the
+  state, so a resume keeps them skipped.
   """
 
-  def __init__(self, parent: grain.DatasetIterator, pipeline: dict[str, Any]):
+  def __init__(self, parent: grain.DatasetIterator, pipeline: dict[str, Any],
+               skips: list[tuple[int, int]] | None = None):
     super().__init__(parent)
     self.pipeline = pipeline
+    self.skips = sorted(skips or [])
+    self.index = 0  # the batch index the next call yields (before skipping)
+    self.last_index = -1  # the batch index of the batch yielded last
+
+  def skip(self, first: int, last: int) -> None:
+    """Never yield batches first..last (a rollback's window)."""
+    self.skips = sorted({*self.skips, (int(first), int(last))})
 
   def __next__(self) -> Batch:
-    return next(self._parent)
+    jump = self.index
+    for first, last in self.skips:
+      if first <= jump <= last:
+        jump = last + 1
+    if jump != self.index:
+      self._parent.set_state({"next_index": jump})
+    batch = next(self._parent)
+    self.last_index, self.index = jump, jump + 1
+    return batch
 
   def get_state(self) -> dict[str, Any]:
-    return {**self._parent.get_state(), "pipeline": self.pipeline}
+    state = {**self._parent.get_state(), "pipeline": self.pipeline}
+    return {**state, "skips": [list(w) for w in self.skips]} if self.skips else state
 
   def set_state(self, state: dict[str, Any]) -> None:
     saved = state.get("pipeline", self.pipeline)
@@ -136,13 +156,16 @@ class ResumableIterator(grain.DatasetIterator):
               if saved.get(k) != self.pipeline.get(k)}
       raise DataError(f"data iterator state belongs to another pipeline (saved vs now: {diff}); "
                       "resume with the original seed, batch shape and data, or start fresh")
-    self._parent.set_state({k: v for k, v in state.items() if k != "pipeline"})
+    self._parent.set_state({k: v for k, v in state.items() if k not in ("pipeline", "skips")})
+    self.skips = sorted({*self.skips, *(tuple(w) for w in state.get("skips", []))})
+    self.index = int(state["next_index"])
 
 
 def make_train_iter(token_array: TokenSet, *, global_batch: int, seq_len: int, seed: int,
                     num_batches: int, process_index: int = 0, process_count: int = 1,
                     prefetch: int = DEFAULT_PREFETCH, num_threads: int = DEFAULT_NUM_THREADS,
-                    packing: Packing = PLAIN) -> ResumableIterator:
+                    packing: Packing = PLAIN, skips: list[tuple[int, int]] | None = None
+                    ) -> ResumableIterator:
   """Training batches 0..num_batches-1 with background prefetch and exact get/set_state.
 
   Works with orbax via grain.checkpoint.CheckpointSave(it) / CheckpointRestore(it).
@@ -152,7 +175,7 @@ def make_train_iter(token_array: TokenSet, *, global_batch: int, seq_len: int, s
                        process_count=process_count, packing=packing)
   options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
   parent = iter(grain.MapDataset.source(source).to_iter_dataset(options))
-  it = ResumableIterator(parent, source.describe())
+  it = ResumableIterator(parent, source.describe(), skips)
   it.start_prefetch()  # the first batches load while the train step compiles
   return it
 

@@ -15,7 +15,7 @@ import dataclasses
 import enum
 import signal
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 from absl import logging
@@ -49,13 +49,25 @@ def is_due(step: int, every: int, last: int) -> bool:
 
 
 class MetricsPipe:
-  """Holds the newest step's device metrics until the host can read them without stalling."""
+  """Holds the newest step's device metrics until the host can read them without stalling.
+  `on_read(step, metrics)` sees every step once, before the guard; a reason it returns (a
+  rollback due: train/run/recovery.py) waits in `due` until the loop takes it."""
 
-  def __init__(self, guard: NonFiniteGuard):
-    self.guard = guard
+  def __init__(self, guard: NonFiniteGuard,
+               on_read: Callable[[int, dict[str, Any]], str | None] | None = None):
+    self.guard, self.on_read = guard, on_read
+    self.spikes = 0  # steps the step's spike test skipped, this process's run so far
+    self.due: str | None = None
+    self.read_last: dict[str, Any] | None = None  # the metrics the last read returned
     self._pending: tuple[int, Any] | None = None
     self.losses: list[float] = []  # train losses read since the window last closed
     self.terms: dict[str, list[float]] = {}  # a distilling step's ce and kl, likewise
+
+  def drop(self) -> None:
+    """Forget the unread step and the window's losses (a rollback discards those steps)."""
+    self._pending, self.due = None, None
+    self.losses.clear()
+    self.terms.clear()
 
   def push(self, step: int, metrics: Any) -> None:
     self.read()
@@ -67,7 +79,10 @@ class MetricsPipe:
       return None
     step, dev = self._pending
     self._pending = None
-    m = jax.device_get(dev)
+    m = self.read_last = jax.device_get(dev)
+    self.spikes += int(m.get("spike", 0))
+    if self.on_read is not None:
+      self.due = self.on_read(step, m) or self.due
     self.guard.check(step, float(m["loss"]), float(m["grad_norm"]), int(m["skipped"]),
                      float(m.get("param_norm", 0.0)))
     self.losses.append(float(m["loss"]))

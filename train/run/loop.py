@@ -6,28 +6,29 @@ dispatching step k+1, so the device never waits for Python.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import errno
 import math
 import os
 import shutil
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
-from core.errors import CheckpointError, DiskSpaceError, NonFiniteLossError
+from core.checks import first_line
+from core.errors import NonFiniteLossError
 from core.jsonio import write_json_atomic
-from gates import arch_match, chinchilla
+from gates import chinchilla
 from train.ckpt import fingerprint, metadata, resume
 from train.ckpt.checkpointer import Checkpointer
 from train.data import pipeline
 from train.data.tokenizer import tokenizer_from_json
 from train.report import records, summary
-from train.run import guards, measure
+from train.run import bookends, guards, recovery
 from train.run import teacher as teacher_lib
 from train.run import workdir as workdir_lib
 from train.run.edges import EvalTracker, MetricsPipe, Signals, Termination, ThroughputWindow, is_due
@@ -36,7 +37,7 @@ from train.run.preflight import Plan
 from train.run.profiling import StepProfiler
 from train.run.setup import RunData, RunSetup, open_data
 from train.run.tensorboard import TensorBoardSink
-from train.runtime import host_memory
+from train.run.watchdog import Watchdog
 from train.state import flops, sharding
 from train.state import step as step_lib
 from train.state.setup import TrainSetup
@@ -49,15 +50,10 @@ class Seams:
   disk_usage: Callable[[str], Any] = shutil.disk_usage
   checkpoint_fault: Callable[[int], None] | None = None  # before each save; may raise OSError
   after_record: Callable[[dict[str, Any]], None] | None = None  # after each metrics record
-
-
-@dataclasses.dataclass
-class RunResult:
-  termination: str
-  step: int
-  val_loss: float | None
-  best_val_loss: float | None
-
+  # (step, batch index, this process's rows) -> the rows the step trains on (poisoned data)
+  batch: Callable[[int, int, dict[str, Any]], dict[str, Any]] | None = None
+  before_step: Callable[[int], None] | None = None  # before each step's batch (a hang)
+  watchdog_exit: Callable[[int], None] = os._exit  # how a hung run leaves
 
 
 class _Edges:
@@ -71,8 +67,13 @@ class _Edges:
     self.tokenizer = tokenizer_from_json(self.run_meta.tokenizer)  # its probe, at each save
     b = config.batch
     self.tokens_per_step = b.global_batch * b.seq_len
+    self.recovery = started.recovery
+    self.batch_of: dict[int, int] = {}  # step -> the batch index it trained on (recent steps)
+    self.watchdog: Watchdog | None = None
     self.pipe = MetricsPipe(guards.NonFiniteGuard(config.optimizer.skip_nonfinite,
-                                                  int(prev.nonfinite_skipped or 0)))
+                                                  int(prev.nonfinite_skipped or 0)),
+                            on_read=self._observe)
+    self.pipe.spikes = int(prev.spikes_skipped or 0)
     self.tracker = EvalTracker(config.eval.early_stop_patience,
                                config.eval.early_stop_min_delta, prev.best_val_loss,
                                int(prev.evals_without_improvement or 0), prev.val_loss)
@@ -83,6 +84,46 @@ class _Edges:
     self.peak_total = flops.device_peak(plan.model_cfg.dtype)[0] * jax.device_count()
     self.ckpt_bytes = guards.state_bytes((self.state.params, self.state.opt_state))
     self.eval_s = self.save_s = 0.0  # wall time spent at these edges (the run summary)
+
+  def _observe(self, step: int, m: dict[str, Any]) -> str | None:
+    if self.watchdog is not None:
+      self.watchdog.completed(step)
+    return self.recovery.observe(step, self.batch_of.pop(step, -1), float(m["loss"]),
+                                 bool(m.get("spike", 0)))
+
+  def next_batch(self, step: int) -> dict[str, Any]:
+    """Step `step`'s global batch (through the fault seam), its index remembered."""
+    if self.seams.before_step is not None:
+      self.seams.before_step(step)
+    batch = next(self.it)
+    self.batch_of[step] = self.it.last_index
+    if self.seams.batch is not None:
+      batch = self.seams.batch(step, self.it.last_index, batch)
+    return self.rs.to_global(batch)
+
+  def roll_back(self, reason: str, restored: Any = None) -> int:
+    """Carry out the pending (or a new) rollback (train/run/recovery.py); -> the step the loop
+    continues after."""
+    rec = self.recovery
+    pending = rec.pending or rec.plan(rec.seen[-1].step, reason, self.checkpointer.steps())
+    self.checkpointer.wait()
+    later = [c for c in self.checkpointer.steps() if c > pending["to_step"]]
+    if later and jax.process_index() == 0:
+      self.checkpointer.set_aside(later, "rolled-back")
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("pregate:rolled_back")
+    self.pipe.drop()
+    tok = self.run_meta.tokenizer
+    replay = recovery.Replay(
+        restore=lambda c: resume.restore_step(self.rs.state, self.checkpointer, c, self.it, tok),
+        step_fn=self.rs.step_for, next_batch=self.next_batch,
+        copy=lambda st: jax.tree.map(jnp.copy, st))
+    self.state, step, record = rec.execute(pending, replay, restored)
+    if record["skipped_batches"]:
+      self.it.skip(*record["skipped_batches"])
+    self.batch_of.clear()
+    self.log.write({"event": "rollback", "step": step, **record})
+    return step
 
   def evaluate(self) -> float:
     t = time.perf_counter()
@@ -105,6 +146,7 @@ class _Edges:
            "val_loss": self.tracker.val_loss, "grad_norm": float(m["grad_norm"]),
            "lr": float(m["lr"]), "param_norm": _maybe_float(m.get("param_norm")),
            "update_norm": _maybe_float(m.get("update_norm")), "skipped": self.pipe.guard.skipped,
+           "spikes": self.pipe.spikes,
            "tokens_seen": step * self.tokens_per_step,
            "step_time_s": step_s, "tokens_per_s": tps,
            "model_tflops": tps * self.flops_per_token / 1e12,
@@ -133,13 +175,14 @@ class _Edges:
         self.run_meta, step=step, tokens_seen=step * self.tokens_per_step, val_loss=loss,
         best_val_loss=self.tracker.best, evals_without_improvement=self.tracker.bad_evals,
         nonfinite_skipped=self.pipe.guard.skipped, termination=reason,
+        spikes_skipped=self.pipe.spikes, rollbacks=self.recovery.rollbacks,
         fingerprint=fingerprint.compute(stored.params, self.rs.model_cfg,
                                         tokenizer=self.tokenizer))
     t = time.perf_counter()
     try:
       self.checkpointer.save(step, stored.params, stored.opt_state, self.it, meta, loss)
     except OSError as e:  # A failed write (or an earlier async one) stops as one typed line.
-      raise _write_error(e, self.checkpointer.directory, step) from None
+      raise bookends.write_error(e, self.checkpointer.directory, step) from None
     self.save_s += time.perf_counter() - t
     self.log.write({"event": "save", "step": step, "blocking_s": time.perf_counter() - t})
 
@@ -147,7 +190,7 @@ class _Edges:
     try:
       self.checkpointer.close()
     except OSError as e:
-      raise _write_error(e, self.checkpointer.directory, step) from None
+      raise bookends.write_error(e, self.checkpointer.directory, step) from None
 
 
 @dataclasses.dataclass
@@ -159,6 +202,7 @@ class _Started:
   resumed: metadata.Metadata  # the resumed checkpoint's (an empty record: a fresh or --init run)
   eval_set: list[Any]
   records: list[dict[str, Any]]  # metrics records of the start (the step-0 check), not yet logged
+  recovery: recovery.Recovery  # the run's rollbacks so far, and one a killed process left pending
 
 
 def _warm_start(config: Any, workdir: str, plan: Plan, shape: tuple[int, int, int],
@@ -191,8 +235,15 @@ def _start(config: Any, workdir: str, plan: Plan, data: RunData, rs: RunSetup,
       async_save=config.checkpoint.async_save, fault_hook=seams.checkpoint_fault)
   tok = data.tokenizer.to_json()
   checkpointer, resumed = None, None
+  rec = recovery.Recovery(config.guard, workdir, jax.process_index() == 0)
+  for window in recovery.skipped_windows(rec.rollbacks):
+    it.skip(*window)
   if resume.has_steps(ckpt_dir):
     checkpointer = open_ckpt()
+    if rec.pending:  # killed mid-rollback: resume into the same one, from its target
+      later = [c for c in checkpointer.steps() if c > rec.pending["to_step"]]
+      if later and jax.process_index() == 0:
+        checkpointer.set_aside(later, "rolled-back")
     state, resumed = resume.restore_or_init(rs.state, checkpointer, it, tok)
     teacher_lib.check_resumed(f"checkpoint {ckpt_dir}/{int(state.step)}", resumed, distill)
   loaded, source = resumed, f"resume from {ckpt_dir}"
@@ -209,7 +260,7 @@ def _start(config: Any, workdir: str, plan: Plan, data: RunData, rs: RunSetup,
   eval_global = [rs.to_global(b) for b in eval_set]
   records = []
   if loaded is not None:
-    records = _step0_check(loaded, source, data.val, lambda bs: rs.eval_loss(
+    records = bookends.step0_check(loaded, source, data.val, lambda bs: rs.eval_loss(
         state.params, [rs.to_global(b) for b in bs]), plan.model_cfg.dtype,
         strict_data=resumed is not None)
   run_meta = metadata.run_record(
@@ -219,11 +270,11 @@ def _start(config: Any, workdir: str, plan: Plan, data: RunData, rs: RunSetup,
       mesh={a: int(rs.mesh.shape[a]) for a in sharding.AXES}, changes=plan.changes,
       sources=data.sources, distill=distill, packing=data.packing)
   return _Started(state, it, checkpointer or open_ckpt(), run_meta,
-                  resumed or metadata.Metadata(), eval_global, records)
+                  resumed or metadata.Metadata(), eval_global, records, rec)
 
 
 def run(config: Any, workdir: str, plan: Plan, *, stop_after: int = 0, init: str = "",
-        seams: Seams | None = None) -> RunResult:
+        seams: Seams | None = None) -> bookends.RunResult:
   seams = seams or Seams()
   run_t0 = time.perf_counter()
   # Nothing is written until the state is loaded and proven: the mesh, the --init checkpoint
@@ -247,28 +298,44 @@ def run(config: Any, workdir: str, plan: Plan, *, stop_after: int = 0, init: str
   tb = TensorBoardSink(workdir, enabled=is_main and config.logging.tensorboard,
                        start_step=start)
   log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), enabled=is_main,
-                   on_write=_sinks(tb.write, seams.after_record))
+                   on_write=bookends.sinks(tb.write, seams.after_record))
   log.write_gate(plan.verdict)
   tb.write_config(config.to_dict(), step=start)
   log.write({"event": "start", "step": start, "compile_s": rs.compile_s})
   for record in s.records:
     log.write(record)
-  _log_start(config, plan, rs, start)
+  bookends.log_start(config, plan, rs, start)
   step, last, termination = start, config.train_steps, Termination.COMPLETED
   e = _Edges(config, rs, plan, s, log, seams)
-  with Signals(s.checkpointer) as signals, _record_failure(log, s.checkpointer, lambda: step), \
-      StepProfiler(config.logging.profile_steps, last, workdir, is_main) as profiler:
+  g = config.guard
+  with Signals(s.checkpointer) as signals, \
+      bookends.record_failure(log, s.checkpointer, lambda: step), \
+      StepProfiler(config.logging.profile_steps, last, workdir, is_main) as profiler, \
+      Watchdog(workdir, factor=g.watchdog_factor, floor_s=g.watchdog_floor_s,
+               exit_on_hang=g.watchdog_exit, process_index=jax.process_index(),
+               process_count=jax.process_count(), exit_fn=seams.watchdog_exit) as e.watchdog:
+    if s.recovery.pending:
+      step = e.roll_back("", restored=e.state)
     while step < last:
       step += 1
+      batch = e.next_batch(step)
+      e.watchdog.started(step)  # after the batch: a wedged data worker has not started its step
       profiler.before(step)
-      e.state, metrics = rs.step_for(step)(e.state, rs.to_global(next(s.it)))
+      e.state, metrics = rs.step_for(step)(e.state, batch)
       profiler.after(step, e.state)
-      e.pipe.push(step, metrics)
+      reason = _read(e, e.pipe.push, step, metrics)
       e.window.step()
       e.window.pause()
       is_eval = is_due(step, config.eval.eval_every, last)
       is_log = is_due(step, config.logging.log_every, last)
-      m = e.pipe.read() if is_log or is_eval else None
+      m = None
+      if is_log or is_eval:
+        reason = _read(e, e.pipe.read) or reason
+        m = e.pipe.read_last
+      if reason:
+        step = e.roll_back(reason)
+        e.window.resume()
+        continue
       if is_eval:
         e.eval_edge(step)
       if is_log:
@@ -288,7 +355,7 @@ def run(config: Any, workdir: str, plan: Plan, *, stop_after: int = 0, init: str
       e.save(step, None if termination == Termination.PREEMPTED else e.tracker.val_loss,
              termination.value)
     e.close_checkpointer(step)
-  result = _finish(log, step, termination, e.tracker, e.window.elapsed(), is_main)
+  result = bookends.finish(log, step, termination, e.tracker, e.window.elapsed(), is_main)
   tb_dir = tb.directory if tb.enabled else None
   tb.close()
   if is_main:
@@ -301,97 +368,17 @@ def run(config: Any, workdir: str, plan: Plan, *, stop_after: int = 0, init: str
   return result
 
 
-def _sinks(*sinks: Callable[[dict[str, Any]], None] | None
-           ) -> Callable[[dict[str, Any]], None]:
-  """One metrics-record callback that feeds every given sink in order."""
-  live = [s for s in sinks if s is not None]
-  return lambda record: [sink(record) for sink in live] and None
-
-
-def _log_start(config: Any, plan: Plan, rs: RunSetup, start: int) -> None:
-  v, counts, train_steps = plan.verdict, plan.counts, config.train_steps
-  peak, peak_src = flops.device_peak(plan.model_cfg.dtype)
-  logging.info("N = %s parameters (%s non-embedding); D = %s planned tokens (D/N = %s, %s)",
-               f"{counts.total:,}", f"{counts.non_embedding:,}", f"{v.tokens:,}",
-               chinchilla.ratio_text(v.tokens, v.n_params), v.zone)
-  logging.info("mesh: %s; compile %.2fs; peak %.1f TFLOP/s/device (%s); start step %d/%d; "
-               "malloc: %s", sharding.describe(rs.mesh), rs.compile_s, peak / 1e12, peak_src,
-               start, train_steps, host_memory.describe())
-  if jax.process_index() == 0:
-    logging.info("%s", measure.start_line(config, start, rs.compile_s))
-    if rs.teacher is not None:
-      logging.info("%s", teacher_lib.start_line(rs.teacher, config, flops.flops_per_token(
-          plan.model_cfg, counts.total, config.batch.seq_len)))
-
-
-def _finish(log: MetricsLog, step: int, termination: Termination, tracker: EvalTracker,
-            elapsed: float, is_main: bool) -> RunResult:
-  val, best = tracker.val_loss, tracker.best
-  log.write({"event": "end", "step": step, "termination": termination.value, "val_loss": val,
-             "best_val_loss": best, "elapsed_s": elapsed})
-  if is_main:
-    logging.info("%s at step %d: final val loss %s (best %s)", termination.value, step,
-                 "n/a" if val is None else f"{val:.4f}", "n/a" if best is None else f"{best:.4f}")
-    print(f"final val loss: {'n/a' if val is None else f'{val:.4f}'} "
-          f"(step {step}, {termination.value})", flush=True)
-  log.close()
-  return RunResult(termination.value, step, val, best)
-
-
-@contextlib.contextmanager
-def _record_failure(log: MetricsLog, checkpointer: Checkpointer,
-                    step_fn: Callable[[], int]) -> Iterator[None]:
-  """A guard failure ends the run with its reason recorded; in-flight saves of good states
-  still commit before the error propagates."""
+def _read(e: _Edges, read: Callable[..., Any], *args: Any) -> str | None:
+  """Read step metrics (`read(*args)`); the reason a rollback is due (spikes persist, or a
+  non-finite step while rollbacks are on), or None."""
   try:
-    yield
-  except (NonFiniteLossError, DiskSpaceError, CheckpointError) as e:
-    log.write({"event": "end", "step": step_fn(), "termination": Termination.of_error(e).value,
-               "error": str(e)})
-    try:
-      checkpointer.close()
-    except Exception as close_err:  # pylint: disable=broad-except
-      logging.warning("an in-flight checkpoint write failed too: %s", close_err)
-    log.close()
-    raise
-
-
-def _write_error(err: OSError, directory: str, step: int) -> Exception:
-  """A full disk or quota is a DiskSpaceError (exit 4); any other write failure a
-  CheckpointError. Either way the last complete checkpoint is what a re-run resumes from."""
-  if err.errno in (errno.ENOSPC, errno.EDQUOT):
-    return DiskSpaceError(
-        f"checkpoint step {step} could not be written under {directory} ({err.strerror}); "
-        f"free disk space, then re-run the same command to resume from the last complete "
-        f"checkpoint")
-  return CheckpointError(
-      f"checkpoint step {step} could not be written under {directory} ({err}); fix the "
-      f"filesystem, then re-run the same command to resume from the last complete checkpoint")
-
-
-def _step0_check(meta: metadata.Metadata, source: str, val_arr: pipeline.TokenArray,
-                 eval_loss: Callable[[list], float], compute_dtype: str,
-                 strict_data: bool) -> list[dict[str, Any]]:
-  """Before the first step: restored params must reproduce the recorded val loss on the very
-  batches that produced it, or the run stops (InitEvalMismatchError); -> the record to log."""
-  recorded, desc = meta.val_loss, meta.eval_batches
-  if recorded is None or not desc:
-    logging.warning("step-0 check skipped for %s: no recorded val loss", source)
-    return []
-  try:
-    batches = pipeline.reproduce_eval_batches(
-        val_arr, desc, process_index=jax.process_index(), process_count=jax.process_count())
-  except pipeline.DataError as err:
-    if strict_data:
+    read(*args)
+  except NonFiniteLossError as err:
+    if not e.recovery.enabled or not e.recovery.seen:
       raise
-    logging.warning("step-0 check skipped for %s: %s", source, err)
-    return []
-  measured = eval_loss(batches)
-  diff = arch_match.check_init_eval(source, recorded, measured, compute_dtype)
-  logging.info("step-0 check passed for %s: val loss %.6f vs recorded %.6f", source, measured,
-               recorded)
-  return [{"event": "step0_check", "source": source, "recorded": recorded,
-           "measured": measured, "abs_diff": diff}]
+    return f"non-finite step ({first_line(err, 120)})"
+  due, e.pipe.due = e.pipe.due, None
+  return due
 
 
 def _maybe_float(value: Any) -> float | None:

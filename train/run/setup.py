@@ -22,6 +22,7 @@ from ml_collections import ConfigDict
 
 from core.errors import DataError
 from core.paths import data_dirs
+from gates import config_sanity
 from models.config import ModelConfig
 from train.data import datasets, documents, pipeline, store
 from train.data.tokenizer import Tokenizer, tokenizer_from_json
@@ -151,7 +152,8 @@ class RunSetup:
       step_fn = state.jit_step(step_lib.make_train_step(
           state.graphdef, tx, schedule, b.grad_accum,
           skip_nonfinite=config.optimizer.skip_nonfinite > 0, mesh=mesh, distill=distill,
-          weight_norms=weight_norms), None if teacher is None else teacher.shardings)
+          weight_norms=weight_norms, spike_window=config.guard.spike_window,
+          spike_sigma=config.guard.spike_sigma), None if teacher is None else teacher.shardings)
       compiled = step_fn.lower(state.abstract_state(), batch, *extra).compile()
       # A teacher's params are bound in: called (state, batch) like any step.
       return compiled if teacher is None else BoundStep(compiled, teacher.params)
@@ -176,10 +178,14 @@ class RunSetup:
   def train_iter(self, tokens: pipeline.TokenSet, num_batches: int
                  ) -> pipeline.ResumableIterator:
     b = self.config.batch
+    skips = config_sanity.batch_windows(self.config.data.skip_batches)
+    # Skipped windows (configured, or added by a rollback) push the last batch further out;
+    # batch i is a function of (seed, i) for any i, so the bound only has to be high enough.
+    extra = sum(last - first + 1 for first, last in skips) + num_batches
     return pipeline.make_train_iter(
         tokens, global_batch=b.global_batch, seq_len=b.seq_len, seed=self.config.seed,
-        num_batches=num_batches, process_index=jax.process_index(),
-        process_count=jax.process_count(), packing=self.packing)
+        num_batches=num_batches + extra, process_index=jax.process_index(),
+        process_count=jax.process_count(), packing=self.packing, skips=skips)
 
   def time_steps(self, state: Any, it: Any, warmup: int, steps: int
                  ) -> tuple[Any, list[float]]:

@@ -22,6 +22,7 @@ from models.params import abstract_model
 from models.sharding_hook import activation_constraints
 from models.transformer import Transformer, packed
 from train.state import distill as distill_lib
+from train.state import spikes
 from train.state.activation_sharding import mesh_constraint
 from train.state.distill import Distill
 
@@ -54,11 +55,14 @@ def decay_mask(params: Params) -> Params:
 
 
 def make_optimizer(config: ConfigDict) -> optax.GradientTransformation:
+  """Clip, AdamW, and (last, changing no update) the loss-spike history the step judges
+  against (train/state/spikes.py), so that it is checkpointed and resumed with the moments."""
   opt = config.optimizer
   return optax.chain(
       optax.clip_by_global_norm(opt.grad_clip) if opt.grad_clip > 0 else optax.identity(),
       optax.adamw(lr_schedule(config), b1=opt.b1, b2=opt.b2, eps=opt.eps,
-                  weight_decay=opt.weight_decay, mask=decay_mask))
+                  weight_decay=opt.weight_decay, mask=decay_mask),
+      spikes.history(config.guard.spike_window))
 
 
 
@@ -271,7 +275,7 @@ def _present(**values: jax.Array | None) -> dict[str, jax.Array]:
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, grad_accum: int = 1, skip_nonfinite: bool = False,
                     mesh: Mesh | None = None, distill: Distill | None = None,
-                    weight_norms: bool = True
+                    weight_norms: bool = True, spike_window: int = 0, spike_sigma: float = 6.0
                     ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
   """A pure step: `gradients` -> `apply_update` -> `is_finite` -> the non-finite guard
   (`SkipNonFinite` with skip_nonfinite, else `ApplyAlways`) -> metrics.
@@ -280,6 +284,9 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
   distillation loss's "ce" and "kl" terms (alpha = 0: the ordinary step). weight_norms adds the
   parameter and update norms to the metrics; the loop compiles it for log steps only (they cost
   ~3-4% of a small step, docs/benchmarks.md). Metrics are device values, read one step late.
+  With spike_window > 0 (guard.spike_window; the optimizer state must hold the spike history,
+  `make_optimizer`) a loss or gradient-norm spike leaves parameters and moments unchanged
+  (metrics['spike']), decided inside the step: no host sync.
   """
   grads_of = gradients(graphdef, grad_accum, distill, mesh)
   guard = SkipNonFinite() if skip_nonfinite else ApplyAlways()
@@ -294,9 +301,28 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     metrics = {"loss": loss, "grad_norm": new.grad_norm, "lr": schedule(state.step),
                "skipped": guard.skipped(finite), **aux,
                **guard.norm_metrics(finite, param_norm, new.update_norm, state)}
+    if spike_window:
+      params, opt_state, metrics["spike"] = _spike_guard(
+          state, params, opt_state, loss, new.grad_norm, spike_window, spike_sigma)
     return TrainState(state.step + 1, params, opt_state), metrics
 
   return train_step
+
+
+def _spike_guard(old: TrainState, params: Params, opt_state: optax.OptState, loss: jax.Array,
+                 grad_norm: jax.Array, window: int, sigma: float
+                 ) -> tuple[Params, optax.OptState, jax.Array]:
+  """The step's parameters and optimizer state, or the old ones where this step is a spike
+  (whose values then stay out of the history: spikes.py)."""
+  hist = spikes.find(old.opt_state)
+  if hist is None:
+    raise ValueError("guard.spike_window > 0 needs the spike history in the optimizer state "
+                     "(train.state.step.make_optimizer)")
+  spike = spikes.judge(hist, loss, grad_norm, window, sigma)
+  params, opt_state = jax.tree.map(lambda a, b: jnp.where(spike, a, b),
+                                   (old.params, old.opt_state), (params, opt_state))
+  opt_state = spikes.replace(opt_state, spikes.push(hist, loss, grad_norm, window, spike))
+  return params, opt_state, spike.astype(jnp.int32)
 
 
 def make_eval_step(graphdef: nnx.GraphDef, microbatches: int = 1, mesh: Mesh | None = None
