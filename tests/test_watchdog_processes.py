@@ -13,8 +13,8 @@ import helpers
 pytestmark = pytest.mark.multiprocess
 
 FLAGS = {"train_steps": 12, "schedule.warmup_steps": 2, "eval.eval_every": 6,
-         "checkpoint.save_every": 6, "batch.global_batch": 8, "guard.watchdog_floor_s": 4.0,
-         "guard.watchdog_factor": 3.0}
+         "checkpoint.save_every": 6, "batch.global_batch": 8, "guard.watchdog_floor_s": 2.0,
+         "guard.watchdog_factor": 2.0}
 
 
 def test_process_zero_names_the_quiet_process(prepared_data, tmp_path):

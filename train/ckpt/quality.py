@@ -241,6 +241,15 @@ def summary(directory: str, step: int, steps: list[int], meta: metadata.Metadata
     rows.append(("distilled", f"from {_v(t.get('path'))} step {_v(t.get('step'))} "
                  f"(N = {_v(_d(t.get('param_counts')).get('total'))}), alpha="
                  f"{_v(d.get('alpha'))}, temperature={_v(d.get('temperature'))}"))
+  if m.spikes_skipped or m.rollbacks:  # what the run's guards did (train/run/recovery.py)
+    rows.append(("guard", f"{m.spikes_skipped or 0} loss spike(s) skipped in the step; "
+                 + ("; ".join(f"rollback at step {_v(r.get('at_step'))} to step "
+                              f"{_v(r.get('to_step'))}: {_v(r.get('verdict'))}, batches "
+                              f"{_v(r.get('skipped_batches'))} skipped"
+                              for r in m.rollbacks if isinstance(r, dict))
+                    or "no rollback")))
+  if m.has("packing") and isinstance(m.packing, dict):
+    rows.append(("packing", _kv(m.packing)))
   if m.has("stamped"):
     rows.append(("stamped", _kv(m.stamped, ("by", "time", "replaced_existing")) +
                  "; training provenance it could not know is <missing>"))

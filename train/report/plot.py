@@ -52,12 +52,17 @@ def _label(run: Run, several: bool) -> str:
 
 
 def _mark_run(ax, run: Run, color: str, x: str, last_y: float | None) -> None:
-  """Resume points (dotted lines) and a cross where a run stopped short of completing."""
+  """Resume points (dotted lines), rollbacks (dash-dot, to the step the run went on from) and a
+  cross where a run stopped short of completing."""
   per_step = run.tokens_per_step() if x == "tokens" else 1
   if per_step is None:
     return
   for step in run.resumes:
     ax.axvline(step * per_step, color=color, linestyle=":", linewidth=1.2, alpha=0.8)
+  for step in run.rollbacks:
+    ax.axvline(step * per_step, color=color, linestyle="-.", linewidth=1.2, alpha=0.8)
+    ax.annotate("rollback", (step * per_step, 1.0), xycoords=("data", "axes fraction"),
+                textcoords="offset points", xytext=(3, -10), fontsize=7, color=color)
   if run.termination != "COMPLETED" and last_y is not None:
     ax.plot([run.last_step * per_step], [last_y], marker="x", markersize=9, color=color)
     ax.annotate(run.termination or "crashed?", (run.last_step * per_step, last_y),
@@ -127,7 +132,8 @@ def _legend_handles(runs: list[Run]) -> list[Line2D]:
   handles = [Line2D([], [], color=_COLORS[i % len(_COLORS)], label=_label(run, several))
              for i, run in enumerate(runs)]
   key = [("-", None, "train loss"), ("--", "o", "val loss (one dot per evaluation)"),
-         (":", None, "resumed from a checkpoint here"), ("", "x", "where a run stopped short")]
+         (":", None, "resumed from a checkpoint here"),
+         ("-.", None, "rolled back; went on from here"), ("", "x", "where a run stopped short")]
   return handles + [Line2D([], [], color="black", linestyle=ls, marker=m, label=text)
                     for ls, m, text in key]
 

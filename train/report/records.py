@@ -105,6 +105,7 @@ class Run:
   resumes: list[int]  # steps later segments resumed from
   termination: str | None  # the last segment's end record, None if it never ended (crash)
   last_step: int
+  rollbacks: list[int] = dataclasses.field(default_factory=list)  # steps a rollback went on from
 
   def events(self, kind: str) -> list[dict[str, Any]]:
     return [r for r in self.records if r.get("event") == kind]
@@ -124,6 +125,7 @@ def effective(records: list[dict[str, Any]], name: str = "") -> Run:
   """The run's history with superseded records (steps a later segment re-did) dropped."""
   kept: list[dict[str, Any]] = []
   resumes: list[int] = []
+  rollbacks: list[int] = []
   gate = None
   for i, seg in enumerate(segments(records)):
     resume = resume_step(kept, seg)
@@ -133,10 +135,15 @@ def effective(records: list[dict[str, Any]], name: str = "") -> Run:
       kept = [r for r in kept if "step" not in r or r["step"] < cut
               or r.get("event") not in STEP_EVENTS]
       resumes.append(resume)
-    kept.extend(seg)
+    for record in seg:  # a rollback re-does the steps after the one it goes on from
+      if record.get("event") == "rollback":
+        kept = [r for r in kept if "step" not in r or r["step"] <= record["step"]
+                or r.get("event") not in STEP_EVENTS]
+        rollbacks.append(record["step"])
+      kept.append(record)
     gate = next((r for r in seg if r.get("event") == "gate"), gate)
   ends = [r for r in segments(records)[-1] if r.get("event") == "end"]
   steps = _steps(kept)
   return Run(name=name, records=kept, gate=gate, resumes=resumes,
              termination=ends[-1].get("termination") if ends else None,
-             last_step=max(steps) if steps else 0)
+             last_step=max(steps) if steps else 0, rollbacks=rollbacks)

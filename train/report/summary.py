@@ -54,6 +54,18 @@ def _time_line(compile_s: float | None, steps_s: float | None, eval_s: float | N
   return f"wall time (this process): {_duration(wall_s)} = {split}"
 
 
+def _guard_lines(train: list[dict[str, Any]], rollbacks: list[dict[str, Any]]) -> list[str]:
+  """What the run's guards did: spikes skipped in the step, and every rollback (none: no line)."""
+  spikes = train[-1].get("spikes") if train else None
+  out = [f"loss spikes skipped in the step: {spikes}"] if spikes else []
+  for i, r in enumerate(rollbacks, 1):
+    window = r.get("skipped_batches")
+    out.append(f"rollback {i}: at step {r['at_step']} to step {r['to_step']} ({r['reason']}); "
+               f"{r['verdict']}" + (f", batches {window[0]}..{window[1]} skipped" if window
+                                    else ", nothing skipped"))
+  return out
+
+
 def build(records: list[dict[str, Any]], *, termination: str | None = None,
           compile_s: float | None = None, steps_s: float | None = None,
           eval_s: float | None = None, checkpoint_s: float | None = None,
@@ -91,6 +103,7 @@ def build(records: list[dict[str, Any]], *, termination: str | None = None,
     lines.append(f"throughput: median {statistics.median(tps):,.0f} tokens/s"
                  + (f", median MFU {100 * statistics.median(mfu):.1f}%" if mfu else "")
                  + f" over {len(tps)} log windows")
+  lines.extend(_guard_lines(train, [r for r in records if r.get("event") == "rollback"]))
   time_line = _time_line(compile_s, steps_s, eval_s, checkpoint_s, wall_s)
   if time_line:
     lines.append(time_line)

@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator
 import jax
 from absl import logging
 
-from core.errors import CheckpointError, DiskSpaceError, NonFiniteLossError
+from core.errors import CheckpointError, DiskSpaceError, RunGuardError
 from gates import arch_match, chinchilla
 from train.ckpt import metadata
 from train.ckpt.checkpointer import Checkpointer
@@ -77,7 +77,7 @@ def record_failure(log: MetricsLog, checkpointer: Checkpointer,
   still commit before the error propagates."""
   try:
     yield
-  except (NonFiniteLossError, DiskSpaceError, CheckpointError) as e:
+  except (RunGuardError, CheckpointError) as e:
     log.write({"event": "end", "step": step_fn(), "termination": Termination.of_error(e).value,
                "error": str(e)})
     try:

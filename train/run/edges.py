@@ -23,6 +23,7 @@ from absl import logging
 from core.errors import CheckpointError, DiskSpaceError, NonFiniteLossError
 from train.ckpt.checkpointer import Checkpointer
 from train.run.guards import NonFiniteGuard
+from train.run.recovery import RollbackLimitError
 
 
 class Termination(enum.StrEnum):
@@ -32,12 +33,14 @@ class Termination(enum.StrEnum):
   NONFINITE = "NONFINITE"
   DISK_FULL = "DISK_FULL"
   CHECKPOINT_FAILED = "CHECKPOINT_FAILED"
+  ROLLBACK_LIMIT = "ROLLBACK_LIMIT"  # failures went on after guard.max_rollbacks rollbacks
 
   @classmethod
   def of_error(cls, err: BaseException) -> Termination | None:
     """The termination a guard failure records; None for errors that are not run guards."""
     for kind, term in ((NonFiniteLossError, cls.NONFINITE), (DiskSpaceError, cls.DISK_FULL),
-                       (CheckpointError, cls.CHECKPOINT_FAILED)):
+                       (CheckpointError, cls.CHECKPOINT_FAILED),
+                       (RollbackLimitError, cls.ROLLBACK_LIMIT)):
       if isinstance(err, kind):
         return term
     return None

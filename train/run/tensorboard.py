@@ -183,6 +183,12 @@ class TensorBoardSink:
     step = int(record.get("step", self._step))
     self._step = max(self._step, step)
     event, walltime = record.get("event", "record"), record.get("time", time.time())
+    if event == "rollback":  # the steps after `step` are re-done: TensorBoard drops the old ones
+      from tensorboardX.proto.event_pb2 import Event, SessionLog
+      self._writer._get_file_writer().add_event(
+          Event(step=step + 1, session_log=SessionLog(status=SessionLog.START)))
+      self._last = {tag: min(last, step) for tag, last in self._last.items()}
+      self._step = step
     for key, value in record.items():
       if key in _NOT_SCALARS or value is None:
         continue
@@ -194,7 +200,7 @@ class TensorBoardSink:
       else:
         text = value if isinstance(value, str) else json.dumps(value)
         self._writer.add_text(tag, text, step, walltime=walltime)
-    if event in ("end", "gate", "step0_check"):
+    if event in ("end", "gate", "step0_check", "rollback"):
       self._writer.flush()  # Rare, important records reach disk even if the process dies.
 
   def write_text(self, tag: str, text: str, step: int | None = None) -> None:
