@@ -12,9 +12,9 @@ Prints the median step time of each and their ratio.
 """
 from __future__ import annotations
 
-import statistics
 import sys
-import time
+
+import ab_timing
 
 import configs
 
@@ -27,7 +27,6 @@ def main(config_path: str, data_dir: str, steps: int) -> None:
   from train.runtime import distributed
   model_cfg = ModelConfig.from_dict(config.model.to_dict())
   distributed.split_cpu_cores(config, model_cfg, multi_process=False)
-  import jax
 
   from train.data import pipeline
   from train.data.documents import Packing
@@ -42,25 +41,11 @@ def main(config_path: str, data_dir: str, steps: int) -> None:
     source = pipeline.BatchSource(train, global_batch=b.global_batch, seq_len=b.seq_len,
                                   seed=config.seed, num_batches=8, packing=packing)
     batches = [rs.to_global(source[i]) for i in range(8)]
-    state = rs.state.fresh_state()
-    for i in range(10):
-      state, _ = rs.compiled(state, batches[i % 8])
-    runs[mask] = [rs.compiled, jax.block_until_ready(state), batches, []]
-  for _ in range(0, steps, 25):
-    for run in runs.values():
-      step, state, batches, times = run
-      prev = None
-      for i in range(25):
-        t = time.perf_counter()
-        state, m = step(state, batches[i % 8])
-        if prev is not None:
-          float(prev["loss"])
-        prev = m
-        times.append(time.perf_counter() - t)
-      run[1] = jax.block_until_ready(state)
-  med = {mask: 1e3 * statistics.median(run[3]) for mask, run in runs.items()}
+    runs[mask] = [rs.compiled, ab_timing.warm(rs.compiled, rs.state.fresh_state(), batches, 10),
+                  batches]
+  med = ab_timing.alternate(runs, steps)
   print(f"step time: masking off {med[False]:.3f} ms, on {med[True]:.3f} ms (median of "
-        f"{len(runs[True][3])} steps each, alternating; on / off = {med[True] / med[False]:.3f})")
+        f"{steps} steps each, alternating; on / off = {med[True] / med[False]:.3f})")
 
 
 if __name__ == "__main__":

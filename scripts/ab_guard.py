@@ -11,9 +11,9 @@ timed step. Prints the median step time of each and their ratio.
 """
 from __future__ import annotations
 
-import statistics
 import sys
-import time
+
+import ab_timing
 
 import configs
 
@@ -26,7 +26,6 @@ def main(config_path: str, steps: int) -> None:
   from train.runtime import distributed
   model_cfg = ModelConfig.from_dict(base.model.to_dict())
   distributed.split_cpu_cores(base, model_cfg, multi_process=False)
-  import jax
   import numpy as np
 
   from train.run.setup import RunSetup
@@ -42,25 +41,11 @@ def main(config_path: str, steps: int) -> None:
     config.guard.spike_window = w
     rs = RunSetup.build(config, model_cfg)
     batches = [rs.to_global(b) for b in host]
-    state = rs.state.fresh_state()
-    for i in range(max(window, 10)):
-      state, _ = rs.compiled(state, batches[i % 8])
-    runs[w] = [rs.compiled, jax.block_until_ready(state), batches, []]
-  for _ in range(0, steps, 25):
-    for run in runs.values():
-      step, state, batches, times = run
-      prev = None
-      for i in range(25):
-        t = time.perf_counter()
-        state, m = step(state, batches[i % 8])
-        if prev is not None:
-          float(prev["loss"])
-        prev = m
-        times.append(time.perf_counter() - t)
-      run[1] = jax.block_until_ready(state)
-  med = {w: 1e3 * statistics.median(run[3]) for w, run in runs.items()}
+    state = ab_timing.warm(rs.compiled, rs.state.fresh_state(), batches, max(window, 10))
+    runs[w] = [rs.compiled, state, batches]
+  med = ab_timing.alternate(runs, steps)
   print(f"step time: no spike test {med[0]:.3f} ms, spike_window={window} {med[window]:.3f} ms "
-        f"(median of {len(runs[0][3])} steps each, alternating; guarded / plain = "
+        f"(median of {steps} steps each, alternating; guarded / plain = "
         f"{med[window] / med[0]:.3f})")
 
 

@@ -18,6 +18,8 @@ import statistics
 import sys
 import time
 
+import ab_timing
+
 import configs
 
 
@@ -102,26 +104,10 @@ def step_time_ab(config, steps: int) -> None:
     step = setup.jit_step(step_lib.make_train_step(
         setup.graphdef, tx, schedule, config.batch.grad_accum, mesh=mesh)).lower(
             setup.abstract_state(), batches[0]).compile()
-    state = setup.fresh_state()
-    for i in range(10):
-      state, m = step(state, batches[i % 8])
-    jax.block_until_ready(state)
-    runs[scan] = [step, state, batches, []]
-  for _ in range(0, steps, 25):
-    for run in runs.values():
-      step, state, batches, times = run
-      prev = None
-      for i in range(25):
-        t = time.perf_counter()
-        state, m = step(state, batches[i % 8])
-        if prev is not None:
-          float(prev["loss"])
-        prev = m
-        times.append(time.perf_counter() - t)
-      run[1] = jax.block_until_ready(state)
-  med = {scan: 1e3 * statistics.median(run[3]) for scan, run in runs.items()}
+    runs[scan] = [step, ab_timing.warm(step, setup.fresh_state(), batches, 10), batches]
+  med = ab_timing.alternate(runs, steps)
   print(f"step time at {config.model.n_layers} layers: unrolled {med[False]:.3f} ms, scanned "
-        f"{med[True]:.3f} ms (median of {len(runs[True][3])} steps each; scanned / unrolled "
+        f"{med[True]:.3f} ms (median of {steps} steps each; scanned / unrolled "
         f"= {med[True] / med[False]:.3f})")
 
 if __name__ == "__main__":
