@@ -89,6 +89,10 @@ def test_healed_run_is_bitwise_the_run_that_skipped_the_window(runs):
   assert loss("healed") == loss("clean")
   assert ("rollback 1: at step 33 to step 20 (3 loss spikes skipped within 50 steps"
           in res["healed"]["stdout"]), res["healed"]["stdout"][-2000:]  # the run summary
+  from train.ckpt import metadata as metadata_lib
+  from train.hf import model_card
+  card = model_card._guards(metadata_lib.read(str(root / "healed" / "checkpoints"), STEPS))
+  assert "rolled back at step 33 to step 20 (bad data, batches 30..39 skipped)" in card, card
   from train.report import records as records_lib
   run = records_lib.effective(records)
   assert run.rollbacks == [30]

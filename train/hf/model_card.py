@@ -88,6 +88,17 @@ def _n(x: Any) -> str:
   return UNKNOWN if x is None else f"{x:,}" if isinstance(x, int) else str(x)
 
 
+def _guards(meta: Metadata) -> str:
+  """What the run's guards did: spikes skipped in the step and each rollback's verdict."""
+  rollbacks = [r for r in meta.rollbacks or [] if isinstance(r, Mapping)]
+  parts = [f"{meta.spikes_skipped or 0} loss spike(s) skipped in the step"]
+  parts += [f"rolled back at step {r.get('at_step')} to step {r.get('to_step')} "
+            f"({r.get('verdict')}"
+            + (f", batches {r['skipped_batches'][0]}..{r['skipped_batches'][1]} skipped)"
+               if r.get("skipped_batches") else ")") for r in rollbacks]
+  return "; ".join(parts) if meta.has("spikes_skipped") or rollbacks else UNKNOWN
+
+
 def render(meta: Metadata, cfg: ModelConfig, tokenizer_kind: str, *,
            dtype: str, export_versions: Mapping[str, str], eot: str | None = None,
            eos_id: int | None = None) -> str:
@@ -128,6 +139,7 @@ def render(meta: Metadata, cfg: ModelConfig, tokenizer_kind: str, *,
       (f"- Tokens seen D = {_n(seen)} at step {_n(meta.step)}; D/N = {dn} (20 is "
        f"compute-optimal)."),
       f"- Validation loss: {loss_s}.",
+      f"- Run guards: {_guards(meta)}.",
       f"- Data fingerprint: {fingerprint}.",
       f"- Trained with: {libs or UNKNOWN}.",
       f"- pregate git commit: {_n(meta.git_commit)}.",
