@@ -4,7 +4,8 @@
   PREGATE_TEST_ENOSPC_AT=N    every save from step N on fails with ENOSPC
   PREGATE_TEST_DISK_FULL=1    the first save fits, then the disk reports 0 bytes free
   PREGATE_TEST_POISON=A:B     batches A..B (indices) have random targets, every time drawn
-  PREGATE_TEST_FLAKY=N        batch N has random targets the first time this process draws it
+  PREGATE_TEST_FLAKY=N[,M]    these batches have random targets the first time this process
+                              draws them
   PREGATE_TEST_KILL_ONCE=F    SIGKILL this process when a rollback first replays a step (then
                               create F, so the resumed process is not killed again)
   PREGATE_TEST_HANG_AT=N      process PREGATE_TEST_HANG_PROCESS (default 0) blocks before step N
@@ -58,7 +59,7 @@ def _batch(step: int, index: int, batch: dict) -> dict:
       os.kill(os.getpid(), signal.SIGKILL)
   _top[0] = max(_top[0], step)
   first, _, last = (env("PREGATE_TEST_POISON") or "-1:-2").partition(":")
-  flaky = int(env("PREGATE_TEST_FLAKY", -1)) == index and index not in _drawn
+  flaky = str(index) in (env("PREGATE_TEST_FLAKY") or "").split(",") and index not in _drawn
   _drawn.add(index)
   if int(first) <= index <= int(last) or flaky:
     rng = np.random.default_rng(index)
