@@ -103,12 +103,16 @@ def test_segments_from_offsets():
   assert figures["masked_pair_share"] == pytest.approx(1 - (15 + 29 + 36) / 108)
 
 
+def _never() -> int:
+  raise AssertionError("an explicit setting must not count the documents (reads the offsets)")
+
+
 def test_resolution_follows_the_data():
-  assert documents.resolve(None, None, 1) == Packing(False, False)  # the char experiments
-  assert documents.resolve(None, None, 7222) == Packing(True, True)
-  assert documents.resolve(None, False, 7222) == Packing(True, False)
-  assert documents.resolve(False, None, 7222) == Packing(False, False)
-  assert documents.resolve(True, None, 1) == Packing(True, True)
+  assert documents.resolve(None, None, lambda: 1) == Packing(False, False)  # the char experiments
+  assert documents.resolve(None, None, lambda: 7222) == Packing(True, True)
+  assert documents.resolve(None, False, lambda: 7222) == Packing(True, False)
+  assert documents.resolve(False, None, _never) == Packing(False, False)
+  assert documents.resolve(True, None, _never) == Packing(True, True)
   assert Packing.from_json(Packing(True, False).to_json()) == Packing(True, False)
   assert Packing.from_json(None) == Packing()
   assert dataclasses.replace(Packing(True, True), positions=False).keys() == ("segment_ids",)

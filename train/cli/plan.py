@@ -165,7 +165,7 @@ def packing_line(config: ConfigDict, data_dir: str | None) -> str:
     train = pipeline.open_split(data_dir, "train")
     dcfg = config.data
     packing = documents.resolve(dcfg.document_masking, dcfg.document_positions,
-                                train.documents())
+                                train.documents)
     return measured(train, config, packing)
   except DataError as e:
     return f"packing: not measured: {first_line(e)}"

@@ -13,7 +13,7 @@ after an end-of-text, which is what it is asked at generation time (docs/decisio
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -45,11 +45,13 @@ class Packing:
 PLAIN = Packing()  # no masking: the plain causal program
 
 
-def resolve(masking: bool | None, positions: bool | None, documents: int) -> Packing:
-  """The packing of a run whose training split holds `documents` documents: masking None is
-  on exactly when there is more than one (a single-document corpus such as the char
-  experiments' runs the plain causal program); positions None follows masking."""
-  mask = documents > 1 if masking is None else bool(masking)
+def resolve(masking: bool | None, positions: bool | None,
+            documents: Callable[[], int]) -> Packing:
+  """The packing of a run whose training split holds `documents()` documents (counted only
+  when masking is None, since counting reads the split's offsets): masking None is on exactly
+  when there is more than one (a single-document corpus such as the char experiments' runs
+  the plain causal program); positions None follows masking."""
+  mask = documents() > 1 if masking is None else bool(masking)
   return Packing(mask, mask and (positions is None or bool(positions)))
 
 

@@ -61,7 +61,6 @@ class MetricsPipe:
     self.guard, self.on_read = guard, on_read
     self.spikes = 0  # steps the step's spike test skipped, this process's run so far
     self.due: str | None = None
-    self.read_last: dict[str, Any] | None = None  # the metrics the last read returned
     self._pending: tuple[int, Any] | None = None
     self.losses: list[float] = []  # train losses read since the window last closed
     self.terms: dict[str, list[float]] = {}  # a distilling step's ce and kl, likewise
@@ -82,7 +81,7 @@ class MetricsPipe:
       return None
     step, dev = self._pending
     self._pending = None
-    m = self.read_last = jax.device_get(dev)
+    m = jax.device_get(dev)
     self.spikes += int(m.get("spike", 0))
     if self.on_read is not None:
       self.due = self.on_read(step, m) or self.due

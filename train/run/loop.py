@@ -17,7 +17,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from jax.experimental import multihost_utils
 
 from core.checks import first_line
 from core.errors import NonFiniteLossError
@@ -107,11 +106,7 @@ class _Edges:
     rec = self.recovery
     pending = rec.pending or rec.plan(rec.seen[-1].step, reason, self.checkpointer.steps())
     self.checkpointer.wait()
-    later = [c for c in self.checkpointer.steps() if c > pending["to_step"]]
-    if later and jax.process_index() == 0:
-      self.checkpointer.set_aside(later, "rolled-back")
-    if jax.process_count() > 1:
-      multihost_utils.sync_global_devices("pregate:rolled_back")
+    recovery.set_aside_after(self.checkpointer, pending["to_step"])
     self.pipe.drop()
     tok = self.run_meta.tokenizer
     replay = recovery.Replay(
@@ -241,9 +236,7 @@ def _start(config: Any, workdir: str, plan: Plan, data: RunData, rs: RunSetup,
   if resume.has_steps(ckpt_dir):
     checkpointer = open_ckpt()
     if rec.pending:  # killed mid-rollback: resume into the same one, from its target
-      later = [c for c in checkpointer.steps() if c > rec.pending["to_step"]]
-      if later and jax.process_index() == 0:
-        checkpointer.set_aside(later, "rolled-back")
+      recovery.set_aside_after(checkpointer, rec.pending["to_step"])
     state, resumed = resume.restore_or_init(rs.state, checkpointer, it, tok)
     teacher_lib.check_resumed(f"checkpoint {ckpt_dir}/{int(state.step)}", resumed, distill)
   loaded, source = resumed, f"resume from {ckpt_dir}"
@@ -323,15 +316,15 @@ def run(config: Any, workdir: str, plan: Plan, *, stop_after: int = 0, init: str
       profiler.before(step)
       e.state, metrics = rs.step_for(step)(e.state, batch)
       profiler.after(step, e.state)
-      reason = _read(e, e.pipe.push, step, metrics)
+      _, reason = _read(e, e.pipe.push, step, metrics)
       e.window.step()
       e.window.pause()
       is_eval = is_due(step, config.eval.eval_every, last)
       is_log = is_due(step, config.logging.log_every, last)
       m = None
       if is_log or is_eval:
-        reason = _read(e, e.pipe.read) or reason
-        m = e.pipe.read_last
+        m, due = _read(e, e.pipe.read)
+        reason = due or reason
       if reason:
         step = e.roll_back(reason)
         e.window.resume()
@@ -368,17 +361,17 @@ def run(config: Any, workdir: str, plan: Plan, *, stop_after: int = 0, init: str
   return result
 
 
-def _read(e: _Edges, read: Callable[..., Any], *args: Any) -> str | None:
-  """Read step metrics (`read(*args)`); the reason a rollback is due (spikes persist, or a
-  non-finite step while rollbacks are on), or None."""
+def _read(e: _Edges, read: Callable[..., Any], *args: Any) -> tuple[Any, str | None]:
+  """Read step metrics (`read(*args)`); -> (what it returned, the reason a rollback is due:
+  spikes persist, or a non-finite step while rollbacks are on; else None)."""
   try:
-    read(*args)
+    got = read(*args)
   except NonFiniteLossError as err:
     if not e.recovery.enabled or not e.recovery.seen:
       raise
-    return f"non-finite step ({first_line(err, 120)})"
+    return None, f"non-finite step ({first_line(err, 120)})"
   due, e.pipe.due = e.pipe.due, None
-  return due
+  return got, due
 
 
 def _maybe_float(value: Any) -> float | None:

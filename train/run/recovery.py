@@ -27,6 +27,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from core.errors import RunGuardError
 from core.jsonio import write_json_atomic
@@ -138,6 +139,16 @@ class Recovery:
   def _write(self) -> None:
     if self.is_main:
       write_json_atomic(self.path, {"rollbacks": self.rollbacks, "pending": self.pending})
+
+
+def set_aside_after(checkpointer: Any, step: int) -> None:
+  """Rename the checkpoints after a rollback's target aside (`<step>.rolled-back-<n>`, process
+  0), then wait for every process, so none restores from a step that is being moved."""
+  later = [c for c in checkpointer.steps() if c > step]
+  if later and jax.process_index() == 0:
+    checkpointer.set_aside(later, "rolled-back")
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("pregate:rolled_back")
 
 
 def read(workdir: str) -> dict[str, Any]:

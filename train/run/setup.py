@@ -75,7 +75,7 @@ def open_data(config: ConfigDict, workdir: str, model_cfg: ModelConfig) -> RunDa
                                  global_batch=b.global_batch, seq_len=b.seq_len,
                                  seed=config.seed)
   packing = documents.resolve(dcfg.document_masking, dcfg.document_positions,
-                              train_arr.documents())
+                              train_arr.documents)
   if jax.process_index() == 0:
     for line in datasets.plan_lines(sources):
       logging.info("%s", line)
