@@ -25,7 +25,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c.train_steps = 850
   c.optimizer.update(lr=2e-3, b2=0.99, weight_decay=0.1)
   c.schedule.update(warmup_steps=50, min_lr_ratio=0.1)
-  c.eval.update(eval_every=170, eval_batches=20)
+  c.eval.update(eval_every=170, eval_batches=20, tasks="smoke")  # the smoke task: chance 0.25
   c.checkpoint.update(save_every=425)
   c.logging.log_every = 50
   return c

@@ -46,6 +46,20 @@ def load_contract(path: str | pathlib.Path) -> dict[str, Any]:
   return data
 
 
+def read_yaml(path: str | pathlib.Path, what: str = "contract") -> dict[str, Any]:
+  """A user's YAML mapping (a ship contract, configs/ship_*.yaml), parsed; a file that is
+  missing, does not parse or is not a mapping is one ContractError line. Its fields are checked
+  by the gate that reads it (gates.ship.parse)."""
+  path = pathlib.Path(path)
+  try:
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+  except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+    raise ContractError(f"cannot read {what} {path}: {' '.join(str(e).split())}") from None
+  if not isinstance(data, dict):
+    raise ContractError(f"{what} {path} must be a YAML mapping, got {type(data).__name__}")
+  return data
+
+
 def _problems(data: Any) -> list[str]:
   if not isinstance(data, dict):
     return ["top level must be a mapping"]

@@ -9,6 +9,9 @@ EXIT_GATE = 3  # a guardrail refused the run
 EXIT_GUARD = 4  # a run guard stopped a started run; the last good checkpoint is intact
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped early on purpose or by a signal; re-run to resume
 EXIT_HUNG = 76  # the watchdog saw no step complete in time; re-run to resume (resume is exact)
+# pregate-ship's verdicts besides GO (0): every check ran, and one warned or one failed.
+EXIT_SHIP_WARN = 10  # WARN: shippable with a caveat a person must read (e.g. a bypassed gate)
+EXIT_SHIP_NO_GO = 11  # NO-GO: a check failed; the row names it
 
 
 class PregateError(Exception):

@@ -27,12 +27,12 @@ from gates import effective
 from gates import verdict as verdict_lib
 from gates.chinchilla_contract import CONTRACT, ChinchillaContract
 from gates.effective import Interval
-from gates.verdict import SourceUse, Verdict, ratio_text, warning_line
+from gates.verdict import Prior, SourceUse, Verdict, ratio_text, warning_line
 
 # The verdict's record and wording live in gates.verdict; they are part of this gate's interface.
 __all__ = ["CONTRACT", "ChinchillaContract", "COMPUTE_OPTIMAL", "DEGENERATION", "EFFECTIVE_FLOOR",
            "EPOCH_LIMIT", "OVER_REPEATED", "PLATEAU", "RULES", "ZONES", "ChinchillaGateError",
-           "SourceUse", "Verdict", "enforce", "evaluate", "planned_tokens", "ratio_text",
+           "Prior", "SourceUse", "Verdict", "enforce", "evaluate", "planned_tokens", "ratio_text",
            "recheck", "warning_line"]
 DEGENERATION = "DEGENERATION"
 PLATEAU = "PLATEAU"
@@ -69,15 +69,16 @@ def _check_inputs(n_params: int, n_non_embedding: int, tokens: int, tokens_per_s
     raise ValueError(f"tokens_per_step must be a positive integer, got {tokens_per_step!r}")
 
 
-def _effective(tokens: int, srcs: tuple[effective.Source, ...], r_star: Fraction):
-  """D' as a refinable interval function of the digits; D itself while U is unknown."""
+def _effective(tokens: int, srcs: tuple[effective.Source, ...], r_star: Fraction, prior: int = 0):
+  """P + D' as a refinable interval function of the digits (D itself while U is unknown)."""
   if not srcs:
-    return lambda digits: Interval.point(tokens)
-  return lambda digits: effective.total_interval(tokens, srcs, r_star, digits)
+    return lambda digits: Interval.point(tokens + prior)
+  return lambda digits: effective.total_interval(tokens, srcs, r_star, digits) + Interval.point(
+      prior)
 
 
-def _reaches(tokens: int, srcs, r_star: Fraction, target: int) -> bool:
-  return effective.decide(_effective(tokens, srcs, r_star), target)
+def _reaches(tokens: int, srcs, r_star: Fraction, target: int, prior: int = 0) -> bool:
+  return effective.decide(_effective(tokens, srcs, r_star, prior), target)
 
 
 def _max_steps(srcs, tokens_per_step: int, max_epochs: int) -> int | None:
@@ -88,19 +89,19 @@ def _max_steps(srcs, tokens_per_step: int, max_epochs: int) -> int | None:
 
 
 def _steps_needed(target: int, srcs, r_star: Fraction, tokens_per_step: int,
-                  max_steps: int | None) -> int | None:
-  """Smallest s with D'(s * tokens_per_step) >= target; D' <= D bounds it below, D' grows
+                  max_steps: int | None, prior: int = 0) -> int | None:
+  """Smallest s with P + D'(s * tokens_per_step) >= target; D' <= D bounds it below, D' grows
   with s, so a binary search decides it exactly. None if even max_steps falls short."""
-  low = max(1, -(-target // tokens_per_step))
+  low = max(1, -(-(target - prior) // tokens_per_step))
   if not srcs:
     return low
   if max_steps is None or max_steps < low or not _reaches(max_steps * tokens_per_step, srcs,
-                                                          r_star, target):
+                                                          r_star, target, prior):
     return None
   high = max_steps
   while low < high:
     mid = (low + high) // 2
-    if _reaches(mid * tokens_per_step, srcs, r_star, target):
+    if _reaches(mid * tokens_per_step, srcs, r_star, target, prior):
       high = mid
     else:
       low = mid + 1
@@ -123,18 +124,23 @@ def _source_uses(tokens: int, srcs, r_star: Fraction, max_epochs: int) -> tuple[
 def evaluate(contract: ChinchillaContract, n_params: int, n_non_embedding: int, tokens: int,
              tokens_per_step: int, bypass: bool = False,
              unique_tokens: Mapping[str, int] | None = None,
-             weights: Mapping[str, float | int | str] | None = None) -> Verdict:
+             weights: Mapping[str, float | int | str] | None = None,
+             prior: Prior | None = None) -> Verdict:
   """Judge a planned run under `contract`; pure.
 
   `unique_tokens` maps each source to its unique train tokens U_s (None: unknown yet, judge D);
-  `weights` its mixture weight (optional for one source)."""
+  `weights` its mixture weight (optional for one source). `prior` is a warm start's P: the
+  floor judges P + D', the epoch limit only the new run's own D_s."""
   _check_inputs(n_params, n_non_embedding, tokens, tokens_per_step)
   floor, max_epochs, r_star = contract.hard_floor_ratio, contract.max_epochs, contract.r_star
+  p = 0 if prior is None else prior.tokens
+  if not _is_int(p) or p < 0:
+    raise ValueError(f"prior tokens must be a non-negative integer, got {p!r}")
   try:
     srcs = () if unique_tokens is None else effective.sources(unique_tokens, weights)
   except ValueError as e:
     raise ConfigError(f"chinchilla gate: {e}") from None
-  d_eff = _effective(tokens, srcs, r_star)
+  d_eff = _effective(tokens, srcs, r_star, p)
   floor_ok = effective.decide(d_eff, floor * n_params)
   uses = _source_uses(tokens, srcs, r_star, max_epochs)
   failed = tuple(r for r, broken in ((EFFECTIVE_FLOOR, not floor_ok),
@@ -150,20 +156,23 @@ def evaluate(contract: ChinchillaContract, n_params: int, n_non_embedding: int, 
   max_steps = _max_steps(srcs, tokens_per_step, max_epochs)
   n_max = None
   if max_steps is not None:
-    n_max = effective.floor_of(lambda digits: _effective(max_steps * tokens_per_step, srcs,
-                                                         r_star)(digits).scaled(Fraction(1, floor)))
-  eff = None if not srcs else d_eff(40).midpoint()
+    n_max = effective.floor_of(lambda digits: _effective(
+        max_steps * tokens_per_step, srcs, r_star, p)(digits).scaled(Fraction(1, floor)))
+  d_new = _effective(tokens, srcs, r_star)
+  eff = None if not srcs else d_new(40).midpoint()
   return Verdict(
       contract=contract, n_params=n_params, n_non_embedding=n_non_embedding, tokens=tokens,
       ratio=tokens / n_params, zone=zone, passed=not failed, bypassed=bool(bypass and failed),
       contract_version=contract.version, tokens_needed=floor * n_params,
-      steps_needed=_steps_needed(floor * n_params, srcs, r_star, tokens_per_step, max_steps),
+      steps_needed=_steps_needed(floor * n_params, srcs, r_star, tokens_per_step, max_steps, p),
       tokens_per_step=tokens_per_step, floor_ratio=floor, effective_tokens=eff,
       effective_ratio=None if eff is None else eff / n_params,
       effective_ratio_text=None if not srcs else verdict_lib.interval_ratio_text(
-          d_eff, n_params),
+          d_new, n_params),
       sources=uses, max_epochs=max_epochs, max_steps=max_steps, n_params_max=n_max,
-      failed_rules=failed, bypassed_rules=failed if bypass else (), bypass_requested=bool(bypass))
+      failed_rules=failed, bypassed_rules=failed if bypass else (), bypass_requested=bool(bypass),
+      prior_tokens=p, prior_source="" if prior is None else prior.source,
+      total_ratio_text=verdict_lib.interval_ratio_text(d_eff, n_params) if p else None)
 
 
 def recheck(verdict: Verdict, unique_tokens: Mapping[str, int],
@@ -172,7 +181,26 @@ def recheck(verdict: Verdict, unique_tokens: Mapping[str, int],
   plan, contract and bypass flag judged on D'. Pure; enforce() the result."""
   return evaluate(verdict.contract, verdict.n_params, verdict.n_non_embedding, verdict.tokens,
                   verdict.tokens_per_step, bypass=verdict.bypass_requested,
-                  unique_tokens=unique_tokens, weights=weights)
+                  unique_tokens=unique_tokens, weights=weights, prior=verdict.prior)
+
+
+def prior_from_record(contract: ChinchillaContract, gate: Mapping[str, Any] | None,
+                      tokens_seen: int, source: str) -> Prior:
+  """P of a warm start from a pregate checkpoint: its own recorded P plus the effective tokens
+  of the `tokens_seen` it consumed, over the sources its gate recorded (their U and weights,
+  under this contract's R*), floored to whole tokens; its consumed tokens as they are when its
+  record has no unique counts (D' <= D, so never less than the truth allows)."""
+  gate = gate or {}
+  own = gate.get("prior_tokens") or 0
+  uses = [s for s in gate.get("sources") or [] if isinstance(s, Mapping)]
+  try:
+    srcs = effective.sources({s["name"]: s["unique_tokens"] for s in uses},
+                             {s["name"]: s["weight"] for s in uses}) if uses else ()
+  except (KeyError, TypeError, ValueError):
+    srcs = ()
+  seen = effective.floor_of(_effective(tokens_seen, srcs, contract.r_star)) if srcs \
+      else tokens_seen
+  return Prior(int(own) + seen, source)
 
 
 class ChinchillaGateError(GateRefusal):

@@ -8,6 +8,7 @@ claiming the workdir) later. Cross-field rules (relations, not declarations) fol
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping
 
 from core.config_fields import Field, build
@@ -73,7 +74,9 @@ def _cross(cfg: Mapping[str, Any]) -> list[str]:
                "data.document_masking=False lets attend to each other; set both True, or "
                "document_positions=None")
   for check in (lambda: profile_window(cfg["logging"]["profile_steps"], cfg["train_steps"]),
-                lambda: batch_windows(data.get("skip_batches", ""))):
+                lambda: batch_windows(data.get("skip_batches", "")),
+                lambda: task_names(ev.tasks),
+                lambda: early_stop_metric(ev.early_stop_metric, ev.tasks)):
     try:
       check()
     except ValueError as e:
@@ -105,6 +108,39 @@ def profile_window(spec: str, train_steps: int) -> tuple[int, int] | None:
     raise ValueError(f"logging.profile_steps={spec!r} must be A:B with 1 <= A <= B <= "
                      f"train_steps={train_steps}, e.g. 10:12 (or '' for no trace)")
   return int(first), int(last)
+
+
+SMOKE = "smoke"  # eval.tasks' name for the smoke task built from the validation split
+TASK_METRICS = ("acc", "acc_norm")
+
+
+def task_names(spec: str) -> list[tuple[str, str]]:
+  """eval.tasks 'smoke,dir/x.jsonl' -> [('smoke', 'smoke'), ('x', 'dir/x.jsonl')]: each task's
+  name (a file's name without .jsonl) and its path. ValueError for two tasks of one name."""
+  out: list[tuple[str, str]] = []
+  for path in filter(None, (p.strip() for p in spec.split(","))):
+    name = re.split(r"[\\/]", path)[-1].removesuffix(".jsonl")
+    if name in [n for n, _ in out]:
+      raise ValueError(f"eval.tasks={spec!r} names two tasks {name!r}; rename one file")
+    if name == SMOKE and path != SMOKE:
+      raise ValueError(f"eval.tasks={spec!r}: the name {SMOKE!r} is the smoke task built from "
+                       f"the validation split; rename the file {path!r}")
+    out.append((name, path))
+  return out
+
+
+def early_stop_metric(metric: str, tasks: str) -> tuple[str, str] | None:
+  """eval.early_stop_metric -> None for 'val_loss', (task name, metric) for 'task:NAME:METRIC'.
+  ValueError (naming the field and the fix) for anything else or a task eval.tasks lacks."""
+  if metric == "val_loss":
+    return None
+  kind, _, rest = metric.partition(":")
+  name, _, which = rest.rpartition(":")
+  names = [n for n, _ in task_names(tasks)]
+  if kind != "task" or which not in TASK_METRICS or name not in names:
+    raise ValueError(f"eval.early_stop_metric={metric!r} must be val_loss or task:NAME:acc | "
+                     f"task:NAME:acc_norm with NAME one of eval.tasks' names {names}")
+  return name, which
 
 
 def check(cfg: Mapping[str, Any]) -> None:

@@ -101,6 +101,13 @@ class Eval:
                                    "0 = off", low=0)
   early_stop_min_delta: float = field(0.0, SAFE, "smallest val-loss drop that counts as "
                                       "improvement", low=0.0)
+  tasks: str = field("", SAFE, "multiple-choice tasks scored in the loop: JSONL paths, comma-"
+                     "separated; 'smoke' = the smoke task built from the validation split")
+  tasks_every: int = field(0, SAFE, "steps between task scorings; 0 = at each evaluation",
+                           low=0)
+  early_stop_metric: str = field("val_loss", SAFE, "what early stopping watches: val_loss | "
+                                 "task:NAME:acc | task:NAME:acc_norm (a task of eval.tasks; "
+                                 "min_delta is then in accuracy)", empty_ok=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +136,10 @@ class Mesh:
   tensor: int = field(1, X, "tensor-parallel axis", low=1, high=BIG)
   cpu_devices: int = field(0, X, "XLA devices a CPU host's cores are split into; 0 = auto",
                            low=0, high=1024)
+  device_memory_gb: float = field(0.0, SAFE, "memory per device in GB (10^9 bytes) the compiled "
+                                  "step must fit (contract memory-fit); 0 = the device's own "
+                                  "(accelerators) or the host's available memory (CPU)", low=0.0,
+                                  high=1e6)
 
 
 @dataclasses.dataclass(frozen=True)

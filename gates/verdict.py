@@ -32,6 +32,16 @@ class SourceUse:
 
 
 @dataclasses.dataclass(frozen=True)
+class Prior:
+  """P, the tokens a warm start's initial weights already saw (contract v1.3): effective tokens,
+  whole, counted toward the floor beside the new run's D'; `source` says where P comes from (a
+  checkpoint's record, or a declared --init_tokens)."""
+
+  tokens: int
+  source: str
+
+
+@dataclasses.dataclass(frozen=True)
 class Verdict:
   """What the gate decided and every number needed to explain or fix it.
 
@@ -64,6 +74,13 @@ class Verdict:
   failed_rules: tuple[str, ...] = ()
   bypassed_rules: tuple[str, ...] = ()
   bypass_requested: bool = False
+  prior_tokens: int = 0  # P: a warm start's earlier tokens (the floor judges P + D')
+  prior_source: str = ""
+  total_ratio_text: str | None = None  # (P + D')/N, truncated; None for a fresh run
+
+  @property
+  def prior(self) -> Prior | None:
+    return Prior(self.prior_tokens, self.prior_source) if self.prior_tokens else None
 
   @property
   def proceeds(self) -> bool:
@@ -113,8 +130,13 @@ def _tag(v: Verdict) -> str:
 
 
 def _ratios(v: Verdict, comparison: str = "") -> str:
-  """'D/N = 21.06 >= 20', or with U known "D'/N = 18.22 < 20 (D/N = 21.06)"."""
+  """'D/N = 21.06 >= 20', or with U known "D'/N = 18.22 < 20 (D/N = 21.06)"; a warm start
+  "(P + D')/N = 23.10 >= 20 (D'/N = 1.35, D/N = 1.35)"."""
   d_ratio = ratio_text(v.tokens, v.n_params)
+  if v.prior_tokens:
+    d, new = (("D'", f"D'/N = {v.effective_ratio_text}, D/N = {d_ratio}") if v.sources
+              else ("D", f"D/N = {d_ratio}"))
+    return f"(P + {d})/N = {v.total_ratio_text}{comparison} ({new})"
   if not v.sources:
     return f"D/N = {d_ratio}{comparison}"
   return f"D'/N = {v.effective_ratio_text}{comparison} (D/N = {d_ratio})"
@@ -133,6 +155,8 @@ def _sizes(v: Verdict) -> str:
     out += f", D' = {v.effective_tokens:,.0f} effective tokens ({epochs})"
   else:
     out += " (unique tokens not known yet: D' is judged after data preparation)"
+  if v.prior_tokens:
+    out += f", P = {v.prior_tokens:,} tokens the initial weights already saw ({v.prior_source})"
   return out
 
 
@@ -144,6 +168,8 @@ def _fix(v: Verdict) -> str:
   per_step = (f"at the configured global_batch x seq_len = {v.tokens_per_step:,} "
               f"tokens/step")
   target = f"{v.floor_ratio}*N = {v.tokens_needed:,}"
+  if v.prior_tokens:
+    target += f" - P = {max(v.tokens_needed - v.prior_tokens, 0):,}"
   if not v.sources:
     return (f"reaching {target} tokens needs train_steps >= {v.steps_needed:,} {per_step} (or "
             f"shrink the model)")

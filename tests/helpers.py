@@ -33,6 +33,7 @@ TINY: dict[str, Any] = {
     "eval.eval_batches": 2, "logging.log_every": 10, "checkpoint.save_every": 10,
     "model.n_layers": 1, "model.d_model": 32, "model.n_heads": 2, "model.n_kv_heads": 1,
     "model.d_ff": 64, "batch.global_batch": 4, "batch.seq_len": 32,
+    "eval.tasks": "",  # the default experiment's smoke task: scored by the runs that test it
 }
 
 CHILDREN = REPO / "tests" / "children"
@@ -233,10 +234,11 @@ def flat(tree: Any) -> dict[str, Any]:
           for path, leaf in leaves}
 
 
-def assert_one_line_error(res: Result, *needles: str) -> str:
-  """Exit 2, no traceback, exactly one `ERROR:` line on stderr containing every needle."""
+def assert_one_line_error(res: Result, *needles: str, rc: int = 2) -> str:
+  """Exit `rc` (2: bad input; 3: a gate's refusal), no traceback, exactly one `ERROR:` line on
+  stderr containing every needle."""
   out = res.stdout + res.stderr
-  assert res.rc == 2, out[-3000:]
+  assert res.rc == rc, out[-3000:]
   assert "Traceback" not in out
   assert len(res.error_lines) == 1, res.stderr[-3000:]
   line = res.error_lines[0]

@@ -87,3 +87,21 @@ def preempted(data_dir: str, root: Path) -> Path:
 
 def crashed(data_dir: str, root: Path) -> Path:
   return once(root, "watch_crashed", lambda w: _crashed(data_dir, w))
+
+
+# A tiny run that scores the smoke task (eval.tasks=smoke) long enough to write sensible text (a
+# 1-layer model at lr 1e-2: val loss ~2.3, non-degenerate samples) and to pass the gate (450
+# steps of 512 tokens: D'/N = 20.2), for the task and ship tests.
+TASKS = {"train_steps": 450, "batch.global_batch": 16, "model.max_seq_len": 64,
+         "optimizer.lr": 1e-2, "schedule.warmup_steps": 20, "eval.eval_every": 100,
+         "logging.log_every": 100, "checkpoint.save_every": 300, "eval.tasks": "smoke"}
+
+
+def _tasks_run(data_dir: str, workdir: Path) -> None:
+  res = helpers.run_main(*helpers.tiny_flags(data_dir, TASKS), workdir=workdir)
+  _ok(res)
+  (workdir / "stdout.txt").write_text(res.stdout)
+
+
+def tasks_passing(data_dir: str, root: Path) -> Path:
+  return once(root, "tasks_passing", lambda w: _tasks_run(data_dir, w))

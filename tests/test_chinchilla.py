@@ -120,7 +120,7 @@ def test_refusal_message_names_zone_sizes_ratio_steps_and_flag():
   msg = v.message()
   assert "\n" not in msg
   for part in ("refused", "DEGENERATION", "800,000", "791,680", "1,536,000", "D/N = 1.92",
-               "train_steps >= 20,834", "768 tokens/step", "16,000,000", FLAG, "v1.2.0"):
+               "train_steps >= 20,834", "768 tokens/step", "16,000,000", FLAG, "v1.3.0"):
     assert part in msg, part
   with pytest.raises(ChinchillaGateError) as info:
     enforce(v)
@@ -163,7 +163,7 @@ def test_to_dict_is_json_ready():
   d = json.loads(json.dumps(v.to_dict()))
   assert d["n_params"] == 800_000 and d["n_non_embedding"] == 791_680
   assert d["tokens"] == 1_536_000 and d["zone"] == DEGENERATION and d["proceeds"] is False
-  assert d["contract"] == "chinchilla-gate" and d["contract_version"] == "1.2.0"
+  assert d["contract"] == "chinchilla-gate" and d["contract_version"] == "1.3.0"
   assert d["tokens_needed"] == 16_000_000 and d["steps_needed"] == 20_834
   assert d["tokens_per_step"] == 768 and d["floor_ratio"] == 20
 
@@ -182,16 +182,16 @@ def test_evaluate_rejects_impossible_inputs(args):
     evaluate(GATE, *args)
 
 
-def test_contract_yaml_holds_the_v1_2_rule():
+def test_contract_yaml_holds_the_v1_3_rule():
   c = contracts.load(chinchilla.CONTRACT)
-  assert c["contract"] == "chinchilla-gate" and c["version"] == "1.2.0"
+  assert c["contract"] == "chinchilla-gate" and c["version"] == "1.3.0"
   assert c["thresholds"] == {"hard_floor_ratio": 20, "degeneration_below": 10, "max_epochs": 4}
   assert set(c["zones"]) == set(chinchilla.ZONES)
   assert set(c["rules"]) == set(chinchilla.RULES)
   assert c["effective_tokens"]["constants"] == {"R_star": "15.4"}
   assert c["bypass"]["flag"] == FLAG
-  assert [i["id"] for i in c["invariants"]] == ["INV-CHINCHILLA-001", "INV-CHINCHILLA-002"]
-  assert [f["id"] for f in c["falsifiers"]] == [f"FALSIFY-CHINCHILLA-{i:03d}" for i in range(1, 14)]
+  assert [i["id"] for i in c["invariants"]] == [f"INV-CHINCHILLA-00{i}" for i in (1, 2, 3)]
+  assert [f["id"] for f in c["falsifiers"]] == [f"FALSIFY-CHINCHILLA-{i:03d}" for i in range(1, 16)]
 
 
 def _edited_contract(tmp_path, **thresholds):

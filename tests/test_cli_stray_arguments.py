@@ -29,6 +29,8 @@ REQUIRED: dict[str, list[str]] = {
     "pregate-import": ["--hf_dir=/nonexistent/hf", "--out=/nonexistent/run"],
     "pregate-inspect": ["/nonexistent/run"],
     "pregate-stamp": ["/nonexistent/run", "--config=configs/shakespeare_char.py"],
+    "pregate-lm-eval": ["--model", "pregate"],
+    "pregate-ship": ["/nonexistent/run", "--contract=/nonexistent/ship.yaml"],
 }
 # Commands whose last positional takes one or more values have no "one too many".
 VARARGS = {"pregate-fit", "pregate-plot"}

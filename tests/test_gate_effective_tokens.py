@@ -112,7 +112,7 @@ def test_over_repeated_refused_with_zone_and_fix():
   assert "\n" not in line and info.value.exit_code == 3
   for part in ("OVER_REPEATED", "epoch_limit", "tiny.txt 5.00 epochs over U = 1,000",
                "train_steps >= 204", "train_steps <= 400", "D'/N = 45.2", "(D/N = 50.00)",
-               helpers.FORCE, "v1.2.0"):
+               helpers.FORCE, "v1.3.0"):
     assert part in line, part
   # Too big for the data: no step count works, the fix is the N the data supports.
   big = evaluate(GATE, 300, 270, 5_000, 10, unique_tokens={"tiny.txt": 1_000})

@@ -28,7 +28,8 @@ pytestmark = pytest.mark.e2e
 STEPS = 200
 RUN = [f"--config.train_steps={STEPS}", "--config.eval.eval_every=200",
        "--config.eval.eval_batches=4", "--config.logging.log_every=100",
-       "--config.checkpoint.save_every=200", "--config.batch.global_batch=16"]
+       "--config.checkpoint.save_every=200", "--config.batch.global_batch=16",
+       "--config.eval.tasks="]
 
 
 @pytest.fixture(scope="module")

@@ -37,6 +37,11 @@ def _define_flags() -> None:
       "init", "", "Warm start a fresh run from PATH[:STEP] (a run's workdir or checkpoints "
       "dir; STEP = latest|best|N) or hf:DIR (a Hugging Face Llama/Qwen2 directory): "
       "parameters only, fresh optimizer and schedule; validated first.")
+  flags.DEFINE_integer(
+      "init_tokens", -1, "With --init=hf:DIR: the tokens the Hugging Face weights were trained "
+      "on (the directory does not record them); the Chinchilla gate counts them toward 20 N "
+      "beside this run's effective tokens (contract v1.3). 0 = judge the run as fresh. A "
+      "pregate checkpoint (--init=PATH) records its own.")
   flags.DEFINE_string(
       "teacher", None, "Distill from a frozen teacher: PATH[:STEP] (a pregate run's workdir or "
       "checkpoints dir) or hf:DIR; sets --config.distill.teacher (a relative PATH resolves "
@@ -73,7 +78,7 @@ def main(argv: list[str], seams=None) -> int:
   if FLAGS.teacher is not None and config is not None:
     config.distill.teacher = _teacher_spec(FLAGS.teacher)
   plan = preflight(config, workdir, FLAGS.force_under_provisioned, FLAGS.init,
-                   FLAGS.allow_config_change)
+                   FLAGS.allow_config_change, FLAGS.init_tokens)
   host_memory.reexec_with_tunables()  # a no-op after train.main's early re-exec
   if plan.changes.get("safe") and _is_primary():
     logging.info("config changes since this workdir's first run (safe): %s",

@@ -9,6 +9,7 @@ and gates.repetition.
 
   pregate-plan --config=configs/shakespeare_char.py [--config.train_steps=4000]
       [--tokens_per_sec=50000] [--data_dir=DIR] [--force_under_provisioned]
+      [--device=h100 --devices=8]   (the step's memory per device and a fit verdict, with a fix)
 
 With a budget it advises instead (train.cli.advise): the N, D and model shape to train.
 
@@ -20,7 +21,8 @@ host and prints the run's wall-time forecast (gates.forecast, timed by
 train.run.measure.plan_lines). Without --measure nothing from the train stack is imported and
 nothing compiles.
 
-Exit status: 0 the run would proceed (passed, or bypassed), 3 the gate would refuse it, 2 bad input.
+Exit status: 0 the run would proceed (passed, or bypassed) and fit, 3 the gate would refuse it or
+the step would not fit the --device, 2 bad input.
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ from core.errors import ConfigError, DataError
 from gates import chinchilla, chinchilla_contract, repetition
 from models import params
 from models.config import ModelConfig
-from train.cli import advise, define_config_flag
+from train.cli import advise, define_config_flag, memory_plan
 from train.data import unique_tokens
 
 FLAGS = flags.FLAGS
@@ -54,6 +56,7 @@ def _define_flags() -> None:
   flags.DEFINE_bool("measure", False, "compile and time the real step, one eval and one save "
                     "on this host, then print the run's wall-time forecast (takes a compile)")
   advise.define_flags()
+  memory_plan.define_flags()
 
 
 def human_duration(seconds: float) -> str:
@@ -196,12 +199,17 @@ def main(argv: list[str]) -> int:
   else:
     lines, verdict = plan(FLAGS.config, tokens_per_sec=FLAGS.tokens_per_sec,
                           data_dir=FLAGS.data_dir, bypass=FLAGS.force_under_provisioned)
+  fits = True
+  if memory_plan.wanted(FLAGS):
+    teacher = _teacher_model(_teacher_spec(FLAGS.config)) if _teacher_spec(FLAGS.config) else None
+    memory_lines, fits = memory_plan.lines(FLAGS.config, FLAGS.device, FLAGS.devices, teacher)
+    lines += memory_lines
   if FLAGS.measure and verdict.proceeds:
     lines += _measure(FLAGS.config)
   elif FLAGS.measure:
     lines.append("forecast: not measured, the gate refuses this run (nothing was compiled)")
   print("\n".join(lines))
-  return 0 if verdict.proceeds else chinchilla.ChinchillaGateError.exit_code
+  return 0 if verdict.proceeds and fits else chinchilla.ChinchillaGateError.exit_code
 
 
 def run() -> None:

@@ -8,8 +8,9 @@ and renamed into place in one step: a failure leaves nothing half-written, and a
 Written: config.json (rope_theta both top-level, read by transformers 4.x, and in
 rope_parameters, read by 5.x), generation_config.json, model.safetensors with metadata
 {"format": "pt"} (sharded with model.safetensors.index.json above max_shard_bytes),
-tokenizer.json + tokenizer_config.json, README.md (the model card) and pregate_metadata.json
-(the training provenance, so importing the export restores it and a re-export is identical).
+tokenizer.json + tokenizer_config.json, README.md (the model card, with `pregate-ship`'s verdict
+when WORKDIR/ship.json judged the exported step) and pregate_metadata.json (the training
+provenance, so importing the export restores it and a re-export is identical).
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from train.hf.weights import to_hf
 DTYPES = ("float32", "bfloat16")
 DEFAULT_MAX_SHARD_BYTES = 5 * 10**9  # transformers' "5GB"
 SIDECAR = "pregate_metadata.json"
+SHIP_JSON = "ship.json"  # pregate-ship's verdict in the run's workdir (train/cli/ship.py)
 # Checkpoint metadata carried through an export, so an import restores its provenance.
 CARRIED = ("schema", "step", "tokens_seen", "planned_tokens", "val_loss", "best_val_loss",
            "eval_batches", "gate", "data", "config", "mesh", "libraries", "git_commit",
@@ -136,6 +138,19 @@ def flat_params(model: Any) -> dict[str, np.ndarray]:
           for path, var in flat}
 
 
+def ship_record(checkpoint: str, step: int) -> dict[str, Any] | None:
+  """`pregate-ship`'s verdict on this very step (WORKDIR/ship.json), for the model card; None
+  when there is none, it judged another step, or it does not parse."""
+  from train.ckpt.stepspec import checkpoint_dir
+  path = os.path.join(os.path.dirname(checkpoint_dir(checkpoint)), SHIP_JSON)
+  try:
+    with open(path, encoding="utf-8") as f:
+      record = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return record if isinstance(record, dict) and record.get("step") == step else None
+
+
 def export(checkpoint: str, out: str, *, step: str | int = "latest", dtype: str = "float32",
            max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
            allow_incomplete_card: bool = False) -> list[str]:
@@ -172,7 +187,8 @@ def export(checkpoint: str, out: str, *, step: str | int = "latest", dtype: str 
     _write_json(os.path.join(tmp, SIDECAR), metadata.carried(meta, CARRIED))
     with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
       f.write(model_card.render(meta, cfg, kind, dtype=dtype, export_versions=export_versions(),
-                                eot=restored.tokenizer.to_json().get("eot"), eos_id=eos))
+                                eot=restored.tokenizer.to_json().get("eot"), eos_id=eos,
+                                ship=ship_record(checkpoint, restored.step)))
     files += ["config.json", "generation_config.json", SIDECAR, "README.md"]
     os.chmod(tmp, 0o755)
     if os.path.isdir(out):

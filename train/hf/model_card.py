@@ -66,6 +66,10 @@ def _verdict(gate: Mapping[str, Any]) -> str:
   # Contract v1.2 decides on effective tokens D' (repeats counted at their worth).
   judged = (f"effective D'/N = {eff}" if eff else f"planned D/N = {ratio_s}")
   context = f" (planned D/N = {ratio_s}{_epochs(gate)})" if eff else ""
+  if gate.get("prior_tokens"):  # a warm start (contract v1.3): P + D' is judged
+    context = (f" ({judged} of this run{_epochs(gate)}; P = {gate['prior_tokens']:,} tokens the "
+               f"initial weights already saw: {gate.get('prior_source', '?')})")
+    judged = f"(P + D')/N = {gate.get('total_ratio_text', '?')}"
   if gate.get("passed"):
     return (f"passed ({gate.get('zone')} zone): {judged} >= {floor}{context} "
             f"(contract {gate.get('contract', '?')} v{gate.get('contract_version', '?')})")
@@ -99,10 +103,25 @@ def _guards(meta: Metadata) -> str:
   return "; ".join(parts) if meta.has("spikes_skipped") or rollbacks else UNKNOWN
 
 
+def _ship(ship: Mapping[str, Any] | None) -> list[str]:
+  """The ship verdict line, when `pregate-ship` judged this very checkpoint (WORKDIR/ship.json):
+  the verdict, the contract and every check that did not pass."""
+  if not ship:
+    return []
+  contract = _d(ship.get("contract"))
+  rows = [r for r in ship.get("rows") or [] if isinstance(r, Mapping)]
+  short = [f"{r.get('check')} {r.get('status')}" for r in rows if r.get("status") != "PASS"]
+  return [f"- Ship verdict: **{ship.get('verdict')}** (pregate-ship against contract "
+          f"{contract.get('name', '?')} v{contract.get('version', '?')}, {ship.get('time', '?')}"
+          f"; {len(rows)} checks, " + (f"not passed: {', '.join(short)}" if short else
+                                       "all passed") + ")."]
+
+
 def render(meta: Metadata, cfg: ModelConfig, tokenizer_kind: str, *,
            dtype: str, export_versions: Mapping[str, str], eot: str | None = None,
-           eos_id: int | None = None) -> str:
-  """The README.md text (YAML front matter for the Hub, then the card)."""
+           eos_id: int | None = None, ship: Mapping[str, Any] | None = None) -> str:
+  """The README.md text (YAML front matter for the Hub, then the card); `ship`: the ship
+  verdict recorded for this checkpoint (WORKDIR/ship.json), if any."""
   counts, data, gate = _d(meta.param_counts), _d(meta.data), _d(meta.gate)
   n, seen, loss = counts.get("total"), meta.tokens_seen, meta.val_loss
   unit = {"char": "character", "byte": "byte"}.get(tokenizer_kind, "token")
@@ -139,7 +158,7 @@ def render(meta: Metadata, cfg: ModelConfig, tokenizer_kind: str, *,
       (f"- Tokens seen D = {_n(seen)} at step {_n(meta.step)}; D/N = {dn} (20 is "
        f"compute-optimal)."),
       f"- Validation loss: {loss_s}.",
-      f"- Run guards: {_guards(meta)}.",
+      f"- Run guards: {_guards(meta)}.", *_ship(ship),
       f"- Data fingerprint: {fingerprint}.",
       f"- Trained with: {libs or UNKNOWN}.",
       f"- pregate git commit: {_n(meta.git_commit)}.",

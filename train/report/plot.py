@@ -4,7 +4,8 @@ Every figure overlays the runs given, one colour each: train loss (line) and val
 one dot per evaluation) against steps and against tokens, learning rate, gradient norm, parameter
 and update norm (when the run logged them), tokens/s and MFU. Resume points are dotted vertical
 lines, the end of a run that did not complete is a cross with its termination, and each run's
-legend entry names its Chinchilla gate verdict.
+legend entry names its Chinchilla gate verdict. A run that scored tasks (eval.tasks) gets a
+panel of their accuracy with each task's chance level.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from train.report.records import Run, effective, load
+from train.report.records import Run, effective, load, task_scores
 
 _COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
            "tab:pink", "tab:gray", "tab:olive", "tab:cyan")
@@ -114,6 +115,36 @@ def _norms(ax, runs: list[Run]) -> None:
   ax.set_yscale("log")
 
 
+def _task_series(run: Run) -> dict[str, tuple[list, list, float | None]]:
+  """{task: (steps, accuracies, chance)} of a run's `tasks` records."""
+  out: dict[str, tuple[list, list, float | None]] = {}
+  for r in run.events("tasks"):
+    for name, m in task_scores(r).items():
+      xs, ys, _ = out.setdefault(name, ([], [], m.get("chance")))
+      if m.get("acc") is not None:
+        xs.append(r["step"])
+        ys.append(m["acc"])
+  return out
+
+
+def _tasks(ax, runs: list[Run]) -> None:
+  styles = ("-", "--", "-.", ":")
+  for i, run in enumerate(runs):
+    c = _COLORS[i % len(_COLORS)]
+    for j, (name, (xs, ys, chance)) in enumerate(sorted(_task_series(run).items())):
+      ax.plot(xs, ys, color=c, linestyle=styles[j % len(styles)], marker="o", markersize=3.5,
+              linewidth=1.2, label=name)
+      if chance is not None:
+        ax.axhline(chance, color=c, linestyle=":", linewidth=0.8, alpha=0.6)
+      if ys:
+        ax.annotate(f"{name} {ys[-1]:.2f}", (xs[-1], ys[-1]), textcoords="offset points",
+                    xytext=(-4, 6), ha="right", fontsize=7, color=c)
+  ax.set_title("task accuracy (dotted: chance)")
+  ax.set_xlabel("step")
+  ax.set_ylabel("accuracy")
+  ax.set_ylim(0.0, 1.0)
+
+
 PANELS: dict[str, Callable[[Any, list[Run]], None]] = {
     "loss_vs_steps": lambda ax, runs: _loss(ax, runs, "step"),
     "loss_vs_tokens": lambda ax, runs: _loss(ax, runs, "tokens"),
@@ -123,6 +154,7 @@ PANELS: dict[str, Callable[[Any, list[Run]], None]] = {
     "norms": _norms,
     "tokens_per_s": _metric("tokens_per_s", "throughput", "tokens/s"),
     "mfu": _metric("mfu", "model FLOPs utilization", "MFU (%)", scale=100.0),
+    "tasks": _tasks,
 }
 
 
@@ -139,6 +171,8 @@ def _legend_handles(runs: list[Run]) -> list[Line2D]:
 
 
 def _has(runs: list[Run], panel: str) -> bool:
+  if panel == "tasks":
+    return any(r.events("tasks") for r in runs)
   return panel != "norms" or any(_series(r, "train", "param_norm")[0] for r in runs)
 
 

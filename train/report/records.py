@@ -16,7 +16,7 @@ from typing import Any
 from core.errors import DataError
 
 METRICS = "metrics.jsonl"
-LOGGED = ("train", "eval", "save", "end")  # records of steps a segment trained
+LOGGED = ("train", "eval", "tasks", "save", "end")  # records of steps a segment trained
 STEP_EVENTS = LOGGED + ("start",)
 
 
@@ -67,6 +67,18 @@ def _parse(line: str) -> Any:
         continue
       return tail if isinstance(tail, dict) and "event" in tail else None
   return None
+
+
+def task_scores(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+  """A `tasks` record's scores by task: {'smoke': {'acc': .., 'acc_norm': .., 'chance': ..,
+  'n': .., ...}} from its flat 'NAME/METRIC' keys (flat, so TensorBoard shows each as a
+  scalar `tasks/NAME/METRIC`)."""
+  out: dict[str, dict[str, Any]] = {}
+  for key, value in record.items():
+    name, sep, metric = key.rpartition("/")
+    if sep and name:
+      out.setdefault(name, {})[metric] = value
+  return out
 
 
 def segments(records: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:

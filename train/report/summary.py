@@ -9,7 +9,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from train.report.records import effective
+from train.report.records import effective, task_scores
 
 
 def _duration(seconds: float) -> str:
@@ -38,10 +38,27 @@ def _loss_line(evals: list[dict[str, Any]]) -> str:
           f"best {best['val_loss']:.4f}{bpb(best)} at step {best['step']}")
 
 
+def _task_lines(tasks: list[dict[str, Any]]) -> list[str]:
+  """The last scoring of each task, its chance level beside it (the cost is in the time
+  line)."""
+  if not tasks:
+    return []
+  last = tasks[-1]
+  out = []
+  for name, m in task_scores(last).items():
+    err = f" ± {m['acc_stderr']:.3f}" if m.get("acc_stderr") is not None else ""
+    norm = f", acc_norm {m['acc_norm']:.3f}" if m.get("acc_norm") is not None else ""
+    out.append(f"task {name}: acc {m.get('acc', float('nan')):.3f}{err}{norm} (chance "
+               f"{m.get('chance', float('nan')):.3f}, n={m.get('n', '?')}) at step {last['step']}")
+  return out
+
+
 def _time_line(compile_s: float | None, steps_s: float | None, eval_s: float | None,
-               checkpoint_s: float | None, wall_s: float | None) -> str | None:
+               checkpoint_s: float | None, wall_s: float | None,
+               tasks_s: float | None = None) -> str | None:
   """This process's wall time split; `steps` defaults to what the other parts leave of wall."""
-  parts = {"compile": compile_s, "eval": eval_s, "checkpoint": checkpoint_s}
+  parts = {"compile": compile_s, "eval": eval_s, "tasks": tasks_s or None,
+           "checkpoint": checkpoint_s}
   if steps_s is None and wall_s is not None:
     steps_s = wall_s - sum(v for v in parts.values() if v is not None)
   parts = {"steps": steps_s, **parts}
@@ -71,17 +88,21 @@ def build(records: list[dict[str, Any]], *, termination: str | None = None,
           eval_s: float | None = None, checkpoint_s: float | None = None,
           wall_s: float | None = None, workdir: str | None = None,
           checkpoint_dir: str | None = None, tensorboard_dir: str | None = None,
-          plots_dir: str | None = None) -> str:
+          plots_dir: str | None = None, tasks_s: float | None = None) -> str:
   """The summary as text lines. `records` is the run's metrics.jsonl; the keyword arguments are
   what the caller measured in this process (None = unknown, left out). Without checkpoint_s,
   the blocking time of this process's saves (its `save` records) is used; without wall_s, the
-  `end` record's elapsed_s (+ compile_s); `steps` defaults to what wall time leaves over."""
+  `end` record's elapsed_s (+ compile_s); `steps` defaults to what wall time leaves over.
+  Without tasks_s, the seconds this process's `tasks` records spent scoring."""
   run = effective(records)
   segment = records[max(i for i, r in enumerate(records) if r.get("event") == "gate"):] \
       if any(r.get("event") == "gate" for r in records) else records
   if checkpoint_s is None:
     saves = [r["blocking_s"] for r in segment if r.get("event") == "save" and "blocking_s" in r]
     checkpoint_s = sum(saves) if saves else None
+  if tasks_s is None:
+    spent = [r["seconds"] for r in segment if r.get("event") == "tasks" and "seconds" in r]
+    tasks_s = sum(spent) if spent else None
   ends = [r for r in segment if r.get("event") == "end" and r.get("elapsed_s") is not None]
   if wall_s is None and ends:  # the loop's own clock starts after compiling
     wall_s = ends[-1]["elapsed_s"] + (compile_s or 0.0)
@@ -91,6 +112,7 @@ def build(records: list[dict[str, Any]], *, termination: str | None = None,
            + (f" of {train[-1]['train_steps']}" if train and "train_steps" in train[-1] else "")
            + (f" (resumed at step {', '.join(map(str, run.resumes))})" if run.resumes else "")]
   lines.append(_loss_line(run.events("eval")))
+  lines.extend(_task_lines(run.events("tasks")))
   at_end = train[-1] if train and train[-1]["step"] == run.last_step else {"step": run.last_step}
   tokens = run.tokens(at_end)
   if tokens is not None:
@@ -104,7 +126,7 @@ def build(records: list[dict[str, Any]], *, termination: str | None = None,
                  + (f", median MFU {100 * statistics.median(mfu):.1f}%" if mfu else "")
                  + f" over {len(tps)} log windows")
   lines.extend(_guard_lines(train, [r for r in records if r.get("event") == "rollback"]))
-  time_line = _time_line(compile_s, steps_s, eval_s, checkpoint_s, wall_s)
+  time_line = _time_line(compile_s, steps_s, eval_s, checkpoint_s, wall_s, tasks_s)
   if time_line:
     lines.append(time_line)
   where = {"checkpoints": checkpoint_dir, "tensorboard": tensorboard_dir, "plots": plots_dir}

@@ -40,7 +40,7 @@ def sinks(*sinks: Callable[[dict[str, Any]], None] | None
   return lambda record: [sink(record) for sink in live] and None
 
 
-def log_start(config: Any, plan: Plan, rs: RunSetup, start: int) -> None:
+def log_start(config: Any, plan: Plan, rs: RunSetup, start: int, memory_line: str) -> None:
   v, counts, train_steps = plan.verdict, plan.counts, config.train_steps
   peak, peak_src = flops.device_peak(plan.model_cfg.dtype)
   logging.info("N = %s parameters (%s non-embedding); D = %s planned tokens (D/N = %s, %s)",
@@ -51,6 +51,7 @@ def log_start(config: Any, plan: Plan, rs: RunSetup, start: int) -> None:
                start, train_steps, host_memory.describe())
   if jax.process_index() == 0:
     logging.info("%s", measure.start_line(config, start, rs.compile_s))
+    logging.info("%s", memory_line)
     if rs.teacher is not None:
       logging.info("%s", teacher_lib.start_line(rs.teacher, config, flops.flops_per_token(
           plan.model_cfg, counts.total, config.batch.seq_len)))

@@ -27,7 +27,7 @@ from train.ckpt.checkpointer import Checkpointer
 from train.data import pipeline
 from train.data.tokenizer import tokenizer_from_json
 from train.report import records, summary
-from train.run import bookends, guards, recovery
+from train.run import bookends, guards, memory_check, recovery
 from train.run import teacher as teacher_lib
 from train.run import workdir as workdir_lib
 from train.run.edges import EvalTracker, MetricsPipe, Signals, Termination, ThroughputWindow, is_due
@@ -35,6 +35,7 @@ from train.run.metrics_log import MetricsLog, format_line
 from train.run.preflight import Plan
 from train.run.profiling import StepProfiler
 from train.run.setup import RunData, RunSetup, open_data
+from train.run.tasks_edge import TaskEdge
 from train.run.tensorboard import TensorBoardSink
 from train.run.watchdog import Watchdog
 from train.state import flops, sharding
@@ -59,8 +60,8 @@ class _Edges:
   """The run's mutable state and the work done at its edges (eval, log line, save)."""
 
   def __init__(self, config: Any, rs: RunSetup, plan: Plan, started: _Started,
-               log: MetricsLog, seams: Seams):
-    self.config, self.rs, self.log, self.seams = config, rs, log, seams
+               log: MetricsLog, seams: Seams, tasks: TaskEdge):
+    self.config, self.rs, self.log, self.seams, self.tasks = config, rs, log, seams, tasks
     self.state, self.it, self.checkpointer = started.state, started.it, started.checkpointer
     self.run_meta, self.eval_set, prev = started.run_meta, started.eval_set, started.resumed
     self.tokenizer = tokenizer_from_json(self.run_meta.tokenizer)  # its probe, at each save
@@ -279,7 +280,10 @@ def run(config: Any, workdir: str, plan: Plan, *, stop_after: int = 0, init: str
   if not plan.verdict.unique_tokens_known:  # e.g. a tokenizer trained by the preparation
     plan = dataclasses.replace(plan, verdict=chinchilla.enforce(
         chinchilla.recheck(plan.verdict, data.unique_tokens())))
+  # The tasks' files read and the smoke task drawn from the val split, before compiling.
+  task_edge = TaskEdge(config, data.val, data.tokenizer, plan.model_cfg.max_seq_len, workdir)
   rs = RunSetup.for_run(config, plan.model_cfg, workdir, data)  # the teacher, then compile
+  memory_line = memory_check.check(config, plan.model_cfg, rs)  # refuses before step 1
   distill = teacher_lib.run_record(config, rs.teacher)
   s = _start(config, workdir, plan, data, rs, warm, init, seams, distill)
   os.makedirs(workdir, exist_ok=True)
@@ -295,11 +299,12 @@ def run(config: Any, workdir: str, plan: Plan, *, stop_after: int = 0, init: str
   log.write_gate(plan.verdict)
   tb.write_config(config.to_dict(), step=start)
   log.write({"event": "start", "step": start, "compile_s": rs.compile_s})
-  for record in s.records:
-    log.write(record)
-  bookends.log_start(config, plan, rs, start)
+  for record in [*s.records, task_edge.publish(start, is_main)]:
+    if record is not None:
+      log.write(record)
+  bookends.log_start(config, plan, rs, start, memory_line)
   step, last, termination = start, config.train_steps, Termination.COMPLETED
-  e = _Edges(config, rs, plan, s, log, seams)
+  e = _Edges(config, rs, plan, s, log, seams, task_edge)
   g = config.guard
   with Signals(s.checkpointer) as signals, \
       bookends.record_failure(log, s.checkpointer, lambda: step), \
@@ -331,10 +336,13 @@ def run(config: Any, workdir: str, plan: Plan, *, stop_after: int = 0, init: str
         continue
       if is_eval:
         e.eval_edge(step)
+      scored = e.tasks.due(step, is_eval, last)
+      if scored:
+        log.write(e.tasks.score(step, e.state.params, rs))
       if is_log:
         e.log_edge(step, m)
       preempt = signals.stop_at(step) or (stop_after and step - start >= stop_after)
-      if is_eval and e.tracker.should_stop:
+      if e.tasks.early_stop(is_eval and e.tracker.should_stop, scored):
         termination = Termination.EARLY_STOP
       elif preempt and step < last:
         termination = Termination.PREEMPTED
@@ -354,7 +362,8 @@ def run(config: Any, workdir: str, plan: Plan, *, stop_after: int = 0, init: str
   if is_main:
     print(summary.build(records.load(workdir), termination=termination.value,
                         compile_s=rs.compile_s, eval_s=e.eval_s,
-                        steps_s=e.window.elapsed() - e.eval_s - e.save_s,
+                        steps_s=e.window.elapsed() - e.eval_s - e.save_s - e.tasks.seconds,
+                        tasks_s=e.tasks.seconds,
                         wall_s=time.perf_counter() - run_t0, workdir=workdir,
                         checkpoint_dir=s.checkpointer.directory,
                         tensorboard_dir=tb_dir), flush=True)

@@ -2,9 +2,10 @@
 
 Order: the config's sanity (every field), the model config, N from the abstract model (no
 compile), the Chinchilla gate, the workdir and its owner, `--init`'s checkpoint (its step, its
-metadata against the config and tokenizer, from files alone), the corpus, a distillation
-teacher's files (train/run/teacher.py: vocabulary, tokenizer, the workdir's recorded teacher),
-then the execution settings the platform cannot run (train/runtime/platform.py).
+metadata against the config and tokenizer, from files alone), the corpus, eval.tasks' task
+files, a distillation teacher's files (train/run/teacher.py: vocabulary, tokenizer, the
+workdir's recorded teacher), then the execution settings the platform cannot run
+(train/runtime/platform.py).
 A refusal here costs one JAX import and leaves the disk untouched. What needs the devices
 (the mesh, the stored arrays, the fingerprint) is checked by the loop, still before anything is
 written.
@@ -28,7 +29,7 @@ from train.data import spec as data_spec
 from train.data import unique_tokens
 from train.data.tokenizer import build_tokenizer
 from train.hf import importer
-from train.run import teacher
+from train.run import tasks_edge, teacher
 from train.run import workdir as workdir_lib
 from train.runtime import platform
 
@@ -44,7 +45,7 @@ class Plan:
 
 
 def preflight(config: Any, workdir: str, force: bool, init: str = "",
-              allow_change: bool = False) -> Plan:
+              allow_change: bool = False, init_tokens: int = -1) -> Plan:
   if config is None:
     raise ConfigError("no experiment config: pass --config=configs/<name>.py")
   if not workdir:
@@ -55,10 +56,11 @@ def preflight(config: Any, workdir: str, force: bool, init: str = "",
   counts = count_params(model_cfg)
   batch = cfg["batch"]
   tokens = chinchilla.planned_tokens(cfg["train_steps"], batch["global_batch"], batch["seq_len"])
-  verdict = chinchilla.evaluate(chinchilla_contract.parse(contracts.load(chinchilla.CONTRACT)),
-                                counts.total, counts.non_embedding, tokens,
+  contract = chinchilla_contract.parse(contracts.load(chinchilla.CONTRACT))
+  verdict = chinchilla.evaluate(contract, counts.total, counts.non_embedding, tokens,
                                 batch["global_batch"] * batch["seq_len"], bypass=force,
-                                unique_tokens=unique_tokens.for_gate(cfg["data"]))
+                                unique_tokens=unique_tokens.for_gate(cfg["data"]),
+                                prior=_prior(contract, init, init_tokens, workdir))
   chinchilla.enforce(verdict)
   workdir_lib.check_usable(workdir)
   changes = workdir_lib.check_owner(workdir, cfg, allow_change)
@@ -68,6 +70,7 @@ def preflight(config: Any, workdir: str, force: bool, init: str = "",
     raise ConfigError(f"--init={init}: no such checkpoint directory; pass a run's workdir or "
                       f"checkpoints dir (optionally with :STEP), or hf:DIR")
   _check_corpus(cfg["data"], model_cfg.vocab_size)
+  tasks_edge.check_paths(cfg["eval"]["tasks"])  # each task file parses, before any compile
   if init and not importer.is_hf_init(init) and not workdir_lib.has_checkpoints(workdir):
     _check_init(init, cfg, model_cfg, workdir)
   if cfg["distill"]["teacher"]:
@@ -75,6 +78,56 @@ def preflight(config: Any, workdir: str, force: bool, init: str = "",
                         lambda: _run_tokenizer(cfg["data"], workdir), workdir)
   platform.check(model_cfg)
   return Plan(model_cfg, counts, verdict, changes)
+
+
+def _prior(contract: chinchilla.ChinchillaContract, init: str, init_tokens: int,
+           workdir: str) -> chinchilla.Prior | None:
+  """P, the tokens a warm start's weights already saw (contract v1.3): a resumed run's own
+  record (its tokens are the run's, never counted twice), a pregate checkpoint's record, or the
+  operator's --init_tokens for an HF directory, which records none."""
+  hf = bool(init) and importer.is_hf_init(init)
+  if init_tokens >= 0 and not hf:
+    why = (f"--init={init} is a pregate checkpoint, which records its own" if init
+           else "there is no --init=hf:DIR")
+    raise ConfigError(f"--init_tokens={init_tokens} declares the prior tokens of an HF warm "
+                      f"start; {why}: drop --init_tokens")
+  recorded = _recorded_gate(workdir)
+  if recorded is not None:
+    tokens = recorded.get("prior_tokens") or 0
+    return chinchilla.Prior(int(tokens), str(recorded.get("prior_source", ""))) if tokens else None
+  if hf:
+    if init_tokens < 0:
+      raise ConfigError(f"--init={init}: a Hugging Face directory does not record the tokens its "
+                        f"weights were trained on, and the gate will not guess them: declare "
+                        f"them with --init_tokens=T (e.g. from the model card; 0 judges the run "
+                        f"as if fresh)")
+    return chinchilla.Prior(init_tokens, f"--init_tokens for {init}") if init_tokens else None
+  if not init or not os.path.isdir(split_path_step(init)[0]):
+    return None
+  path, step = split_path_step(init)
+  directory = checkpoint_dir(path)
+  resolved = resolve_on_disk(directory, step)
+  meta = metadata.require(metadata.read(directory, resolved), f"{directory}/{resolved}")
+  if not isinstance(meta.tokens_seen, int):
+    raise ConfigError(f"--init={init}: checkpoint {directory}/{resolved} records no tokens_seen "
+                      f"(a stamped or imported checkpoint), so its prior tokens are unknown: "
+                      f"stamp it with a known count or warm-start it through hf: with "
+                      f"--init_tokens=T")
+  return chinchilla.prior_from_record(contract, meta.gate, meta.tokens_seen,
+                                      f"checkpoint {directory}/{resolved}: {meta.tokens_seen:,} "
+                                      f"tokens seen")
+
+
+def _recorded_gate(workdir: str) -> dict[str, Any] | None:
+  """The gate record of a run that has started in `workdir` (gate.json), else None."""
+  if not workdir_lib.has_checkpoints(workdir):
+    return None
+  try:
+    with open(os.path.join(workdir, "gate.json")) as f:
+      gate = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return gate if isinstance(gate, dict) else None
 
 
 def _check_init(init: str, cfg: dict[str, Any], model_cfg: ModelConfig, workdir: str) -> None:

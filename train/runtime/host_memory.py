@@ -52,3 +52,16 @@ def reexec_with_tunables() -> None:
   sys.stdout.flush()
   sys.stderr.flush()
   os.execve(sys.executable, sys.orig_argv, {**os.environ, "GLIBC_TUNABLES": TUNABLES})
+
+
+def available_bytes() -> int | None:
+  """The host memory a new allocation can get without swapping (MemAvailable); None where the
+  kernel does not say (non-Linux)."""
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except (OSError, ValueError, IndexError):
+    return None
+  return None

@@ -101,10 +101,15 @@ def compiled_stats(compiled: Any) -> dict[str, float]:
   mem = compiled.memory_analysis()
   out = {"xla_flops": float(cost.get("flops", 0.0))}
   if mem is not None:
-    out.update(temp_bytes=mem.temp_size_in_bytes,
-               memory_bytes=(mem.argument_size_in_bytes + mem.output_size_in_bytes
-                             - mem.alias_size_in_bytes + mem.temp_size_in_bytes))
+    out.update(temp_bytes=mem.temp_size_in_bytes, memory_bytes=memory_bytes(mem))
   return out
+
+
+def memory_bytes(mem: Any) -> int:
+  """A compiled program's bytes per device from its memory_analysis(): arguments + outputs -
+  donated aliases + temporaries (the memory-fit contract's `need`)."""
+  return int(mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+             + mem.temp_size_in_bytes)
 
 
 def device_peak_memory() -> int | None:
