@@ -43,6 +43,16 @@ def pytest_configure(config):
   config.addinivalue_line("markers", f"{FAST}: no tier marker: in process, the set-up check")
   _share_compilation_cache(config)
   _compile_fast(config)
+  _pin_torch_cache()
+
+
+def _pin_torch_cache() -> None:
+  """torch writes TORCHINDUCTOR_CACHE_DIR into os.environ the first time it is used in
+  process; a command a test then starts differs from the suite's zygote and starts cold (2-3 s).
+  Set to the absolute path torch would choose before anything imports it, the value never
+  changes. Inherited by the test workers."""
+  os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(
+      tempfile.gettempdir(), f"torchinductor_{os.getuid()}"))
 
 
 def _compile_fast(config) -> None:
