@@ -348,6 +348,21 @@ def fixes(config: Config, model_cfg: ModelConfig, n_devices: int, capacity_bytes
                                              platform) if est.total <= capacity_bytes]
 
 
+def fix_text(config: Config, model_cfg: ModelConfig, n_devices: int, capacity_bytes: int,
+             teacher_cfg: ModelConfig | None = None, *, platform: str | None = None,
+             scale: float = 1.0) -> str:
+  """The cheapest fix as --config overrides with its estimate, or (none fits) `no_fix_text`.
+  `scale` calibrates the estimate to a compiled figure (compiled / estimated bytes of the
+  configured step): the fix is then judged against what XLA will assign."""
+  budget = int(capacity_bytes / scale)
+  found = fixes(config, model_cfg, n_devices, budget, teacher_cfg, platform=platform)
+  if not found:
+    return no_fix_text(config, model_cfg, n_devices, budget, teacher_cfg, platform=platform)
+  overrides, best = found[0]
+  return (f"{format_overrides(overrides)} (estimated {size(best.total * scale)} per device; "
+          f"cheapest of {len(found)} that fit)")
+
+
 def no_fix_text(config: Config, model_cfg: ModelConfig, n_devices: int, capacity_bytes: int,
                   teacher_cfg: ModelConfig | None = None, *, platform: str | None = None) -> str:
   """The arithmetic against capacity: what the parameters, AdamW's moments and the update's

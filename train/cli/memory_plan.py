@@ -70,13 +70,6 @@ def lines(config: ConfigDict, kind: str, n_devices: int,
   out.append(fit.line())
   if fit.fits:
     return out, True
-  found = memory.fixes(view, model_cfg, n_devices, fit.usable, teacher_cfg,
-                       platform=device.platform)
-  if found:
-    overrides, fixed = found[0]
-    out.append(f"fix: {memory.format_overrides(overrides)} (estimated "
-               f"{device_memory.gb(fixed.total)} per device; cheapest of {len(found)} that fit)")
-  else:
-    out.append("fix: " + memory.no_fix_text(view, model_cfg, n_devices, fit.usable, teacher_cfg,
-                                            platform=device.platform))
+  out.append("fix: " + memory.fix_text(view, model_cfg, n_devices, fit.usable, teacher_cfg,
+                                         platform=device.platform))
   return out, False

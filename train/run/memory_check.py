@@ -53,14 +53,8 @@ def _fix(config: Any, model_cfg: ModelConfig, shape: tuple[int, int, int], usabl
   view = config_schema.view(config.to_dict())
   estimate = memory.estimate(view, model_cfg, shape, teacher_cfg)  # on this process's backend
   scale = need / max(estimate.total, 1)
-  budget = int(usable / scale)
-  found = memory.fixes(view, model_cfg, jax.device_count(), budget, teacher_cfg)
-  if not found:
-    return estimate.line(), memory.no_fix_text(view, model_cfg, jax.device_count(), budget,
-                                               teacher_cfg)
-  overrides, fixed = found[0]
-  return estimate.line(), (f"{memory.format_overrides(overrides)} (estimated "
-                           f"{device_memory.gb(fixed.total * scale)} per device)")
+  return estimate.line(), memory.fix_text(view, model_cfg, jax.device_count(), usable,
+                                          teacher_cfg, scale=scale)
 
 
 def check(config: Any, model_cfg: ModelConfig, rs: RunSetup) -> str:

@@ -57,10 +57,11 @@ def preflight(config: Any, workdir: str, force: bool, init: str = "",
   batch = cfg["batch"]
   tokens = chinchilla.planned_tokens(cfg["train_steps"], batch["global_batch"], batch["seq_len"])
   contract = chinchilla_contract.parse(contracts.load(chinchilla.CONTRACT))
+  record = _init_record(init, workdir)
   verdict = chinchilla.evaluate(contract, counts.total, counts.non_embedding, tokens,
                                 batch["global_batch"] * batch["seq_len"], bypass=force,
                                 unique_tokens=unique_tokens.for_gate(cfg["data"]),
-                                prior=_prior(contract, init, init_tokens, workdir))
+                                prior=_prior(contract, init, init_tokens, workdir, record))
   chinchilla.enforce(verdict)
   workdir_lib.check_usable(workdir)
   changes = workdir_lib.check_owner(workdir, cfg, allow_change)
@@ -71,8 +72,8 @@ def preflight(config: Any, workdir: str, force: bool, init: str = "",
                       f"checkpoints dir (optionally with :STEP), or hf:DIR")
   _check_corpus(cfg["data"], model_cfg.vocab_size)
   tasks_edge.check_paths(cfg["eval"]["tasks"])  # each task file parses, before any compile
-  if init and not importer.is_hf_init(init) and not workdir_lib.has_checkpoints(workdir):
-    _check_init(init, cfg, model_cfg, workdir)
+  if record is not None:
+    _check_init(init, record, cfg, model_cfg, workdir)
   if cfg["distill"]["teacher"]:
     teacher.check_files(cfg["distill"]["teacher"], model_cfg, batch["seq_len"],
                         lambda: _run_tokenizer(cfg["data"], workdir), workdir)
@@ -80,8 +81,23 @@ def preflight(config: Any, workdir: str, force: bool, init: str = "",
   return Plan(model_cfg, counts, verdict, changes)
 
 
+def _init_record(init: str, workdir: str) -> tuple[str, metadata.Metadata] | None:
+  """(directory/step, metadata) of --init=PATH's checkpoint for a fresh run, read once for the
+  gate's P and the architecture check; None without such an --init, for hf:, or when the
+  workdir resumes its own checkpoints. A missing step or record is refused here."""
+  if (not init or importer.is_hf_init(init) or not os.path.isdir(split_path_step(init)[0])
+      or workdir_lib.has_checkpoints(workdir)):
+    return None
+  path, step = split_path_step(init)
+  directory = checkpoint_dir(path)
+  resolved = resolve_on_disk(directory, step)
+  where = f"{directory}/{resolved}"
+  return where, metadata.require(metadata.read(directory, resolved), where)
+
+
 def _prior(contract: chinchilla.ChinchillaContract, init: str, init_tokens: int,
-           workdir: str) -> chinchilla.Prior | None:
+           workdir: str, record: tuple[str, metadata.Metadata] | None
+           ) -> chinchilla.Prior | None:
   """P, the tokens a warm start's weights already saw (contract v1.3): a resumed run's own
   record (its tokens are the run's, never counted twice), a pregate checkpoint's record, or the
   operator's --init_tokens for an HF directory, which records none."""
@@ -102,20 +118,16 @@ def _prior(contract: chinchilla.ChinchillaContract, init: str, init_tokens: int,
                         f"them with --init_tokens=T (e.g. from the model card; 0 judges the run "
                         f"as if fresh)")
     return chinchilla.Prior(init_tokens, f"--init_tokens for {init}") if init_tokens else None
-  if not init or not os.path.isdir(split_path_step(init)[0]):
+  if record is None:
     return None
-  path, step = split_path_step(init)
-  directory = checkpoint_dir(path)
-  resolved = resolve_on_disk(directory, step)
-  meta = metadata.require(metadata.read(directory, resolved), f"{directory}/{resolved}")
+  where, meta = record
   if not isinstance(meta.tokens_seen, int):
-    raise ConfigError(f"--init={init}: checkpoint {directory}/{resolved} records no tokens_seen "
+    raise ConfigError(f"--init={init}: checkpoint {where} records no tokens_seen "
                       f"(a stamped or imported checkpoint), so its prior tokens are unknown: "
                       f"stamp it with a known count or warm-start it through hf: with "
                       f"--init_tokens=T")
   return chinchilla.prior_from_record(contract, meta.gate, meta.tokens_seen,
-                                      f"checkpoint {directory}/{resolved}: {meta.tokens_seen:,} "
-                                      f"tokens seen")
+                                      f"checkpoint {where}: {meta.tokens_seen:,} tokens seen")
 
 
 def _recorded_gate(workdir: str) -> dict[str, Any] | None:
@@ -130,14 +142,13 @@ def _recorded_gate(workdir: str) -> dict[str, Any] | None:
   return gate if isinstance(gate, dict) else None
 
 
-def _check_init(init: str, cfg: dict[str, Any], model_cfg: ModelConfig, workdir: str) -> None:
-  """--init's step exists and its metadata is readable and matches the config and the run's
-  tokenizer: a missing, torn or foreign checkpoint is refused before the workdir is created."""
-  path, step = split_path_step(init)
-  directory = checkpoint_dir(path)
-  resolved = resolve_on_disk(directory, step)
-  source = f"--init={init}: checkpoint {directory}/{resolved}"
-  meta = metadata.require(metadata.read(directory, resolved), f"{directory}/{resolved}")
+def _check_init(init: str, record: tuple[str, metadata.Metadata], cfg: dict[str, Any],
+                model_cfg: ModelConfig, workdir: str) -> None:
+  """--init's metadata (`_init_record`: its step exists and its record is readable) matches the
+  config and the run's tokenizer: a foreign checkpoint is refused before the workdir is
+  created."""
+  where, meta = record
+  source = f"--init={init}: checkpoint {where}"
   diffs = arch_match.config_differences(model_cfg.to_dict(), meta.model)
   diffs += arch_match.tokenizer_differences(_run_tokenizer(cfg["data"], workdir),
                                             meta.tokenizer)
