@@ -6,6 +6,7 @@ the event protobufs and compared with metrics.jsonl.
 """
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -188,20 +189,50 @@ def test_the_writer_loads_without_torch_and_torch_still_imports():
   assert proc.returncode == 0 and proc.stdout.split() == ["False", "torch"], proc.stderr[-2000:]
 
 
+# What TensorBoard's Profile tab asks of its plugin (xprof, the `profile` extra), from a real
+# TensorBoard on 127.0.0.1 serving sys.argv[1]: the runs it lists, each run's tools and hosts,
+# and whether the trace viewer's data for a run shows the train step.
+_PROFILE_TAB = """
+import gzip, json, sys, urllib.parse, urllib.request
+from tensorboard import default, program
+tb = program.TensorBoard(default.get_plugins())
+tb.configure(argv=[None, "--logdir", sys.argv[1], "--host", "127.0.0.1", "--port", "0",
+                   "--load_fast=false"])
+url = tb.launch().rstrip("/")
+def get(route, **query):
+  with urllib.request.urlopen(f"{url}/data/plugin/profile/{route}?"
+                              f"{urllib.parse.urlencode(query)}", timeout=120) as r:
+    body = r.read()
+    return gzip.decompress(body) if r.headers.get("Content-Encoding") == "gzip" else body
+out = {"runs": json.loads(get("runs")), "tools": {}, "hosts": {}, "step_in_trace": {}}
+for run in out["runs"]:
+  tools = out["tools"][run] = json.loads(get("run_tools", run=run))
+  viewer = next(t for t in tools if t.startswith("trace_viewer"))
+  hosts = out["hosts"][run] = [h["hostname"] for h in json.loads(get("hosts", run=run, tag=viewer))]
+  out["step_in_trace"][run] = b"jit_train_step" in get("data", run=run, tag=viewer, host=hosts[0])
+print(json.dumps(out))
+"""
+
+
 def test_profile_steps_write_a_trace_the_profile_plugin_lists(prepared_data, tmp_path):
-  """--config.logging.profile_steps=2:3 leaves one capture where TensorBoard's profile plugin
-  looks (WORKDIR/profile/plugins/profile/<time>/<host>.xplane.pb), holding the steps' XLA
-  work; a run without it writes no profile directory."""
+  """--profile_steps=2:3 leaves one capture in WORKDIR/profile/plugins/profile/<time>/, and
+  `tensorboard --logdir WORKDIR` with the pinned profile plugin lists it as the run
+  `profile/<time>` (GET /data/plugin/profile/runs) and opens its trace, which holds the train
+  step; a run without the flag writes no profile directory."""
   work = tmp_path / "run"
-  res = helpers.run_main(helpers.FORCE, *helpers.tiny_flags(prepared_data, {
-      "train_steps": 4, "schedule.warmup_steps": 1, "logging.profile_steps": "2:3"}),
-      workdir=work)
+  res = helpers.run_main(helpers.FORCE, "--profile_steps=2:3", *helpers.tiny_flags(
+      prepared_data, {"train_steps": 4, "schedule.warmup_steps": 1}), workdir=work)
   assert res.rc == 0, res.stderr[-3000:]
   [capture] = (work / "profile" / "plugins" / "profile").iterdir()
-  [xplane] = capture.glob("*.xplane.pb")
-  trace = xplane.read_bytes()
-  assert b"XlaModule" in trace or b"jit_" in trace, xplane
+  assert list(capture.glob("*.xplane.pb")), sorted(capture.iterdir())
   assert not (helpers.REPO / "profile").exists()
+  proc = helpers.start(["-c", _PROFILE_TAB, str(work)], helpers.child_env(), 180)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  tab = json.loads(proc.stdout.splitlines()[-1])
+  run = f"profile/{capture.name}"
+  assert tab["runs"] == [run], tab
+  assert "overview_page" in tab["tools"][run] and tab["hosts"][run], tab
+  assert tab["step_in_trace"] == {run: True}, tab
   plain = tmp_path / "plain"
   res = helpers.run_main(helpers.FORCE, *helpers.tiny_flags(prepared_data, {
       "train_steps": 1, "schedule.warmup_steps": 1}), workdir=plain)

@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 
 from absl import flags, logging
+from ml_collections import config_flags
 
 from core import cli
 from core.errors import EXIT_PREEMPTED, GateRefusal
 from gates import chinchilla
 from train.cli import define_config_flag
 from train.hf import importer
+from train.run import profiling
 from train.run.preflight import preflight
 from train.runtime import host_memory
 
@@ -48,6 +50,10 @@ def _define_flags() -> None:
       "against this directory). Loss: (1 - distill.alpha) x cross-entropy + distill.alpha x "
       "KL(teacher || student) at distill.temperature; validated before anything compiles.")
   flags.DEFINE_string(
+      "profile_steps", None, "A:B: a jax.profiler trace of steps A to B (1 <= A <= B <= "
+      "train_steps) into WORKDIR/profile, for TensorBoard's profile plugin (pip install "
+      "'.[profile]'; tensorboard --logdir WORKDIR); sets --config.logging.profile_steps.")
+  flags.DEFINE_string(
       "coordinator_address", "", "host:port of process 0 for multi-process runs (else "
       "auto-detected from SLURM/MPI/TPU environments, or a single process).")
   flags.DEFINE_integer("num_processes", 0, "Processes in a multi-process run.")
@@ -77,6 +83,9 @@ def main(argv: list[str], seams=None) -> int:
   config, workdir = FLAGS.config, FLAGS.workdir
   if FLAGS.teacher is not None and config is not None:
     config.distill.teacher = _teacher_spec(FLAGS.teacher)
+  if FLAGS.profile_steps is not None and config is not None:
+    profiling.apply_flag(config, FLAGS.profile_steps,
+                         config_flags.get_override_values(FLAGS["config"]))
   plan = preflight(config, workdir, FLAGS.force_under_provisioned, FLAGS.init,
                    FLAGS.allow_config_change, FLAGS.init_tokens)
   host_memory.reexec_with_tunables()  # a no-op after train.main's early re-exec
@@ -86,9 +95,11 @@ def main(argv: list[str], seams=None) -> int:
   if plan.verdict.bypassed and _is_primary():
     logging.warning(chinchilla.warning_line(plan.verdict))
   from train.run import loop  # Heavy imports only once the run may start.
-  from train.runtime import distributed, gpu_runtime
+  from train.runtime import compile_cache, distributed, gpu_runtime
   runtime = gpu_runtime.apply(workdir)  # GPU hosts only, before JAX's backend starts
-  if runtime.gpu and _is_primary():
+  if not runtime.gpu:  # (a GPU host's apply set it) the start-up log names it (bookends)
+    compile_cache.apply()
+  elif _is_primary():
     logging.info(gpu_runtime.describe(runtime))
   process = (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   distributed.split_cpu_cores(config, plan.model_cfg, distributed.wants_multi_process(*process))

@@ -46,9 +46,10 @@ def log_start(config: Any, plan: Plan, rs: RunSetup, start: int, memory_line: st
   logging.info("N = %s parameters (%s non-embedding); D = %s planned tokens (D/N = %s, %s)",
                f"{counts.total:,}", f"{counts.non_embedding:,}", f"{v.tokens:,}",
                chinchilla.ratio_text(v.tokens, v.n_params), v.zone)
-  logging.info("mesh: %s; compile %.2fs; peak %.1f TFLOP/s/device (%s); start step %d/%d; "
-               "malloc: %s", sharding.describe(rs.mesh), rs.compile_s, peak / 1e12, peak_src,
-               start, train_steps, host_memory.describe())
+  logging.info("mesh: %s; compile %.2fs (cache %s); peak %.1f TFLOP/s/device (%s); start "
+               "step %d/%d; malloc: %s", sharding.describe(rs.mesh), rs.compile_s,
+               jax.config.jax_compilation_cache_dir or "off", peak / 1e12, peak_src, start,
+               train_steps, host_memory.describe())
   if jax.process_index() == 0:
     logging.info("%s", measure.start_line(config, start, rs.compile_s))
     logging.info("%s", memory_line)

@@ -1,6 +1,7 @@
-"""`--config.logging.profile_steps=A:B`: a jax.profiler trace of steps A to B, written under
-WORKDIR/profile, where TensorBoard's profile plugin lists each capture
-(`plugins/profile/<time>/<host>.xplane.pb`; `tensorboard --logdir WORKDIR/profile`).
+"""`--profile_steps=A:B` (or `--config.logging.profile_steps=A:B`): a jax.profiler trace of
+steps A to B, written under WORKDIR/profile, where TensorBoard's profile plugin (the `profile`
+extra: xprof) lists each capture (`plugins/profile/<time>/<host>.xplane.pb`; `tensorboard
+--logdir WORKDIR`, Profile tab, run `profile/<time>`).
 
 Process 0 traces (the processes of a job share the workdir and, on one host, the file name).
 A resume inside the window traces its remaining steps.
@@ -8,11 +9,27 @@ A resume inside the window traces its remaining steps.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 
+from core.errors import ConfigError
 from gates.config_sanity import profile_window
+
+FIELD = "logging.profile_steps"
+
+
+def apply_flag(config: Any, flag: str, overrides: Mapping[str, Any]) -> None:
+  """--profile_steps=A:B sets config.logging.profile_steps over the config file's value; the
+  window is then judged like any config value (profile_window, before anything compiles).
+  `overrides` are the command line's --config.FIELD values: a different
+  --config.logging.profile_steps beside the flag is refused."""
+  other = overrides.get(FIELD)
+  if other is not None and other != flag:
+    raise ConfigError(f"--profile_steps={flag} and --config.{FIELD}={other} both set the "
+                      f"steps to profile; pass one of them")
+  config.logging.profile_steps = flag
 
 
 class StepProfiler:

@@ -6,6 +6,7 @@ the step that trains.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import os
@@ -148,18 +149,23 @@ class RunSetup:
     batch = sharding.abstract_batch(b, mesh, packing.keys())
     extra = () if teacher is None else (teacher.abstract(),)
 
-    def compile_step(weight_norms: bool) -> Any:
+    def lower_step(weight_norms: bool) -> Any:
       step_fn = state.jit_step(step_lib.make_train_step(
           state.graphdef, tx, schedule, b.grad_accum,
           skip_nonfinite=config.optimizer.skip_nonfinite > 0, mesh=mesh, distill=distill,
           weight_norms=weight_norms, spike_window=config.guard.spike_window,
           spike_sigma=config.guard.spike_sigma), None if teacher is None else teacher.shardings)
-      compiled = step_fn.lower(state.abstract_state(), batch, *extra).compile()
-      # A teacher's params are bound in: called (state, batch) like any step.
+      return step_fn.lower(state.abstract_state(), batch, *extra)
+
+    def bind(compiled: Any) -> Any:  # A teacher's params are bound in: called (state, batch).
       return compiled if teacher is None else BoundStep(compiled, teacher.params)
 
-    compiled = compile_step(False)
-    compiled_log = compile_step(True) if config.logging.weight_norms else compiled
+    # Traced one after the other (Python), compiled side by side: XLA's compile releases the
+    # GIL, so the log-step variant's compile no longer adds to the start (docs/benchmarks.md).
+    lowered = [lower_step(False)] + ([lower_step(True)] if config.logging.weight_norms else [])
+    with concurrent.futures.ThreadPoolExecutor(len(lowered)) as pool:
+      done = [bind(c) for c in pool.map(lambda low: low.compile(), lowered)]
+    compiled, compiled_log = done[0], done[-1]
     compile_s = time.perf_counter() - t0
     # Eval in microbatches no larger than the training microbatch, which is known to fit.
     micro = step_lib.eval_microbatches(config.eval.batch_size or b.global_batch,

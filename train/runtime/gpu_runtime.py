@@ -1,4 +1,5 @@
-"""GPU runtime settings: XLA flags, device memory fraction, a persistent compilation cache.
+"""GPU runtime settings: XLA flags and the device memory fraction (the persistent compilation
+cache, used on every platform, is train/runtime/compile_cache.py).
 
 Applied only on GPU hosts, and only before JAX starts its backend: XLA reads `XLA_FLAGS` and
 the client reads `XLA_PYTHON_CLIENT_MEM_FRACTION` once, at start-up. Whatever the environment
@@ -15,6 +16,8 @@ import importlib.util
 import os
 from collections.abc import Mapping
 
+from train.runtime import compile_cache
+
 COMBINE_BYTES = 1 << 30
 XLA_GPU_FLAGS: dict[str, str] = {
     "xla_gpu_enable_latency_hiding_scheduler": "true",
@@ -27,7 +30,6 @@ XLA_GPU_FLAGS: dict[str, str] = {
     "xla_gpu_enable_pipelined_all_reduce": "true",
 }
 MEM_FRACTION = "0.90"  # JAX's default preallocates 75% of device memory
-CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"  # JAX's own variable; PREGATE_XLA_CACHE is ours
 _NVIDIA = ("/dev/nvidiactl", "/proc/driver/nvidia/version")
 
 
@@ -37,7 +39,7 @@ class RuntimeSettings:
   env: dict[str, str]  # variables to set (only those the environment left unset)
   xla_flags_added: tuple[str, ...]
   xla_flags_kept: tuple[str, ...]  # our flags the environment already set its own way
-  cache_dir: str | None
+  cache_dir: str | None  # compile_cache.plan's directory (a GPU host's describe() names it)
   late: bool = False  # the backend had started before apply(): env settings had no effect
 
 
@@ -62,11 +64,10 @@ def _flag_names(xla_flags: str) -> set[str]:
 
 def plan(workdir: str | None, cache_dir: str | None = None,
          environ: Mapping[str, str] = os.environ, gpu: bool | None = None) -> RuntimeSettings:
-  """What apply() would set, as a pure function of the environment (testable anywhere).
-
-  The compilation cache: $JAX_COMPILATION_CACHE_DIR (JAX's own variable, left alone), else
-  $PREGATE_XLA_CACHE, else the configured `cache_dir`, else <workdir>/xla_cache.
-  """
+  """What apply() would set, as a pure function of the environment (testable anywhere); the
+  compilation cache is compile_cache.plan's (`workdir` is not part of it: compiled programs are
+  shared by every run on the host)."""
+  del workdir
   gpu = is_gpu_host(environ) if gpu is None else gpu
   if not gpu:
     return RuntimeSettings(False, {}, (), (), None)
@@ -79,25 +80,20 @@ def plan(workdir: str | None, cache_dir: str | None = None,
     env["XLA_FLAGS"] = " ".join(([existing] if existing else []) + list(added))
   if "XLA_PYTHON_CLIENT_MEM_FRACTION" not in environ:
     env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = MEM_FRACTION
-  cache = (environ.get(CACHE_ENV) or environ.get("PREGATE_XLA_CACHE") or cache_dir
-           or (os.path.join(workdir, "xla_cache") if workdir else None))
-  return RuntimeSettings(True, env, added, kept, cache)
+  return RuntimeSettings(True, env, added, kept, compile_cache.plan(cache_dir, environ))
 
 
 def apply(workdir: str | None, cache_dir: str | None = None) -> RuntimeSettings:
   """Set the planned variables and the compilation cache; call before anything starts JAX's
-  backend (jax.devices(), the first array). A no-op on hosts without a GPU."""
+  backend (jax.devices(), the first array). A no-op on hosts without a GPU (the cache is then
+  compile_cache.apply's alone)."""
   settings = plan(workdir, cache_dir)
   if not settings.gpu:
     return settings
-  import jax
   from jax._src import xla_bridge
   late = xla_bridge.backends_are_initialized()
   os.environ.update(settings.env)
-  if settings.cache_dir:
-    os.makedirs(settings.cache_dir, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", settings.cache_dir)
-  return dataclasses.replace(settings, late=late)
+  return dataclasses.replace(settings, late=late, cache_dir=compile_cache.apply(cache_dir))
 
 
 def describe(settings: RuntimeSettings) -> str:

@@ -205,10 +205,11 @@ class Update(NamedTuple):
 
 
 def apply_update(tx: optax.GradientTransformation, state: TrainState, grads: Params,
-                 measure: bool) -> Update:
+                 measure: bool, grad_norm: jax.Array | None = None) -> Update:
   """One optimizer update, applied in place after a norm (`in_place_after`): the update norm
-  when `measure`, else the gradient norm that every step takes anyway."""
-  grad_norm = optax.tree.norm(grads)
+  when `measure`, else the gradient norm that every step takes anyway (`grad_norm` when the
+  caller has taken it already)."""
+  grad_norm = optax.tree.norm(grads) if grad_norm is None else grad_norm
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   update_norm = optax.tree.norm(updates) if measure else None
   updates = in_place_after(grad_norm if update_norm is None else update_norm, updates)
@@ -292,37 +293,59 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
   guard = SkipNonFinite() if skip_nonfinite else ApplyAlways()
   weigh_params = weight_norms or guard.weighs_params
 
+  def update(state: TrainState, loss: jax.Array, grads: Params, grad_norm: jax.Array | None
+             ) -> tuple[Params, optax.OptState, dict[str, jax.Array]]:
+    new = apply_update(tx, state, grads, weight_norms, grad_norm)
+    finite, param_norm = is_finite(loss, new, weigh_params)
+    params, opt_state = guard.keep(finite, new, state)
+    return params, opt_state, {"grad_norm": new.grad_norm, "skipped": guard.skipped(finite),
+                               **guard.norm_metrics(finite, param_norm, new.update_norm, state)}
+
   def train_step(state: TrainState, batch: Batch, teacher: Params | None = None
                  ) -> tuple[TrainState, dict[str, jax.Array]]:
     (loss, aux), grads = grads_of(state.params, batch, teacher)
-    new = apply_update(tx, state, grads, weight_norms)
-    finite, param_norm = is_finite(loss, new, weigh_params)
-    params, opt_state = guard.keep(finite, new, state)
-    metrics = {"loss": loss, "grad_norm": new.grad_norm, "lr": schedule(state.step),
-               "skipped": guard.skipped(finite), **aux,
-               **guard.norm_metrics(finite, param_norm, new.update_norm, state)}
     if spike_window:
-      params, opt_state, metrics["spike"] = _spike_guard(
-          state, params, opt_state, loss, new.grad_norm, spike_window, spike_sigma)
+      params, opt_state, norms = _spike_guarded(update, state, loss, grads, spike_window,
+                                                spike_sigma, weigh_params, weight_norms, guard)
+    else:
+      params, opt_state, norms = update(state, loss, grads, None)
+    metrics = {"loss": loss, "lr": schedule(state.step), **aux, **norms}
     return TrainState(state.step + 1, params, opt_state), metrics
 
   return train_step
 
 
-def _spike_guard(old: TrainState, params: Params, opt_state: optax.OptState, loss: jax.Array,
-                 grad_norm: jax.Array, window: int, sigma: float
-                 ) -> tuple[Params, optax.OptState, jax.Array]:
-  """The step's parameters and optimizer state, or the old ones where this step is a spike
-  (whose values then stay out of the history: spikes.py)."""
-  hist = spikes.find(old.opt_state)
+def _spike_guarded(update: Callable[..., Any], state: TrainState, loss: jax.Array,
+                   grads: Params, window: int, sigma: float, weigh_params: bool,
+                   measure: bool, guard: ApplyAlways
+                   ) -> tuple[Params, optax.OptState, dict[str, jax.Array]]:
+  """`update`, or on a spike the old parameters and optimizer state (whose values then stay
+  out of the history: spikes.py), chosen by `lax.cond` before the update runs.
+
+  Why a branch and not a select of old against new: the select kept the old moments alive
+  beside the in-place update, so XLA copied every moment leaf each step (~12% of the
+  nanoGPT-shaped CPU step, docs/benchmarks.md); a branch reads the old state only when it
+  keeps it. A spike step's norms say it changed nothing (the parameters' norm, update 0).
+  """
+  hist = spikes.find(state.opt_state)
   if hist is None:
     raise ValueError("guard.spike_window > 0 needs the spike history in the optimizer state "
                      "(train.state.step.make_optimizer)")
+  grad_norm = optax.tree.norm(grads)
   spike = spikes.judge(hist, loss, grad_norm, window, sigma)
-  params, opt_state = jax.tree.map(lambda a, b: jnp.where(spike, a, b),
-                                   (old.params, old.opt_state), (params, opt_state))
+
+  def hold(_: None) -> tuple[Params, optax.OptState, dict[str, jax.Array]]:
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    param_norm = optax.tree.norm(state.params) if weigh_params else None
+    return state.params, state.opt_state, {
+        "grad_norm": grad_norm, "skipped": guard.skipped(finite),
+        **_present(param_norm=param_norm,
+                   update_norm=jnp.zeros((), jnp.float32) if measure else None)}
+
+  params, opt_state, norms = jax.lax.cond(
+      spike, hold, lambda _: update(state, loss, grads, grad_norm), None)
   opt_state = spikes.replace(opt_state, spikes.push(hist, loss, grad_norm, window, spike))
-  return params, opt_state, spike.astype(jnp.int32)
+  return params, opt_state, {**norms, "spike": spike.astype(jnp.int32)}
 
 
 def make_eval_step(graphdef: nnx.GraphDef, microbatches: int = 1, mesh: Mesh | None = None
