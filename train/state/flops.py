@@ -93,7 +93,7 @@ def compiled_stats(compiled: Any) -> dict[str, float]:
   `peak_memory_in_bytes` is not a true peak (STACK_NOTES §9). XLA's cost analysis counts a
   while loop's body once (scanned layers, the chunked loss: a 4-layer scanned step read 0.79
   GFLOP against 2.79 unrolled) and nothing inside custom calls (cuDNN attention): for HFU of
-  such steps count an unrolled twin (scripts/gpu_bench.py does).
+  such steps count an unrolled twin (scripts/gpu_bench_items.py does).
   """
   cost = compiled.cost_analysis() or {}
   if isinstance(cost, (list, tuple)):
