@@ -30,3 +30,12 @@ def test_host_key_names_the_instruction_set():
   assert xeon != zen3
   assert xeon == compile_cache.host_key(XEON.replace("avx2 avx512f", "avx512f avx2"))
   assert "/" not in xeon and xeon.split("-")[0] == compile_cache.host_key("").split("-")[0]
+
+
+def test_a_cache_that_cannot_be_made_leaves_the_run_compiling(tmp_path, monkeypatch):
+  """An unwritable place is no cache (the run compiles as usual), not a crash."""
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+  monkeypatch.setenv("PREGATE_XLA_CACHE", str(blocker / "cache"))
+  assert compile_cache.apply() is None

@@ -95,9 +95,13 @@ def test_a_resume_cannot_change_the_masking(runs):
 
 
 def test_pregate_eval_reproduces_the_masked_val_loss(runs):
+  """pregate-eval's program is not the loop's (a masked mean and count, its own mesh): equal on
+  an AVX2 EPYC, 1 ulp apart (2.4e-7 at 3.36) on an AVX-512 Xeon. The unmasked run of the same
+  data ends 1.9e-2 away, so a few ulps still prove the masking is the loop's."""
   res = helpers.command("train.cli.evaluate", f"--checkpoint={runs['root'] / 'whole'}")
   assert res.rc == 0, res.stderr[-3000:]
-  assert '"abs_diff": 0.0' in res.stdout, res.stdout[-2000:]
+  result = json.loads(res.stdout.split("RESULT ", 1)[1])
+  assert result["abs_diff"] <= 1e-6 * result["recorded_val_loss"], result
 
 
 def test_masked_batches_are_a_pure_function_of_seed_and_index(speeches):

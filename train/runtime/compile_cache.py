@@ -13,7 +13,10 @@ between machines.
 Where: $JAX_COMPILATION_CACHE_DIR (JAX's own variable, left alone), else $PREGATE_XLA_CACHE
 (`none` turns the cache off), else the configured directory, else
 $XDG_CACHE_HOME/pregate/xla/<host> (default ~/.cache). Every program is cached, however quick
-its compile, and the directory is held under MAX_BYTES by JAX's least-recently-used eviction.
+its compile. The directory is not size-capped: JAX's least-recently-used eviction keeps access
+files that processes sharing the cache race on (a `FileNotFoundError` warning on stderr), so a
+cache the environment names is left exactly as configured, and the default grows by a few MB
+per configuration until deleted.
 """
 from __future__ import annotations
 
@@ -25,7 +28,6 @@ from collections.abc import Mapping
 JAX_ENV = "JAX_COMPILATION_CACHE_DIR"
 OURS_ENV = "PREGATE_XLA_CACHE"
 OFF = "none"
-MAX_BYTES = 4 << 30
 
 
 def host_key(cpuinfo: str | None = None) -> str:
@@ -69,6 +71,4 @@ def apply(cache_dir: str | None = None) -> str | None:
   jax.config.update("jax_compilation_cache_dir", path)
   if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  if "JAX_COMPILATION_CACHE_MAX_SIZE" not in os.environ:
-    jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
   return path
