@@ -17,7 +17,6 @@ import importlib.metadata as md
 import itertools
 import json
 import math
-import os
 import statistics
 from typing import Any
 
@@ -35,7 +34,7 @@ from models.config import ModelConfig
 from models.params import count_params
 from train.run import memory_check
 from train.run.setup import RunSetup
-from train.runtime import gpu_runtime, platform
+from train.runtime import compile_cache, gpu_runtime, platform
 from train.state import flops, sharding
 from train.state import step as step_lib
 
@@ -236,11 +235,12 @@ def main() -> None:
   ap.add_argument("--steps", type=int, default=10)
   ap.add_argument("--warmup", type=int, default=2)
   args = ap.parse_args()
-  # GPU hosts: XLA flags, memory fraction, cache, as a run gets them (before the backend starts)
-  settings = gpu_runtime.apply(None, os.environ.get("PREGATE_XLA_CACHE"))
+  # XLA flags, memory fraction (GPU hosts) and the cache, as a run gets them (before the backend)
+  settings, cache = gpu_runtime.apply(), compile_cache.apply()
   kind, name = args.item.split(":", 1)
   if kind == "probe":
-    out = {**probe(), "runtime": gpu_runtime.describe(settings), "status": "ok"}
+    out = {**probe(), "runtime": gpu_runtime.describe(settings),
+           "compilation_cache": cache or "off", "status": "ok"}
   elif kind == "check":
     out = {"name": name, **CHECKS[name](args.dry_run)}
   else:

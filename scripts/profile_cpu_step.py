@@ -47,7 +47,7 @@ def op_times(trace_dir: str, steps: int, devices: int) -> tuple[dict[str, float]
   wait = 0.0
   for e in events:
     thread = names.get((e.get("pid"), e.get("tid")), "")
-    if e.get("ph") != "X" or thread == "python" or "python" in thread.lower():
+    if e.get("ph") != "X" or "python" in thread.lower():
       continue
     if e["name"] == "Rendezvous":
       wait += e["dur"]

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.e2e
 def test_flag_names_exist_in_the_pinned_xla():
   """XLA aborts at start-up on an unknown XLA_FLAGS entry, on any backend: start JAX on CPU
   with the GPU flags (a misspelled flag makes this fail)."""
-  flags = gpu_runtime.plan("/w", environ={}, gpu=True).env["XLA_FLAGS"]
+  flags = gpu_runtime.plan(environ={}, gpu=True).env["XLA_FLAGS"]
   env = {**helpers.child_env(), "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
   code = "import jax; print(int(jax.numpy.ones(3).sum()))"
   proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,

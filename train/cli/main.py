@@ -96,11 +96,10 @@ def main(argv: list[str], seams=None) -> int:
     logging.warning(chinchilla.warning_line(plan.verdict))
   from train.run import loop  # Heavy imports only once the run may start.
   from train.runtime import compile_cache, distributed, gpu_runtime
-  runtime = gpu_runtime.apply(workdir)  # GPU hosts only, before JAX's backend starts
-  if not runtime.gpu:  # (a GPU host's apply set it) the start-up log names it (bookends)
-    compile_cache.apply()
-  elif _is_primary():
+  runtime = gpu_runtime.apply()  # GPU hosts only, before JAX's backend starts
+  if runtime.gpu and _is_primary():
     logging.info(gpu_runtime.describe(runtime))
+  compile_cache.apply()  # every platform; the start-up log names it (bookends.log_start)
   process = (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   distributed.split_cpu_cores(config, plan.model_cfg, distributed.wants_multi_process(*process))
   distributed.initialize(*process)

@@ -161,7 +161,8 @@ class RunSetup:
       return compiled if teacher is None else BoundStep(compiled, teacher.params)
 
     # Traced one after the other (Python), compiled side by side: XLA's compile releases the
-    # GIL, so the log-step variant's compile no longer adds to the start (docs/benchmarks.md).
+    # GIL, so the log-step variant's compile can use the other core (a cold start only; a
+    # cached one loads both, train/runtime/compile_cache.py).
     lowered = [lower_step(False)] + ([lower_step(True)] if config.logging.weight_norms else [])
     with concurrent.futures.ThreadPoolExecutor(len(lowered)) as pool:
       done = [bind(c) for c in pool.map(lambda low: low.compile(), lowered)]

@@ -16,8 +16,6 @@ import importlib.util
 import os
 from collections.abc import Mapping
 
-from train.runtime import compile_cache
-
 COMBINE_BYTES = 1 << 30
 XLA_GPU_FLAGS: dict[str, str] = {
     "xla_gpu_enable_latency_hiding_scheduler": "true",
@@ -39,7 +37,6 @@ class RuntimeSettings:
   env: dict[str, str]  # variables to set (only those the environment left unset)
   xla_flags_added: tuple[str, ...]
   xla_flags_kept: tuple[str, ...]  # our flags the environment already set its own way
-  cache_dir: str | None  # compile_cache.plan's directory (a GPU host's describe() names it)
   late: bool = False  # the backend had started before apply(): env settings had no effect
 
 
@@ -62,15 +59,11 @@ def _flag_names(xla_flags: str) -> set[str]:
   return {f.lstrip("-").split("=", 1)[0] for f in xla_flags.split() if f.startswith("--")}
 
 
-def plan(workdir: str | None, cache_dir: str | None = None,
-         environ: Mapping[str, str] = os.environ, gpu: bool | None = None) -> RuntimeSettings:
-  """What apply() would set, as a pure function of the environment (testable anywhere); the
-  compilation cache is compile_cache.plan's (`workdir` is not part of it: compiled programs are
-  shared by every run on the host)."""
-  del workdir
+def plan(environ: Mapping[str, str] = os.environ, gpu: bool | None = None) -> RuntimeSettings:
+  """What apply() would set, as a pure function of the environment (testable anywhere)."""
   gpu = is_gpu_host(environ) if gpu is None else gpu
   if not gpu:
-    return RuntimeSettings(False, {}, (), (), None)
+    return RuntimeSettings(False, {}, (), ())
   env: dict[str, str] = {}
   existing = environ.get("XLA_FLAGS", "")
   have = _flag_names(existing)
@@ -80,20 +73,19 @@ def plan(workdir: str | None, cache_dir: str | None = None,
     env["XLA_FLAGS"] = " ".join(([existing] if existing else []) + list(added))
   if "XLA_PYTHON_CLIENT_MEM_FRACTION" not in environ:
     env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = MEM_FRACTION
-  return RuntimeSettings(True, env, added, kept, compile_cache.plan(cache_dir, environ))
+  return RuntimeSettings(True, env, added, kept)
 
 
-def apply(workdir: str | None, cache_dir: str | None = None) -> RuntimeSettings:
-  """Set the planned variables and the compilation cache; call before anything starts JAX's
-  backend (jax.devices(), the first array). A no-op on hosts without a GPU (the cache is then
-  compile_cache.apply's alone)."""
-  settings = plan(workdir, cache_dir)
+def apply() -> RuntimeSettings:
+  """Set the planned variables; call before anything starts JAX's backend (jax.devices(), the
+  first array). A no-op on hosts without a GPU."""
+  settings = plan()
   if not settings.gpu:
     return settings
   from jax._src import xla_bridge
   late = xla_bridge.backends_are_initialized()
   os.environ.update(settings.env)
-  return dataclasses.replace(settings, late=late, cache_dir=compile_cache.apply(cache_dir))
+  return dataclasses.replace(settings, late=late)
 
 
 def describe(settings: RuntimeSettings) -> str:
@@ -106,8 +98,6 @@ def describe(settings: RuntimeSettings) -> str:
   fraction = settings.env.get("XLA_PYTHON_CLIENT_MEM_FRACTION")
   parts.append(f"memory fraction {fraction}" if fraction else
                "memory fraction from the environment")
-  parts.append(f"compilation cache {settings.cache_dir}" if settings.cache_dir else
-               "no compilation cache")
   late = "; TOO LATE: JAX had started, flags and memory fraction not applied" \
       if settings.late else ""
   return "gpu runtime: " + ", ".join(parts) + late

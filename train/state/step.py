@@ -301,12 +301,22 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     return params, opt_state, {"grad_norm": new.grad_norm, "skipped": guard.skipped(finite),
                                **guard.norm_metrics(finite, param_norm, new.update_norm, state)}
 
+  def hold(state: TrainState, loss: jax.Array, grad_norm: jax.Array
+           ) -> tuple[Params, optax.OptState, dict[str, jax.Array]]:
+    """The state unchanged, with the metrics `update` gives, saying it changed nothing: the
+    parameters' norm, update norm 0."""
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    return state.params, state.opt_state, {
+        "grad_norm": grad_norm, "skipped": guard.skipped(finite),
+        **_present(param_norm=optax.tree.norm(state.params) if weigh_params else None,
+                   update_norm=jnp.zeros((), jnp.float32) if weight_norms else None)}
+
   def train_step(state: TrainState, batch: Batch, teacher: Params | None = None
                  ) -> tuple[TrainState, dict[str, jax.Array]]:
     (loss, aux), grads = grads_of(state.params, batch, teacher)
     if spike_window:
-      params, opt_state, norms = _spike_guarded(update, state, loss, grads, spike_window,
-                                                spike_sigma, weigh_params, weight_norms, guard)
+      params, opt_state, norms = _spike_guarded(update, hold, state, loss, grads,
+                                                spike_window, spike_sigma)
     else:
       params, opt_state, norms = update(state, loss, grads, None)
     metrics = {"loss": loss, "lr": schedule(state.step), **aux, **norms}
@@ -315,17 +325,16 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
   return train_step
 
 
-def _spike_guarded(update: Callable[..., Any], state: TrainState, loss: jax.Array,
-                   grads: Params, window: int, sigma: float, weigh_params: bool,
-                   measure: bool, guard: ApplyAlways
+def _spike_guarded(update: Callable[..., Any], hold: Callable[..., Any], state: TrainState,
+                   loss: jax.Array, grads: Params, window: int, sigma: float
                    ) -> tuple[Params, optax.OptState, dict[str, jax.Array]]:
-  """`update`, or on a spike the old parameters and optimizer state (whose values then stay
-  out of the history: spikes.py), chosen by `lax.cond` before the update runs.
+  """`update`, or on a spike `hold` (the old parameters and optimizer state, whose values then
+  stay out of the history: spikes.py), chosen by `lax.cond` before the update runs.
 
   Why a branch and not a select of old against new: the select kept the old moments alive
   beside the in-place update, so XLA copied every moment leaf each step (~12% of the
   nanoGPT-shaped CPU step, docs/benchmarks.md); a branch reads the old state only when it
-  keeps it. A spike step's norms say it changed nothing (the parameters' norm, update 0).
+  keeps it.
   """
   hist = spikes.find(state.opt_state)
   if hist is None:
@@ -333,17 +342,9 @@ def _spike_guarded(update: Callable[..., Any], state: TrainState, loss: jax.Arra
                      "(train.state.step.make_optimizer)")
   grad_norm = optax.tree.norm(grads)
   spike = spikes.judge(hist, loss, grad_norm, window, sigma)
-
-  def hold(_: None) -> tuple[Params, optax.OptState, dict[str, jax.Array]]:
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    param_norm = optax.tree.norm(state.params) if weigh_params else None
-    return state.params, state.opt_state, {
-        "grad_norm": grad_norm, "skipped": guard.skipped(finite),
-        **_present(param_norm=param_norm,
-                   update_norm=jnp.zeros((), jnp.float32) if measure else None)}
-
   params, opt_state, norms = jax.lax.cond(
-      spike, hold, lambda _: update(state, loss, grads, grad_norm), None)
+      spike, lambda _: hold(state, loss, grad_norm),
+      lambda _: update(state, loss, grads, grad_norm), None)
   opt_state = spikes.replace(opt_state, spikes.push(hist, loss, grad_norm, window, spike))
   return params, opt_state, {**norms, "spike": spike.astype(jnp.int32)}
 
