@@ -9,18 +9,17 @@ ZEN3 = "model name\t: AMD EPYC 7B13\nflags\t\t: fpu sse avx2\n"
 
 def test_the_environment_wins_in_order():
   env = {"JAX_COMPILATION_CACHE_DIR": "/jax", "PREGATE_XLA_CACHE": "/ours"}
-  assert compile_cache.plan("/configured", env) == "/jax"
-  assert compile_cache.plan("/configured", {"PREGATE_XLA_CACHE": "/ours"}) == "/ours"
-  assert compile_cache.plan("/configured", {}) == "/configured"
+  assert compile_cache.plan(env) == "/jax"
+  assert compile_cache.plan({"PREGATE_XLA_CACHE": "/ours", "XDG_CACHE_HOME": "/xdg"}) == "/ours"
 
 
 def test_none_turns_it_off():
-  assert compile_cache.plan(None, {"PREGATE_XLA_CACHE": "none"}) is None
-  assert compile_cache.plan(None, {"PREGATE_XLA_CACHE": " None "}) is None
+  assert compile_cache.plan({"PREGATE_XLA_CACHE": "none"}) is None
+  assert compile_cache.plan({"PREGATE_XLA_CACHE": " None "}) is None
 
 
 def test_default_is_per_user_and_host():
-  path = compile_cache.plan(None, {"XDG_CACHE_HOME": "/home/u/.cache"})
+  path = compile_cache.plan({"XDG_CACHE_HOME": "/home/u/.cache"})
   assert path == f"/home/u/.cache/pregate/xla/{compile_cache.host_key()}"
 
 

@@ -11,12 +11,11 @@ because XLA:CPU compiles for the host's instruction set and a home directory can
 between machines.
 
 Where: $JAX_COMPILATION_CACHE_DIR (JAX's own variable, left alone), else $PREGATE_XLA_CACHE
-(`none` turns the cache off), else the configured directory, else
-$XDG_CACHE_HOME/pregate/xla/<host> (default ~/.cache). Every program is cached, however quick
-its compile. The directory is not size-capped: JAX's least-recently-used eviction keeps access
-files that processes sharing the cache race on (a `FileNotFoundError` warning on stderr), so a
-cache the environment names is left exactly as configured, and the default grows by a few MB
-per configuration until deleted.
+(`none` turns the cache off), else $XDG_CACHE_HOME/pregate/xla/<host> (default ~/.cache).
+Every program is cached, however quick its compile. The directory is not size-capped: JAX's
+least-recently-used eviction keeps access files that processes sharing the cache race on (a
+`FileNotFoundError` warning on stderr), so a cache the environment names is left exactly as
+configured, and the default grows by a few MB per configuration until deleted.
 """
 from __future__ import annotations
 
@@ -47,20 +46,20 @@ def host_key(cpuinfo: str | None = None) -> str:
   return f"{platform.machine()}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
-def plan(cache_dir: str | None = None, environ: Mapping[str, str] = os.environ) -> str | None:
+def plan(environ: Mapping[str, str] = os.environ) -> str | None:
   """The cache directory a run would use (None: no cache), as a pure function of the
   environment."""
-  chosen = environ.get(JAX_ENV) or environ.get(OURS_ENV) or cache_dir
+  chosen = environ.get(JAX_ENV) or environ.get(OURS_ENV)
   if chosen:
     return None if chosen.strip().lower() == OFF else chosen
   base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
   return os.path.join(base, "pregate", "xla", host_key())
 
 
-def apply(cache_dir: str | None = None) -> str | None:
+def apply() -> str | None:
   """Point JAX at the planned cache (created if missing) before the first compile; -> the
   directory, or None when there is none or it cannot be created (the run compiles as usual)."""
-  path = plan(cache_dir)
+  path = plan()
   if path is None:
     return None
   try:
